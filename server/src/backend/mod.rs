@@ -1,0 +1,208 @@
+//! KMS backends behind one async trait of ours.
+//!
+//! Each backend speaks to one KMS key (one configured URI) and classifies its vendor's
+//! errors where they happen, per operation, into [`FailureClass`] (STYLE lesson 3). The rest
+//! of the daemon never sees a vendor error type. Deadlines and retries are not a backend's
+//! concern: [`resilient::Resilient`] wraps every backend with the same policy.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::key_uri::KeyUri;
+use crate::secret::SecretBytes;
+use crate::state::KeyState;
+
+#[cfg(feature = "aws")]
+pub mod aws;
+pub mod file;
+#[cfg(feature = "gcp")]
+pub mod gcp;
+#[cfg(feature = "mock-kms")]
+pub mod mock;
+pub mod resilient;
+#[cfg(feature = "vault")]
+pub mod vault;
+
+/// How a KMS call failed, in the contract's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// The key is switched off, reversibly.
+    Disabled,
+    /// Our permission to use the key was taken away (403, access denied, bad credentials).
+    Revoked,
+    /// The key is deleted or scheduled for deletion.
+    Destroyed,
+    /// Network error, timeout, 5xx, throttling: worth retrying, then UNREACHABLE.
+    Unreachable,
+    /// The ciphertext does not decrypt under this key with this AAD (tampered, other key,
+    /// other context). Not a key-state change.
+    InvalidCiphertext,
+}
+
+impl FailureClass {
+    /// The key state a failure of this class implies, if any.
+    pub fn key_state(self) -> Option<KeyState> {
+        match self {
+            FailureClass::Disabled => Some(KeyState::Disabled),
+            FailureClass::Revoked => Some(KeyState::Revoked),
+            FailureClass::Destroyed => Some(KeyState::Destroyed),
+            FailureClass::Unreachable => Some(KeyState::Unreachable),
+            FailureClass::InvalidCiphertext => None,
+        }
+    }
+
+    pub fn is_retryable(self) -> bool {
+        self == FailureClass::Unreachable
+    }
+}
+
+/// A classified KMS failure. `detail` is short, human and free of secrets (no credentials,
+/// no secret URI parameters, no key bytes): it reaches logs and RevokeStatus.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{class:?}: {detail}")]
+pub struct BackendError {
+    pub class: FailureClass,
+    pub detail: String,
+}
+
+impl BackendError {
+    pub fn new(class: FailureClass, detail: impl Into<String>) -> Self {
+        Self {
+            class,
+            detail: detail.into(),
+        }
+    }
+    pub fn unreachable(detail: impl Into<String>) -> Self {
+        Self::new(FailureClass::Unreachable, detail)
+    }
+    pub fn invalid_ciphertext(detail: impl Into<String>) -> Self {
+        Self::new(FailureClass::InvalidCiphertext, detail)
+    }
+}
+
+/// The authenticated data every wrap binds: the key NAME and the caller's context.
+///
+/// Backends with a map-shaped context (AWS EncryptionContext) use [`Aad::context_map`];
+/// those with bytes-shaped AAD (GCP, Vault, AES-GCM) use [`Aad::bytes`], a canonical,
+/// length-prefixed encoding, so `{"a":"bc"}` and `{"ab":"c"}` differ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Aad {
+    key_name: String,
+    context: BTreeMap<String, String>,
+}
+
+/// The reserved context key that carries the key name in map-shaped contexts. Callers may
+/// not use keys with the `kms-broker:` prefix.
+pub const KEY_NAME_CONTEXT: &str = "kms-broker:key";
+pub const RESERVED_CONTEXT_PREFIX: &str = "kms-broker:";
+
+impl Aad {
+    pub fn new(key_name: &str, context: BTreeMap<String, String>) -> Self {
+        Self {
+            key_name: key_name.to_owned(),
+            context,
+        }
+    }
+
+    pub fn key_name(&self) -> &str {
+        &self.key_name
+    }
+
+    /// Canonical bytes: "kms-broker/aad/v1", then each of name, then (k, v) pairs in key
+    /// order, as u32-BE length-prefixed strings.
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut out = b"kms-broker/aad/v1".to_vec();
+        let mut put = |s: &str| {
+            out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+            out.extend_from_slice(s.as_bytes());
+        };
+        put(&self.key_name);
+        for (k, v) in &self.context {
+            put(k);
+            put(v);
+        }
+        out
+    }
+
+    /// The context plus the key name under [`KEY_NAME_CONTEXT`].
+    pub fn context_map(&self) -> BTreeMap<String, String> {
+        let mut m = self.context.clone();
+        m.insert(KEY_NAME_CONTEXT.to_owned(), self.key_name.clone());
+        m
+    }
+}
+
+/// One KMS-wrapped copy of the plaintext.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ciphertext {
+    pub bytes: Vec<u8>,
+    /// What the KMS says wrapped it (GCP CryptoKeyVersion, Vault `vN`); may be empty.
+    pub key_version: String,
+}
+
+/// What a status check found about a reachable, usable key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyHealth {
+    /// E.g. the primary version; shown in RevokeStatus.
+    pub detail: String,
+}
+
+/// One KMS key, reached through one configured URI.
+#[async_trait]
+pub trait KmsBackend: Send + Sync + fmt::Debug + 'static {
+    /// Wraps `plaintext` (1..=4096 bytes) binding `aad`.
+    async fn encrypt(&self, plaintext: &SecretBytes, aad: &Aad) -> Result<Ciphertext, BackendError>;
+
+    /// Unwraps a ciphertext this backend made. `key_version` is what `encrypt` reported.
+    async fn decrypt(
+        &self,
+        ciphertext: &[u8],
+        key_version: &str,
+        aad: &Aad,
+    ) -> Result<SecretBytes, BackendError>;
+
+    /// A cheap check that the key exists, is enabled and that we may use it. Prefer
+    /// metadata calls over paid crypto where the KMS offers them.
+    async fn check(&self) -> Result<KeyHealth, BackendError>;
+}
+
+/// Builds the backend for a parsed URI. Must not contact the KMS: a daemon starts even
+/// while its KMS is down (and then hands out nothing until it answers).
+pub async fn connect(uri: &KeyUri) -> Result<Arc<dyn KmsBackend>, String> {
+    match uri {
+        KeyUri::File(u) => Ok(Arc::new(file::FileBackend::new(u.clone()))),
+        #[cfg(feature = "mock-kms")]
+        KeyUri::Mock(u) => Ok(Arc::new(mock::MockBackend::named(&u.name))),
+        #[cfg(feature = "aws")]
+        KeyUri::Aws(u) => Ok(Arc::new(aws::AwsBackend::new(u.clone()).await?)),
+        #[cfg(feature = "gcp")]
+        KeyUri::Gcp(u) => Ok(Arc::new(gcp::GcpBackend::new(u.clone()).await?)),
+        #[cfg(feature = "vault")]
+        KeyUri::Vault(u) => Ok(Arc::new(vault::VaultBackend::new(u.clone()).await?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aad_bytes_are_unambiguous() {
+        let a = Aad::new("k", BTreeMap::from([("a".into(), "bc".into())]));
+        let b = Aad::new("k", BTreeMap::from([("ab".into(), "c".into())]));
+        assert_ne!(a.bytes(), b.bytes());
+        let c = Aad::new("k2", BTreeMap::new());
+        assert_ne!(Aad::new("k", BTreeMap::new()).bytes(), c.bytes());
+    }
+
+    #[test]
+    fn context_map_carries_the_name() {
+        let a = Aad::new("primary", BTreeMap::from([("x".into(), "y".into())]));
+        let m = a.context_map();
+        assert_eq!(m.get(KEY_NAME_CONTEXT).map(String::as_str), Some("primary"));
+        assert_eq!(m.get("x").map(String::as_str), Some("y"));
+    }
+}

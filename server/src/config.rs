@@ -1,0 +1,393 @@
+//! The TOML config: serde types that reject unknown fields, validated once into typed values
+//! (STYLE lesson 6). Nothing downstream re-checks a string from here.
+//!
+//! Every failure is a [`ConfigError`] naming the file, the field and the fix; `main` turns
+//! it into exit code 64 (EX_USAGE).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::backend::resilient::RetryPolicy;
+use crate::key_uri::KeyUri;
+use crate::policy::{Policy, PolicyRule};
+use crate::store_key::{Algorithm, StoreId};
+
+/// A bad config: which file, which field, what is wrong and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub field: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: `{}`: {}; fix: {}",
+            self.file.display(),
+            self.field,
+            self.problem,
+            self.fix
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The validated config the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub server: ServerConfig,
+    pub tls: Option<TlsFiles>,
+    pub keys: BTreeMap<String, KeyConfig>,
+    pub stores: BTreeMap<StoreId, StoreConfig>,
+    pub revocation: RevocationConfig,
+    pub kms: RetryPolicy,
+    pub policy: Policy,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub unix_socket: PathBuf,
+    pub tcp_listen: Option<SocketAddr>,
+    pub state_dir: PathBuf,
+    /// How long in-flight calls may run after SIGTERM before they are cut.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyConfig {
+    pub uris: Vec<KeyUri>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub key: String,
+    pub algorithm: Algorithm,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RevocationConfig {
+    pub poll_interval: Duration,
+    /// Zero turns the grace off.
+    pub grace_period: Duration,
+}
+
+// ---- the TOML shape -------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    keys: BTreeMap<String, RawKey>,
+    #[serde(default)]
+    stores: BTreeMap<String, RawStore>,
+    #[serde(default)]
+    revocation: RawRevocation,
+    #[serde(default)]
+    kms: RawKms,
+    #[serde(default)]
+    policy: Vec<RawPolicy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    unix_socket: PathBuf,
+    tcp_listen: Option<String>,
+    state_dir: PathBuf,
+    #[serde(default, with = "humantime_serde")]
+    shutdown_grace: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    uris: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    key: String,
+    algorithm: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRevocation {
+    #[serde(default, with = "humantime_serde")]
+    poll_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    grace_period: Option<Duration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawKms {
+    #[serde(default, with = "humantime_serde")]
+    attempt_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    deadline: Option<Duration>,
+    max_attempts: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    peer: String,
+    allow: Vec<String>,
+    keys: Option<Vec<String>>,
+    stores: Option<Vec<String>>,
+}
+
+// ---- loading --------------------------------------------------------------------------
+
+/// Key names follow the store id alphabet, so they are safe in logs and file names.
+pub fn valid_name(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            field: "(file)".into(),
+            problem: format!("cannot read the config: {e}"),
+            fix: "pass --config with the path of a readable TOML file".into(),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates config text; `path` names it in errors and anchors relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let err = |field: &str, problem: String, fix: &str| ConfigError {
+            file: path.to_owned(),
+            field: field.to_owned(),
+            problem,
+            fix: fix.to_owned(),
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
+                .unwrap_or(0);
+            err(
+                &format!("line {line}"),
+                e.message().trim().to_owned(),
+                "correct the field name or value (unknown fields are errors); see the README's config reference",
+            )
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        let rel = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+
+        let tcp_listen = match raw.server.tcp_listen.as_deref() {
+            None => None,
+            Some(s) => Some(s.parse::<SocketAddr>().map_err(|e| {
+                err(
+                    "server.tcp_listen",
+                    format!("{s:?} is not an address ({e})"),
+                    "write HOST:PORT, e.g. \"127.0.0.1:7443\"",
+                )
+            })?),
+        };
+        if tcp_listen.is_some() && raw.tls.is_none() {
+            return Err(err(
+                "tls",
+                "server.tcp_listen is set but [tls] is missing: TCP is served with mutual TLS only".into(),
+                "add [tls] with ca, cert and key, or remove server.tcp_listen",
+            ));
+        }
+        let server = ServerConfig {
+            unix_socket: rel(raw.server.unix_socket),
+            tcp_listen,
+            state_dir: rel(raw.server.state_dir),
+            shutdown_grace: raw.server.shutdown_grace.unwrap_or(Duration::from_secs(10)),
+        };
+        let tls = raw.tls.map(|t| TlsFiles {
+            ca: rel(t.ca),
+            cert: rel(t.cert),
+            key: rel(t.key),
+        });
+
+        let mut keys = BTreeMap::new();
+        for (name, k) in raw.keys {
+            let field = format!("keys.{name}");
+            if !valid_name(&name) {
+                return Err(err(&field, "key names use [A-Za-z0-9._-], 1 to 128 characters".into(), "rename the key"));
+            }
+            if k.uris.is_empty() {
+                return Err(err(&format!("{field}.uris"), "no URIs".into(), "list at least one KMS key URI"));
+            }
+            let mut uris = Vec::with_capacity(k.uris.len());
+            for (i, u) in k.uris.iter().enumerate() {
+                let mut parsed = KeyUri::parse(u).map_err(|problem| {
+                    err(&format!("{field}.uris[{i}]"), problem, "see the README's key URI forms")
+                })?;
+                parsed.resolve_relative(&base);
+                if uris.iter().any(|p: &KeyUri| p.id() == parsed.id()) {
+                    return Err(err(&format!("{field}.uris[{i}]"), "the same KMS key is listed twice".into(), "remove the duplicate"));
+                }
+                uris.push(parsed);
+            }
+            keys.insert(name, KeyConfig { uris });
+        }
+
+        let mut stores = BTreeMap::new();
+        for (id, s) in raw.stores {
+            let field = format!("stores.{id}");
+            let store_id = StoreId::parse(&id).map_err(|problem| err(&field, problem, "rename the store"))?;
+            if !keys.contains_key(&s.key) {
+                return Err(err(&format!("{field}.key"), format!("no key named {:?} under [keys]", s.key), "name a key defined under [keys.NAME]"));
+            }
+            let algorithm = match s.algorithm.as_deref() {
+                None => Algorithm::Aes256,
+                Some(a) => Algorithm::parse(a).ok_or_else(|| {
+                    err(&format!("{field}.algorithm"), format!("{a:?} is not an algorithm"), "use \"AES-128\", \"AES-192\" or \"AES-256\"")
+                })?,
+            };
+            stores.insert(store_id, StoreConfig { key: s.key, algorithm });
+        }
+
+        let revocation = RevocationConfig {
+            poll_interval: raw.revocation.poll_interval.unwrap_or(Duration::from_secs(30)),
+            grace_period: raw.revocation.grace_period.unwrap_or(Duration::from_secs(15 * 60)),
+        };
+        if revocation.poll_interval < Duration::from_millis(100) {
+            return Err(err("revocation.poll_interval", "shorter than 100ms".into(), "use e.g. \"30s\""));
+        }
+
+        let defaults = RetryPolicy::default();
+        let kms = RetryPolicy {
+            attempt_timeout: raw.kms.attempt_timeout.unwrap_or(defaults.attempt_timeout),
+            deadline: raw.kms.deadline.unwrap_or(defaults.deadline),
+            max_attempts: raw.kms.max_attempts.unwrap_or(defaults.max_attempts),
+            ..defaults
+        };
+        if kms.max_attempts == 0 || kms.attempt_timeout.is_zero() || kms.deadline.is_zero() {
+            return Err(err("kms", "timeouts and max_attempts must be above zero".into(), "e.g. attempt_timeout = \"5s\", deadline = \"15s\", max_attempts = 4"));
+        }
+
+        let mut rules = Vec::with_capacity(raw.policy.len());
+        for (i, p) in raw.policy.into_iter().enumerate() {
+            let field = format!("policy[{i}]");
+            let rule = PolicyRule::parse(&p.peer, &p.allow, p.keys.as_deref(), p.stores.as_deref())
+                .map_err(|(sub, problem, fix)| err(&format!("{field}.{sub}"), problem, &fix))?;
+            if let Some(ks) = &rule.keys {
+                if let Some(k) = ks.iter().find(|k| !keys.contains_key(*k)) {
+                    return Err(err(&format!("{field}.keys"), format!("no key named {k:?} under [keys]"), "name keys defined under [keys.NAME]"));
+                }
+            }
+            if let Some(ss) = &rule.stores {
+                if let Some(s) = ss.iter().find(|s| !stores.contains_key(*s)) {
+                    return Err(err(&format!("{field}.stores"), format!("no store named {:?} under [stores]", s.as_str()), "name stores defined under [stores.ID]"));
+                }
+            }
+            rules.push(rule);
+        }
+
+        Ok(Config {
+            file: path.to_owned(),
+            server,
+            tls,
+            keys,
+            stores,
+            revocation,
+            kms,
+            policy: Policy::new(rules),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+unix_socket = "broker.sock"
+state_dir = "state"
+
+[keys.primary]
+uris = ["file:///etc/kms/key.bin"]
+
+[stores.store-1]
+key = "primary"
+
+[[policy]]
+peer = "uid:0"
+allow = ["WrapKey", "GetStoreKey"]
+"#;
+
+    fn parse(t: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/kms-broker/config.toml"), t)
+    }
+
+    #[test]
+    fn good_config_and_relative_paths() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.server.unix_socket, Path::new("/etc/kms-broker/broker.sock"));
+        assert_eq!(c.stores.len(), 1);
+        assert_eq!(c.revocation.grace_period, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn unknown_field_names_file_and_field() {
+        let e = parse(&GOOD.replace("state_dir", "state_dri")).unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("/etc/kms-broker/config.toml"), "{s}");
+        assert!(s.contains("state_dri"), "{s}");
+    }
+
+    #[test]
+    fn store_naming_a_missing_key() {
+        let e = parse(&GOOD.replace("key = \"primary\"", "key = \"nope\"")).unwrap_err();
+        assert_eq!(e.field, "stores.store-1.key");
+    }
+
+    #[test]
+    fn store_key_for_a_cert_peer_is_refused() {
+        let e = parse(&GOOD.replace("uid:0", "cert:backup")).unwrap_err();
+        assert!(e.field.starts_with("policy[0]"), "{e}");
+        assert!(e.problem.contains("GetStoreKey"), "{e}");
+    }
+
+    #[test]
+    fn tcp_needs_tls() {
+        let e = parse(&GOOD.replace("state_dir", "tcp_listen = \"127.0.0.1:7443\"\nstate_dir")).unwrap_err();
+        assert_eq!(e.field, "tls");
+    }
+}

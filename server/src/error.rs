@@ -1,0 +1,95 @@
+//! The daemon's error type and the ONE conversion into `tonic::Status`.
+//!
+//! Every handler returns [`Error`]; the table of CONTRACT.md lives in `From<Error> for Status`
+//! and nowhere else. Messages are short and human and never carry key material, credentials
+//! or a URI's secret parameters: variants hold only names, states and redacted details.
+
+use std::fmt;
+
+use tonic::{Code, Status};
+
+use crate::state::KeyState;
+
+/// What can go wrong serving a request, in the contract's terms.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Malformed request, or a `wrapped` blob that does not parse or authenticate.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The caller has no identity the daemon accepts.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is known but the policy does not allow this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// Unknown key name, store id, or a store with no key yet.
+    #[error("{0}")]
+    NotFound(String),
+    /// The key is DISABLED, REVOKED or DESTROYED (or a URI of it, for WrapKey).
+    #[error("key {key:?} is {state}{}", detail_suffix(.detail))]
+    KeyNotUsable {
+        key: String,
+        state: KeyState,
+        detail: String,
+    },
+    /// The KMS did not answer in time, or kept throttling.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A fault of the daemon itself (disk, corrupt state). Logged in full, answered briefly.
+    #[error("{0}")]
+    Internal(String),
+}
+
+fn detail_suffix(detail: &str) -> String {
+    if detail.is_empty() {
+        String::new()
+    } else {
+        format!(": {detail}")
+    }
+}
+
+impl Error {
+    pub fn invalid(msg: impl fmt::Display) -> Self {
+        Self::InvalidArgument(msg.to_string())
+    }
+
+    pub fn internal(msg: impl fmt::Display) -> Self {
+        Self::Internal(msg.to_string())
+    }
+
+    /// The gRPC code this error answers with; also used for the outcome field of logs.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::NotFound(_) => Code::NotFound,
+            Error::KeyNotUsable { .. } => Code::FailedPrecondition,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_precondition_names_the_state() {
+        let s: Status = Error::KeyNotUsable {
+            key: "primary".into(),
+            state: KeyState::Disabled,
+            detail: String::new(),
+        }
+        .into();
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert!(s.message().contains("DISABLED"), "{}", s.message());
+    }
+}

@@ -1,0 +1,245 @@
+//! Who may do what: `[[policy]]` rules, default deny.
+//!
+//! A rule matches a peer (`uid:N`, `gid:N`, `cert:IDENTITY`) and allows operations,
+//! optionally only on some keys or stores. The service asks [`Policy::authorize`] BEFORE it
+//! looks anything up, so a caller who may not use a key or store learns nothing about
+//! whether it exists (CONTRACT.md's check order).
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use crate::config::valid_name;
+use crate::error::Error;
+use crate::peer::Peer;
+use crate::store_key::StoreId;
+
+/// The KeyBroker operations a rule can allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Operation {
+    WrapKey,
+    UnwrapKey,
+    GetStoreKey,
+    RevokeStatus,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::WrapKey => "WrapKey",
+            Operation::UnwrapKey => "UnwrapKey",
+            Operation::GetStoreKey => "GetStoreKey",
+            Operation::RevokeStatus => "RevokeStatus",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [
+            Operation::WrapKey,
+            Operation::UnwrapKey,
+            Operation::GetStoreKey,
+            Operation::RevokeStatus,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == s)
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which callers a rule is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerMatcher {
+    Uid(u32),
+    Gid(u32),
+    Cert(String),
+}
+
+impl PeerMatcher {
+    fn parse(s: &str) -> Option<Self> {
+        let (kind, val) = s.split_once(':')?;
+        match kind {
+            "uid" => val.parse().ok().map(PeerMatcher::Uid),
+            "gid" => val.parse().ok().map(PeerMatcher::Gid),
+            "cert" if !val.is_empty() => Some(PeerMatcher::Cert(val.to_owned())),
+            _ => None,
+        }
+    }
+
+    fn matches(&self, peer: &Peer) -> bool {
+        match (self, peer) {
+            (PeerMatcher::Uid(u), Peer::Unix { uid, .. }) => u == uid,
+            (PeerMatcher::Gid(g), Peer::Unix { gid, .. }) => g == gid,
+            (PeerMatcher::Cert(id), Peer::Tls { identity }) => id == identity,
+            _ => false,
+        }
+    }
+}
+
+/// One `[[policy]]` entry.
+#[derive(Debug, Clone)]
+pub struct PolicyRule {
+    pub peer: PeerMatcher,
+    pub allow: BTreeSet<Operation>,
+    /// `None`: every key.
+    pub keys: Option<BTreeSet<String>>,
+    /// `None`: every store.
+    pub stores: Option<BTreeSet<StoreId>>,
+}
+
+/// (sub-field, problem, fix) for the config loader to wrap.
+pub type RuleError = (&'static str, String, String);
+
+impl PolicyRule {
+    pub fn parse(
+        peer: &str,
+        allow: &[String],
+        keys: Option<&[String]>,
+        stores: Option<&[String]>,
+    ) -> Result<Self, RuleError> {
+        let peer = PeerMatcher::parse(peer).ok_or_else(|| {
+            (
+                "peer",
+                format!("{peer:?} is not a peer"),
+                "write uid:N, gid:N or cert:IDENTITY".to_string(),
+            )
+        })?;
+        let mut ops = BTreeSet::new();
+        for a in allow {
+            let op = Operation::parse(a).ok_or_else(|| {
+                (
+                    "allow",
+                    format!("{a:?} is not an operation"),
+                    "use WrapKey, UnwrapKey, GetStoreKey or RevokeStatus".to_string(),
+                )
+            })?;
+            ops.insert(op);
+        }
+        if matches!(peer, PeerMatcher::Cert(_)) && ops.contains(&Operation::GetStoreKey) {
+            return Err((
+                "allow",
+                "GetStoreKey is served only over the Unix socket and cannot be granted to a cert: peer".into(),
+                "grant GetStoreKey to a uid: or gid: peer instead".into(),
+            ));
+        }
+        let keys = match keys {
+            None => None,
+            Some(ks) => {
+                if let Some(bad) = ks.iter().find(|k| !valid_name(k)) {
+                    return Err(("keys", format!("{bad:?} is not a key name"), "list key names from [keys]".into()));
+                }
+                Some(ks.iter().cloned().collect())
+            }
+        };
+        let stores = match stores {
+            None => None,
+            Some(ss) => {
+                let mut set = BTreeSet::new();
+                for s in ss {
+                    set.insert(StoreId::parse(s).map_err(|p| ("stores", p, "list store ids from [stores]".to_string()))?);
+                }
+                Some(set)
+            }
+        };
+        Ok(Self {
+            peer,
+            allow: ops,
+            keys,
+            stores,
+        })
+    }
+
+    fn allows(&self, peer: &Peer, op: Operation, key: Option<&str>, store: Option<&StoreId>) -> bool {
+        self.peer.matches(peer)
+            && self.allow.contains(&op)
+            && key.is_none_or(|k| self.keys.as_ref().is_none_or(|ks| ks.contains(k)))
+            && store.is_none_or(|s| self.stores.as_ref().is_none_or(|ss| ss.contains(s)))
+    }
+}
+
+/// All rules; default deny.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    rules: Vec<PolicyRule>,
+}
+
+impl Policy {
+    pub fn new(rules: Vec<PolicyRule>) -> Self {
+        Self { rules }
+    }
+
+    /// Allows `op` for `peer` on `key` / `store` if any rule does. GetStoreKey over TCP is
+    /// refused whatever the rules say (config load refuses such rules too).
+    pub fn authorize(
+        &self,
+        peer: &Peer,
+        op: Operation,
+        key: Option<&str>,
+        store: Option<&StoreId>,
+    ) -> Result<(), Error> {
+        if op == Operation::GetStoreKey && !matches!(peer, Peer::Unix { .. }) {
+            return Err(Error::PermissionDenied(
+                "GetStoreKey is served only over the Unix socket".into(),
+            ));
+        }
+        if self.rules.iter().any(|r| r.allows(peer, op, key, store)) {
+            Ok(())
+        } else {
+            // The same words whether or not the key/store exists.
+            Err(Error::PermissionDenied(format!("{peer} may not call {op} here")))
+        }
+    }
+
+    /// Whether `peer` may see `key` in RevokeStatus.
+    pub fn may_see(&self, peer: &Peer, key: &str) -> bool {
+        self.authorize(peer, Operation::RevokeStatus, Some(key), None).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(peer: &str, allow: &[&str], keys: Option<&[&str]>) -> PolicyRule {
+        let allow: Vec<String> = allow.iter().map(|s| s.to_string()).collect();
+        let keys: Option<Vec<String>> = keys.map(|k| k.iter().map(|s| s.to_string()).collect());
+        PolicyRule::parse(peer, &allow, keys.as_deref(), None).unwrap()
+    }
+
+    fn unix(uid: u32, gid: u32) -> Peer {
+        Peer::Unix { uid, gid, pid: None }
+    }
+
+    #[test]
+    fn default_deny() {
+        let p = Policy::default();
+        let e = p.authorize(&unix(0, 0), Operation::WrapKey, Some("k"), None).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    }
+
+    #[test]
+    fn uid_gid_and_key_scoping() {
+        let p = Policy::new(vec![
+            rule("uid:1000", &["WrapKey"], Some(&["a"])),
+            rule("gid:50", &["UnwrapKey"], None),
+        ]);
+        assert!(p.authorize(&unix(1000, 1), Operation::WrapKey, Some("a"), None).is_ok());
+        assert!(p.authorize(&unix(1000, 1), Operation::WrapKey, Some("b"), None).is_err());
+        assert!(p.authorize(&unix(1000, 1), Operation::UnwrapKey, Some("a"), None).is_err());
+        assert!(p.authorize(&unix(7, 50), Operation::UnwrapKey, Some("zzz"), None).is_ok());
+    }
+
+    #[test]
+    fn cert_peers_and_store_keys() {
+        let p = Policy::new(vec![rule("cert:backup", &["UnwrapKey"], None)]);
+        let tls = Peer::Tls { identity: "backup".into() };
+        assert!(p.authorize(&tls, Operation::UnwrapKey, Some("k"), None).is_ok());
+        assert!(p.authorize(&tls, Operation::WrapKey, Some("k"), None).is_err());
+        let e = PolicyRule::parse("cert:x", &["GetStoreKey".into()], None, None).unwrap_err();
+        assert_eq!(e.0, "allow");
+        assert!(PolicyRule::parse("user:x", &[], None, None).is_err());
+    }
+}
