@@ -11,7 +11,7 @@ use tonic::{Code, Status};
 use crate::state::KeyState;
 
 /// What can go wrong serving a request, in the contract's terms.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// Malformed request, or a `wrapped` blob that does not parse or authenticate.
     #[error("{0}")]

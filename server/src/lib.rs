@@ -22,15 +22,23 @@
 //! - [`tls`] / [`certs`] / [`dev`]: mTLS set-up, rcgen certificates, `serve --dev`.
 
 pub mod backend;
+pub mod broker;
+pub mod certs;
 pub mod config;
+pub mod dev;
 pub mod envelope;
 pub mod error;
 pub mod key_uri;
 pub mod peer;
 pub mod policy;
+pub mod revocation;
 pub mod secret;
+pub mod server;
+pub mod service;
 pub mod state;
 pub mod store_key;
+pub mod stores;
+pub mod tls;
 
 /// Generated protobuf and gRPC types of `kmsbroker.v1`.
 pub mod pb {

@@ -1,14 +1,240 @@
-//! `mock://NAME`: the scriptable mock KMS. (stub: being written)
+//! `mock://NAME`: the scriptable mock KMS. **Test builds only** (cargo feature `mock-kms`;
+//! a production build refuses `mock://` URIs at config load).
+//!
+//! Every `mock://NAME` URI in the process shares one mock key, found by name in a
+//! process-global registry, so a test scripts the KMS the daemon under test is using:
+//!
+//! ```ignore
+//! use kms_broker::backend::mock::{mock, MockFault};
+//! let kms = mock("t-revoke-1");        // get-or-create; use a fresh name per test
+//! kms.disable();                       // every call now fails FailureClass::Disabled
+//! kms.enable();
+//! kms.fail_next(2, MockFault::Throttled); // the next 2 calls are Unreachable
+//! kms.set_latency(Duration::from_secs(3)); // tokio::time::sleep, so paused time works
+//! let v2 = kms.rotate();               // new primary version "2"; "1" still decrypts
+//! assert_eq!(kms.calls().check, 1);
+//! ```
+//!
+//! A call runs: count it, sleep the latency, then answer in this order, like a real KMS:
+//! a fault (`fail_next`, then `set_fault`) → Unreachable; revoked → Revoked; destroyed →
+//! Destroyed; disabled → Disabled; else the crypto. The same applies to encrypt, decrypt
+//! and check (the cheap metadata call, counted separately). Versions are "1", "2", …,
+//! each a random AES-256-GCM key; ciphertexts are `nonce || ciphertext || tag` with
+//! [`Aad::bytes`] as authenticated data. [`MockKms::destroy`] drops the key material for
+//! good, as a real KMS does: there is no undo.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::time::Duration;
+
 use async_trait::async_trait;
 
-use super::{Aad, BackendError, Ciphertext, KeyHealth, KmsBackend};
+use super::file::{open, seal};
+use super::{Aad, BackendError, Ciphertext, FailureClass, KeyHealth, KmsBackend};
 use crate::key_uri::MockUri;
 use crate::secret::SecretBytes;
+use crate::state::KeyState;
+
+/// Every mock key of the process, by name.
+static REGISTRY: LazyLock<Mutex<HashMap<String, Arc<MockState>>>> = LazyLock::new(Default::default);
+
+/// The mock key named `name`, created (one version, enabled) on first use.
+pub fn mock(name: &str) -> MockKms {
+    let mut reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    let state = reg.entry(name.to_owned()).or_insert_with(|| Arc::new(MockState::new())).clone();
+    MockKms { name: name.to_owned(), state }
+}
+
+/// A scripted transport failure. Both are FailureClass::Unreachable; the detail says which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MockFault {
+    /// Like a 503 or a connection refused.
+    Unavailable,
+    /// Like a 429 / ThrottlingException.
+    Throttled,
+}
+
+/// How many calls of each kind reached the mock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MockCalls {
+    pub encrypt: u64,
+    pub decrypt: u64,
+    pub check: u64,
+}
+
+/// One mock key's state. Shared by every [`MockKms`] handle and [`MockBackend`] of a name.
+#[derive(Debug)]
+pub struct MockState {
+    inner: Mutex<Inner>,
+}
 
 #[derive(Debug)]
+struct Inner {
+    disabled: bool,
+    revoked: bool,
+    destroyed: bool,
+    latency: Duration,
+    fail_next: (u32, MockFault),
+    fault: Option<MockFault>,
+    /// Version `i + 1` is `versions[i]`; the last is the primary. Emptied by destroy.
+    versions: Vec<SecretBytes>,
+    calls: MockCalls,
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Encrypt,
+    Decrypt,
+    Check,
+}
+
+impl MockState {
+    fn new() -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                disabled: false,
+                revoked: false,
+                destroyed: false,
+                latency: Duration::ZERO,
+                fail_next: (0, MockFault::Unavailable),
+                fault: None,
+                versions: vec![SecretBytes::random(32)],
+                calls: MockCalls::default(),
+            }),
+        }
+    }
+
+    /// A panicking test must not poison the mock for every other test of the process.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts the call, sleeps the latency (never holding the lock), then returns the lock
+    /// if the key would answer, or the error it answers with.
+    async fn enter(&self, op: Op) -> Result<MutexGuard<'_, Inner>, BackendError> {
+        let latency = {
+            let mut s = self.lock();
+            match op {
+                Op::Encrypt => s.calls.encrypt += 1,
+                Op::Decrypt => s.calls.decrypt += 1,
+                Op::Check => s.calls.check += 1,
+            }
+            s.latency
+        };
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        let mut s = self.lock();
+        let fault = if s.fail_next.0 > 0 {
+            s.fail_next.0 -= 1;
+            Some(s.fail_next.1)
+        } else {
+            s.fault
+        };
+        let err = |class, detail: &str| Err(BackendError::new(class, format!("mock KMS: {detail}")));
+        match fault {
+            Some(MockFault::Unavailable) => return err(FailureClass::Unreachable, "unavailable (injected)"),
+            Some(MockFault::Throttled) => return err(FailureClass::Unreachable, "throttled (injected)"),
+            None => {}
+        }
+        if s.revoked {
+            return err(FailureClass::Revoked, "access denied");
+        }
+        if s.destroyed {
+            return err(FailureClass::Destroyed, "key destroyed");
+        }
+        if s.disabled {
+            return err(FailureClass::Disabled, "key disabled");
+        }
+        Ok(s)
+    }
+}
+
+/// A test's handle on one mock key: cheap to clone, every clone scripts the same key.
+#[derive(Debug, Clone)]
+pub struct MockKms {
+    name: String,
+    state: Arc<MockState>,
+}
+
+impl MockKms {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Switches the key off, reversibly ([`MockKms::enable`]).
+    pub fn disable(&self) {
+        self.state.lock().disabled = true;
+    }
+    pub fn enable(&self) {
+        self.state.lock().disabled = false;
+    }
+    /// Takes the daemon's permission away ([`MockKms::restore_access`] gives it back).
+    pub fn revoke(&self) {
+        self.state.lock().revoked = true;
+    }
+    pub fn restore_access(&self) {
+        self.state.lock().revoked = false;
+    }
+    /// Deletes every key version. Irreversible: use a fresh name in the next test.
+    pub fn destroy(&self) {
+        let mut s = self.state.lock();
+        s.destroyed = true;
+        s.versions.clear();
+    }
+    /// Delay before every call answers (a `tokio::time::sleep`, so paused time skips it).
+    pub fn set_latency(&self, latency: Duration) {
+        self.state.lock().latency = latency;
+    }
+    /// The next `n` calls (of any kind) fail with `fault`; later calls behave as before.
+    pub fn fail_next(&self, n: u32, fault: MockFault) {
+        self.state.lock().fail_next = (n, fault);
+    }
+    /// Every call fails with `fault` until `set_fault(None)`.
+    pub fn set_fault(&self, fault: Option<MockFault>) {
+        self.state.lock().fault = fault;
+    }
+    /// Adds a new primary version and returns its name; older versions still decrypt.
+    /// A destroyed key stays destroyed.
+    pub fn rotate(&self) -> String {
+        let mut s = self.state.lock();
+        if !s.destroyed {
+            s.versions.push(SecretBytes::random(32));
+        }
+        s.versions.len().to_string()
+    }
+    /// The version new encrypts use.
+    pub fn primary_version(&self) -> String {
+        self.state.lock().versions.len().to_string()
+    }
+    pub fn calls(&self) -> MockCalls {
+        self.state.lock().calls
+    }
+    pub fn reset_calls(&self) {
+        self.state.lock().calls = MockCalls::default();
+    }
+    /// The state a status check would report now (a persistent fault reads Unreachable;
+    /// `fail_next` is not consumed).
+    pub fn state(&self) -> KeyState {
+        let s = self.state.lock();
+        if s.fail_next.0 > 0 || s.fault.is_some() {
+            KeyState::Unreachable
+        } else if s.revoked {
+            KeyState::Revoked
+        } else if s.destroyed {
+            KeyState::Destroyed
+        } else if s.disabled {
+            KeyState::Disabled
+        } else {
+            KeyState::Active
+        }
+    }
+}
+
+/// The backend for `mock://NAME`: the registry's key of that name.
+#[derive(Debug)]
 pub struct MockBackend {
-    #[allow(dead_code)]
-    uri: MockUri,
+    name: String,
+    state: Arc<MockState>,
 }
 
 impl std::fmt::Debug for MockUri {
@@ -19,19 +245,141 @@ impl std::fmt::Debug for MockUri {
 
 impl MockBackend {
     pub fn named(name: &str) -> Self {
-        Self { uri: MockUri { name: name.to_owned() } }
+        let MockKms { name, state } = mock(name);
+        Self { name, state }
     }
 }
 
 #[async_trait]
 impl KmsBackend for MockBackend {
-    async fn encrypt(&self, _p: &SecretBytes, _aad: &Aad) -> Result<Ciphertext, BackendError> {
-        todo!()
+    async fn encrypt(&self, plaintext: &SecretBytes, aad: &Aad) -> Result<Ciphertext, BackendError> {
+        let s = self.state.enter(Op::Encrypt).await?;
+        // Not destroyed (enter checked), so there is at least one version.
+        let key = s.versions.last().ok_or_else(|| BackendError::new(FailureClass::Destroyed, "mock KMS: no key versions"))?;
+        Ok(Ciphertext {
+            bytes: seal(key, plaintext, aad)?,
+            key_version: s.versions.len().to_string(),
+        })
     }
-    async fn decrypt(&self, _c: &[u8], _v: &str, _aad: &Aad) -> Result<SecretBytes, BackendError> {
-        todo!()
+
+    async fn decrypt(&self, ciphertext: &[u8], key_version: &str, aad: &Aad) -> Result<SecretBytes, BackendError> {
+        let s = self.state.enter(Op::Decrypt).await?;
+        let key = key_version
+            .parse::<usize>()
+            .ok()
+            .and_then(|v| v.checked_sub(1))
+            .and_then(|i| s.versions.get(i))
+            .ok_or_else(|| {
+                BackendError::invalid_ciphertext(format!("mock KMS {}: no key version {key_version:?}", self.name))
+            })?;
+        open(key, ciphertext, aad)
     }
+
     async fn check(&self) -> Result<KeyHealth, BackendError> {
-        todo!()
+        let s = self.state.enter(Op::Check).await?;
+        Ok(KeyHealth {
+            detail: format!("primary version {}", s.versions.len()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn aad() -> Aad {
+        Aad::new("primary", BTreeMap::from([("store".into(), "s1".into())]))
+    }
+
+    fn pt() -> SecretBytes {
+        SecretBytes::copy_from(b"a data key")
+    }
+
+    #[tokio::test]
+    async fn state_transitions() {
+        let kms = mock("unit-states");
+        let b = MockBackend::named("unit-states");
+        assert_eq!(kms.state(), KeyState::Active);
+        b.check().await.unwrap();
+        let cases: [(fn(&MockKms), fn(&MockKms), FailureClass, KeyState); 2] = [
+            (MockKms::disable, MockKms::enable, FailureClass::Disabled, KeyState::Disabled),
+            (MockKms::revoke, MockKms::restore_access, FailureClass::Revoked, KeyState::Revoked),
+        ];
+        for (off, on, class, state) in cases {
+            off(&kms);
+            assert_eq!(kms.state(), state);
+            assert_eq!(b.check().await.unwrap_err().class, class);
+            assert_eq!(b.encrypt(&pt(), &aad()).await.unwrap_err().class, class);
+            assert_eq!(b.decrypt(&[0; 40], "1", &aad()).await.unwrap_err().class, class);
+            on(&kms);
+            assert_eq!(kms.state(), KeyState::Active);
+            b.check().await.unwrap();
+        }
+        let ct = b.encrypt(&pt(), &aad()).await.unwrap();
+        kms.destroy();
+        kms.enable();
+        assert_eq!(kms.state(), KeyState::Destroyed);
+        let e = b.decrypt(&ct.bytes, &ct.key_version, &aad()).await.unwrap_err();
+        assert_eq!(e.class, FailureClass::Destroyed);
+        assert_eq!(kms.calls(), MockCalls { encrypt: 3, decrypt: 3, check: 5 });
+    }
+
+    #[tokio::test]
+    async fn rotation_keeps_old_versions() {
+        let kms = mock("unit-rotate");
+        let b = MockBackend::named("unit-rotate");
+        let old = b.encrypt(&pt(), &aad()).await.unwrap();
+        assert_eq!(old.key_version, "1");
+        assert_eq!(kms.rotate(), "2");
+        let new = b.encrypt(&pt(), &aad()).await.unwrap();
+        assert_eq!(new.key_version, "2");
+        for ct in [&old, &new] {
+            let back = b.decrypt(&ct.bytes, &ct.key_version, &aad()).await.unwrap();
+            assert!(back.ct_eq(pt().expose()));
+        }
+        // The wrong version, an unknown one, or another context: not a key-state change.
+        for (v, a) in [("2", aad()), ("3", aad()), ("x", aad()), ("1", Aad::new("other", BTreeMap::new()))] {
+            let e = b.decrypt(&old.bytes, v, &a).await.unwrap_err();
+            assert_eq!(e.class, FailureClass::InvalidCiphertext, "version {v}");
+        }
+        assert_eq!(b.check().await.unwrap().detail, "primary version 2");
+    }
+
+    #[tokio::test]
+    async fn fault_injection_counts() {
+        let kms = mock("unit-faults");
+        let b = MockBackend::named("unit-faults");
+        kms.fail_next(2, MockFault::Throttled);
+        assert_eq!(kms.state(), KeyState::Unreachable);
+        for _ in 0..2 {
+            let e = b.check().await.unwrap_err();
+            assert_eq!(e.class, FailureClass::Unreachable);
+            assert!(e.detail.contains("throttled"), "{}", e.detail);
+        }
+        b.check().await.unwrap();
+        kms.set_fault(Some(MockFault::Unavailable));
+        let e = b.encrypt(&pt(), &aad()).await.unwrap_err();
+        assert!(e.detail.contains("unavailable"), "{}", e.detail);
+        kms.set_fault(None);
+        b.encrypt(&pt(), &aad()).await.unwrap();
+        assert_eq!(kms.calls(), MockCalls { encrypt: 2, decrypt: 0, check: 3 });
+        kms.reset_calls();
+        assert_eq!(kms.calls(), MockCalls::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn latency_uses_tokio_time() {
+        let kms = mock("unit-latency");
+        let b = MockBackend::named("unit-latency");
+        kms.set_latency(Duration::from_secs(30));
+        let start = tokio::time::Instant::now();
+        b.check().await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(30));
+        // A timeout cuts a slow call; it still counts, as a request sent to a real KMS does.
+        let cut = tokio::time::timeout(Duration::from_secs(1), b.check()).await;
+        assert!(cut.is_err());
+        assert_eq!(kms.calls().check, 2);
     }
 }

@@ -1,0 +1,84 @@
+//! Fetches a store's key from a kms-broker daemon and prints its id and algorithm (never
+//! the key itself).
+//!
+//! ```text
+//! kms-broker serve --dev      # in another terminal: serves `dev-store` on .dev/broker.sock
+//! cargo run -p kms-broker-client --example get_store_key -- unix:.dev/broker.sock dev-store --create
+//! ```
+//!
+//! Exit codes: 0 on success, 1 if the daemon refused or could not be reached, 2 on bad usage.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use kms_broker_client::{Client, ClientError, ClientOptions, StoreKey};
+
+const USAGE: &str = "usage: get_store_key ENDPOINT STORE_ID [--create]\n  \
+    ENDPOINT: unix:///path/to/broker.sock (or unix:relative/path)\n  \
+    --create: make the store's key if it has none (only when initializing a new store)";
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (endpoint, store_id, create) = match args.as_slice() {
+        [e, s] => (e, s, false),
+        [e, s, flag] if flag == "--create" => (e, s, true),
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+
+    // A short deadline: an interactive user would rather see the hint than wait 30 s.
+    let opts = ClientOptions {
+        startup_deadline: Duration::from_secs(3),
+        ..ClientOptions::default()
+    };
+    let result = match Client::connect(endpoint, opts).await {
+        Ok(client) => client.get_store_key(store_id, create).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(keys) => {
+            print_key("active", &keys.active);
+            for key in &keys.previous {
+                print_key("previous", key);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            if let Some(hint) = hint(&err) {
+                eprintln!("hint: {hint}");
+            }
+            if matches!(err, ClientError::Config(_)) {
+                eprintln!("{USAGE}");
+                return ExitCode::from(2);
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_key(which: &str, key: &StoreKey) {
+    println!("{which}: key_id={} algorithm={}", key.key_id_hex(), key.algorithm);
+}
+
+fn hint(err: &ClientError) -> Option<&'static str> {
+    match err {
+        ClientError::Connect { .. } => Some(
+            "is the daemon running? Start one with `kms-broker serve --dev` \
+             (socket .dev/broker.sock, store dev-store) or `kms-broker serve --config FILE`",
+        ),
+        ClientError::Status { code, .. } => match code {
+            kms_broker_client::Code::NotFound => {
+                Some("the store is not configured, or has no key yet: pass --create to make one")
+            }
+            kms_broker_client::Code::PermissionDenied => {
+                Some("the daemon's [[policy]] does not grant GetStoreKey on this store to your uid")
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}

@@ -1,0 +1,385 @@
+//! `gs:///projects/P/locations/L/keyRings/R/cryptoKeys/K?AUTH=…`: a Google Cloud KMS key,
+//! in CockroachDB's form, parsed once at config load (STYLE lesson 6).
+//!
+//! Parameters (names are case-sensitive, each at most once, anything else is an error):
+//! - `AUTH=implicit`: Application Default Credentials (`GOOGLE_APPLICATION_CREDENTIALS`,
+//!   `gcloud auth application-default login`, or the metadata server on GCE/GKE/Cloud Run).
+//! - `AUTH=specified&CREDENTIALS=<base64 of a service-account key JSON>`. Without `AUTH`,
+//!   `CREDENTIALS` implies `specified`, as in CockroachDB.
+//! - `GCP_ENDPOINT=<url>`: another endpoint than `https://cloudkms.googleapis.com` (Private
+//!   Service Connect, a regional endpoint, the test fake). `http://` only towards loopback.
+//! - `AUTH=none`: send no credentials at all. Allowed only together with a loopback
+//!   `GCP_ENDPOINT` (`http://127.0.0.1:PORT`, `localhost`, `[::1]`): it exists for the test
+//!   fake, and can never reach Google.
+//!
+//! `CREDENTIALS` is secret: it lives in a [`SecretBytes`], `redacted()` and `Debug` hide it,
+//! and no parse error echoes it.
+
+use std::fmt;
+use std::sync::Arc;
+
+use base64::Engine;
+use url::Url;
+
+use crate::secret::SecretBytes;
+
+/// Parameters whose values may be shown; everything else is redacted (allow-list).
+const PUBLIC_PARAMS: &[&str] = &["AUTH", "GCP_ENDPOINT"];
+
+const SHAPE: &str = "gs:///projects/P/locations/L/keyRings/R/cryptoKeys/K?AUTH=implicit";
+
+/// How the backend authenticates to Cloud KMS.
+#[derive(Clone)]
+pub enum GcpAuth {
+    /// Application Default Credentials.
+    Implicit,
+    /// The service-account key JSON decoded from `CREDENTIALS`.
+    Specified(Arc<SecretBytes>),
+    /// No credentials (loopback test endpoints only).
+    None,
+}
+
+/// A parsed `gs:///` key URI.
+#[derive(Clone)]
+pub struct GcpUri {
+    /// `projects/P/locations/L/keyRings/R/cryptoKeys/K`: the CryptoKey resource name.
+    key_name: String,
+    auth: GcpAuth,
+    /// Validated endpoint override, without a trailing slash.
+    endpoint: Option<String>,
+    /// Computed once, so the raw URI (with its credentials) is not kept around.
+    redacted: String,
+}
+
+impl GcpUri {
+    /// Parses a `gs:///` URI. Errors never contain a parameter value.
+    pub fn parse(url: &Url) -> Result<Self, String> {
+        if url.scheme() != "gs" {
+            return Err(format!("not a gs:/// URI; expected {SHAPE}"));
+        }
+        if url.host_str().is_some_and(|h| !h.is_empty())
+            || url.port().is_some()
+            || !url.username().is_empty()
+            || url.password().is_some()
+        {
+            return Err(format!(
+                "gs URIs have no host: write three slashes, {SHAPE}"
+            ));
+        }
+        if url.fragment().is_some() {
+            return Err("gs URIs take no #fragment".into());
+        }
+        let key_name = parse_key_name(url.path())?;
+
+        let (mut auth, mut creds, mut endpoint) = (None, None, None);
+        for (k, v) in url.query_pairs() {
+            let slot = match k.as_ref() {
+                "AUTH" => &mut auth,
+                "CREDENTIALS" => &mut creds,
+                "GCP_ENDPOINT" => &mut endpoint,
+                other => {
+                    return Err(format!(
+                        "unknown parameter {}: gs:/// URIs take AUTH, CREDENTIALS and GCP_ENDPOINT",
+                        printable_name(other)
+                    ))
+                }
+            };
+            if slot.replace(v.into_owned()).is_some() {
+                return Err(format!("parameter {k} is given twice"));
+            }
+        }
+
+        let endpoint = endpoint.map(|e| parse_endpoint(&e)).transpose()?;
+        let auth = match (auth.as_deref(), creds) {
+            (Some("implicit"), None) => GcpAuth::Implicit,
+            (Some("implicit"), Some(_)) => {
+                return Err("CREDENTIALS is only used with AUTH=specified; remove one of them".into())
+            }
+            (Some("specified") | None, Some(c)) => GcpAuth::Specified(Arc::new(decode_credentials(c)?)),
+            (Some("specified"), None) => {
+                return Err("AUTH=specified needs CREDENTIALS=<base64 of the service-account key JSON>".into())
+            }
+            (None, None) => {
+                return Err("set AUTH=implicit (Application Default Credentials) or AUTH=specified&CREDENTIALS=<base64 service-account key JSON>".into())
+            }
+            (Some("none"), creds) => {
+                if creds.is_some() {
+                    return Err("AUTH=none takes no CREDENTIALS".into());
+                }
+                if !endpoint.as_deref().is_some_and(is_loopback_endpoint) {
+                    return Err("AUTH=none (no credentials) is only for a local test endpoint: it needs GCP_ENDPOINT=http://127.0.0.1:PORT".into());
+                }
+                GcpAuth::None
+            }
+            (Some(_), _) => {
+                return Err("AUTH must be implicit or specified (or none, for a local test endpoint)".into())
+            }
+        };
+        let redacted = crate::key_uri::redact_query(url, PUBLIC_PARAMS);
+        Ok(Self {
+            key_name,
+            auth,
+            endpoint,
+            redacted,
+        })
+    }
+
+    /// `gs:///projects/…/cryptoKeys/K`: the key's identity, recorded in envelopes.
+    pub fn id(&self) -> String {
+        format!("gs:///{}", self.key_name)
+    }
+
+    /// The URI for logs and RevokeStatus: only AUTH and GCP_ENDPOINT values are shown.
+    pub fn redacted(&self) -> String {
+        self.redacted.clone()
+    }
+
+    /// The CryptoKey resource name, as the Cloud KMS API takes it.
+    pub fn key_name(&self) -> &str {
+        &self.key_name
+    }
+
+    pub fn auth(&self) -> &GcpAuth {
+        &self.auth
+    }
+
+    pub fn endpoint(&self) -> Option<&str> {
+        self.endpoint.as_deref()
+    }
+}
+
+impl PartialEq for GcpUri {
+    fn eq(&self, other: &Self) -> bool {
+        let auth_eq = match (&self.auth, &other.auth) {
+            (GcpAuth::Implicit, GcpAuth::Implicit) | (GcpAuth::None, GcpAuth::None) => true,
+            (GcpAuth::Specified(a), GcpAuth::Specified(b)) => a.ct_eq(b.expose()),
+            _ => false,
+        };
+        auth_eq && self.key_name == other.key_name && self.endpoint == other.endpoint
+    }
+}
+
+impl Eq for GcpUri {}
+
+impl fmt::Debug for GcpUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GcpUri({})", self.redacted)
+    }
+}
+
+impl fmt::Debug for GcpAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GcpAuth::Implicit => "Implicit",
+            GcpAuth::Specified(_) => "Specified(REDACTED)",
+            GcpAuth::None => "None",
+        })
+    }
+}
+
+/// `/projects/P/locations/L/keyRings/R/cryptoKeys/K` → `projects/P/…/cryptoKeys/K`.
+fn parse_key_name(path: &str) -> Result<String, String> {
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    let parts: Vec<&str> = rest.split('/').collect();
+    if parts.len() > 8 && parts.get(8) == Some(&"cryptoKeyVersions") {
+        return Err("name the CryptoKey, not a version: Encrypt always uses the key's primary version, so rotation keeps working".into());
+    }
+    let [p, project, l, location, r, ring, c, key] = parts.as_slice() else {
+        return Err(format!("the path must name a CryptoKey: {SHAPE}"));
+    };
+    if (*p, *l, *r, *c) != ("projects", "locations", "keyRings", "cryptoKeys") {
+        return Err(format!("the path must name a CryptoKey: {SHAPE}"));
+    }
+    // Project ids may be domain-scoped (`example.com:proj`); the others are plain ids.
+    check_segment("project", project, |c| c.is_ascii_alphanumeric() || "-_.:".contains(c))?;
+    check_segment("location", location, |c| c.is_ascii_alphanumeric() || c == '-')?;
+    check_segment("key ring", ring, |c| c.is_ascii_alphanumeric() || "-_".contains(c))?;
+    check_segment("key", key, |c| c.is_ascii_alphanumeric() || "-_".contains(c))?;
+    Ok(rest.to_owned())
+}
+
+fn check_segment(what: &str, s: &str, ok: impl Fn(char) -> bool) -> Result<(), String> {
+    if s.is_empty() || s.len() > 100 || !s.chars().all(ok) {
+        return Err(format!("the {what} id in the path is empty or has characters Cloud KMS does not allow"));
+    }
+    Ok(())
+}
+
+/// A query parameter name is echoed only when it looks like a name; a malformed query could
+/// otherwise put a secret in the name position (`?eyJ0eXBlIjo…`).
+fn printable_name(name: &str) -> String {
+    if !name.is_empty() && name.len() <= 32 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        format!("{name:?}")
+    } else {
+        "(name not shown)".into()
+    }
+}
+
+fn parse_endpoint(raw: &str) -> Result<String, String> {
+    let url = Url::parse(raw).map_err(|_| "GCP_ENDPOINT is not a URL; e.g. https://cloudkms.googleapis.com".to_string())?;
+    let ok_shape = matches!(url.path(), "" | "/")
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.host_str().is_some_and(|h| !h.is_empty());
+    if !ok_shape {
+        return Err("GCP_ENDPOINT must be scheme://host[:port] with no path, query or user".into());
+    }
+    let out = url.as_str().trim_end_matches('/').to_owned();
+    match url.scheme() {
+        "https" => Ok(out),
+        // Plain HTTP would put bearer tokens and key material on the wire; only loopback,
+        // where the test fake listens, is acceptable.
+        "http" if is_loopback_endpoint(&out) => Ok(out),
+        "http" => Err("GCP_ENDPOINT may use http:// only towards 127.0.0.1, [::1] or localhost; use https://".into()),
+        _ => Err("GCP_ENDPOINT must be an https:// URL".into()),
+    }
+}
+
+fn is_loopback_endpoint(endpoint: &str) -> bool {
+    let Ok(url) = Url::parse(endpoint) else {
+        return false;
+    };
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// Decodes `CREDENTIALS` (standard or URL-safe base64, padded or not) into the key JSON and
+/// checks that it is a service-account key. No error shows any of the value.
+fn decode_credentials(raw: String) -> Result<SecretBytes, String> {
+    let raw = zeroize::Zeroizing::new(raw);
+    // A literal `+` in a query string decodes to a space; undo that rather than fail.
+    let cleaned = zeroize::Zeroizing::new(raw.trim().replace(' ', "+"));
+    let engines = [
+        &base64::engine::general_purpose::STANDARD,
+        &base64::engine::general_purpose::STANDARD_NO_PAD,
+        &base64::engine::general_purpose::URL_SAFE,
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ];
+    let json = engines
+        .iter()
+        .find_map(|e| e.decode(cleaned.as_bytes()).ok())
+        .map(SecretBytes::new)
+        .ok_or("CREDENTIALS is not base64: encode the service-account key file, e.g. `base64 -w0 key.json`")?;
+    let value: serde_json::Value = serde_json::from_slice(json.expose())
+        .map_err(|_| "CREDENTIALS does not decode to JSON: it must be the base64 of a service-account key file".to_string())?;
+    let field = |name: &str| value.get(name).and_then(serde_json::Value::as_str).filter(|s| !s.is_empty());
+    if field("type") != Some("service_account") {
+        return Err("CREDENTIALS must be a service-account key (\"type\": \"service_account\"); for other credential types use AUTH=implicit with GOOGLE_APPLICATION_CREDENTIALS".into());
+    }
+    if field("client_email").is_none() || field("private_key").is_none() {
+        return Err("CREDENTIALS is missing client_email or private_key: use the JSON key file as downloaded".into());
+    }
+    Ok(json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "TOP-SECRET-PEM";
+
+    fn creds_b64() -> String {
+        let json = serde_json::json!({
+            "type": "service_account",
+            "client_email": "broker@p.iam.gserviceaccount.com",
+            "private_key": SECRET,
+            "private_key_id": "k1",
+            "project_id": "p",
+        });
+        base64::engine::general_purpose::STANDARD.encode(json.to_string())
+    }
+
+    fn parse(s: &str) -> Result<GcpUri, String> {
+        GcpUri::parse(&Url::parse(s).unwrap())
+    }
+
+    const KEY: &str = "gs:///projects/p/locations/global/keyRings/r/cryptoKeys/k";
+
+    #[test]
+    fn implicit() {
+        let u = parse(&format!("{KEY}?AUTH=implicit")).unwrap();
+        assert_eq!(u.id(), KEY);
+        assert_eq!(u.key_name(), "projects/p/locations/global/keyRings/r/cryptoKeys/k");
+        assert!(matches!(u.auth(), GcpAuth::Implicit));
+        assert!(u.redacted().contains("AUTH=implicit"));
+    }
+
+    #[test]
+    fn specified_credentials_are_never_shown() {
+        let b64 = creds_b64();
+        let enc: String = url::form_urlencoded::byte_serialize(b64.as_bytes()).collect();
+        let u = parse(&format!("{KEY}?AUTH=specified&CREDENTIALS={enc}")).unwrap();
+        assert_eq!(u.id(), KEY);
+        for shown in [u.redacted(), format!("{u:?}"), format!("{:?}", u.auth())] {
+            assert!(!shown.contains(&b64[..20]), "{shown}");
+            assert!(!shown.contains(SECRET), "{shown}");
+        }
+        assert!(u.redacted().contains("CREDENTIALS=redacted"));
+        // CREDENTIALS alone implies AUTH=specified; a raw `+` (decoded as space) still works.
+        let u2 = parse(&format!("{KEY}?CREDENTIALS={b64}")).unwrap();
+        assert_eq!(u, u2);
+    }
+
+    #[test]
+    fn bad_credentials_are_not_echoed() {
+        let not_sa = base64::engine::general_purpose::STANDARD
+            .encode(format!(r#"{{"type":"authorized_user","refresh_token":"{SECRET}"}}"#));
+        for bad in [format!("{SECRET}!!"), not_sa, base64::engine::general_purpose::STANDARD.encode(SECRET)] {
+            let e = parse(&format!("{KEY}?AUTH=specified&CREDENTIALS={bad}")).unwrap_err();
+            assert!(!e.contains(SECRET) && !e.contains(&bad), "{e}");
+        }
+        let e = parse(&format!("{KEY}?eyJTOPSECRETSECRETSECRETSECRETSECRET")).unwrap_err();
+        assert!(!e.contains("SECRET"), "{e}");
+    }
+
+    #[test]
+    fn auth_rules() {
+        assert!(parse(KEY).unwrap_err().contains("AUTH=implicit"));
+        assert!(parse(&format!("{KEY}?AUTH=specified")).is_err());
+        assert!(parse(&format!("{KEY}?AUTH=implicit&CREDENTIALS={}", creds_b64())).is_err());
+        assert!(parse(&format!("{KEY}?AUTH=magic")).is_err());
+        assert!(parse(&format!("{KEY}?AUTH=none")).is_err());
+        assert!(parse(&format!("{KEY}?AUTH=none&GCP_ENDPOINT=https://cloudkms.googleapis.com")).is_err());
+        let u = parse(&format!("{KEY}?AUTH=none&GCP_ENDPOINT=http://127.0.0.1:8080")).unwrap();
+        assert_eq!(u.endpoint(), Some("http://127.0.0.1:8080"));
+        assert!(u.redacted().contains("GCP_ENDPOINT=http"));
+        assert!(parse(&format!("{KEY}?AUTH=none&GCP_ENDPOINT=http://localhost:1")).is_ok());
+        assert!(parse(&format!("{KEY}?AUTH=none&GCP_ENDPOINT=http://[::1]:1/")).is_ok());
+    }
+
+    #[test]
+    fn endpoint_rules() {
+        let ok = parse(&format!("{KEY}?AUTH=implicit&GCP_ENDPOINT=https://kms.example.com/")).unwrap();
+        assert_eq!(ok.endpoint(), Some("https://kms.example.com"));
+        for bad in ["http://kms.example.com", "https://h/x", "ftp://h", "https://u:p@h", "nope"] {
+            assert!(parse(&format!("{KEY}?AUTH=implicit&GCP_ENDPOINT={bad}")).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unknown_and_repeated_params_fail() {
+        assert!(parse(&format!("{KEY}?AUTH=implicit&REGION=x")).unwrap_err().contains("REGION"));
+        assert!(parse(&format!("{KEY}?AUTH=implicit&AUTH=implicit")).unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn path_rules() {
+        for bad in [
+            "gs://host/projects/p/locations/l/keyRings/r/cryptoKeys/k?AUTH=implicit",
+            "gs:///projects/p/locations/l/keyRings/r?AUTH=implicit",
+            "gs:///projects/p/locations/l/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1?AUTH=implicit",
+            "gs:///projects/p/locations/l/keyRings/r/cryptoKeys/?AUTH=implicit",
+            "gs:///projects/p/locations/l/keyRings/r/cryptoKeys/k%2F1?AUTH=implicit",
+            "gs:///project/p/locations/l/keyRings/r/cryptoKeys/k?AUTH=implicit",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        assert!(parse("gs:///projects/example.com:p/locations/us-east1/keyRings/r_1/cryptoKeys/k-2?AUTH=implicit").is_ok());
+    }
+}

@@ -1,0 +1,374 @@
+//! `vault://…`: a Vault or OpenBao Transit key.
+//!
+//! # URI
+//!
+//! ```text
+//! vault://HOST[:PORT]/<mount>/<key>?TOKEN_FILE=/path | TOKEN_ENV=NAME
+//!                                   [&TLS=true|false][&NAMESPACE=ns][&CA_FILE=/path]
+//! ```
+//!
+//! - `HOST[:PORT]`: the Vault API address; the port defaults to 8200.
+//! - `<mount>/<key>`: the transit mount (may have several segments, `kms/transit`) and key.
+//! - `TOKEN_FILE` (absolute path, not readable by other users) or `TOKEN_ENV` (a variable
+//!   of the daemon's environment): exactly one. There is no inline token parameter: a URI
+//!   travels through configs, tickets and logs. Token loading and renewal: see
+//!   `vault_token.rs` (renew-on-check at half the TTL; a Vault Agent sink file is re-read).
+//! - `TLS`: default `true` (https, verified against the system roots plus `CA_FILE`, a PEM
+//!   bundle). `TLS=false` (plain http) is accepted only for a loopback host.
+//! - `NAMESPACE`: sent as `X-Vault-Namespace` (Vault Enterprise / OpenBao namespaces).
+//! - Any other parameter is an error. `VAULT_ADDR`, `VAULT_TOKEN`, `VAULT_SKIP_VERIFY`…
+//!   in the daemon's environment are ignored: the URI says everything.
+//!
+//! The key id recorded in envelopes is `vault://HOST:PORT/[NAMESPACE/]<mount>/<key>`.
+//!
+//! # Operations
+//!
+//! - **wrap**: read the key (see below), then `POST <mount>/encrypt/<key>` with
+//!   `associated_data` = [`Aad::bytes`] (base64). The key must be an AEAD type
+//!   (`aes256-gcm96`, the default, `aes128-gcm96`, `chacha20-poly1305`,
+//!   `xchacha20-poly1305`). The same bytes are sent as `context`, which a `derived` key
+//!   needs for key derivation (so each key name and context gets its own derived key) and
+//!   a plain key ignores. The envelope stores Vault's ciphertext string
+//!   (`vault:vN:…`) as is, and `key_version` = `vN`, Vault's own spelling.
+//! - **unwrap**: `POST <mount>/decrypt/<key>` with the same `associated_data` and
+//!   `context`.
+//! - **status check**: `GET <mount>/keys/<key>` (metadata only, no crypto).
+//!
+//! **No key is ever created by accident.** Vault's encrypt endpoint creates a missing key
+//! ("upsert"). The daemon reads the key before every encrypt and stops if it is missing
+//! (DESTROYED); the policy below grants `update` but not `create` on the encrypt path, so
+//! Vault itself refuses an upsert (403) even in the race where the key is deleted between
+//! the read and the encrypt; and operators can also set `disable_upsert=true` on
+//! `<mount>/config/keys`.
+//!
+//! # Key states
+//!
+//! | Vault / OpenBao says | state |
+//! | --- | --- |
+//! | key readable, usable | ACTIVE |
+//! | key `soft_deleted` (OpenBao: `DELETE <mount>/keys/<key>/soft-delete`, undone by `POST …/soft-delete-restore`) | DISABLED |
+//! | key type cannot bind associated data (e.g. `rsa-2048`) | DISABLED (fix the config) |
+//! | 401 / 403 (token revoked, expired, policy changed) | REVOKED |
+//! | 404 (key deleted, mount gone) | DESTROYED |
+//! | connection error, timeout, 429, 5xx (503 sealed / standby) | UNREACHABLE |
+//!
+//! Soft deletion is OpenBao's reversible switch-off for a transit key, and the contract's
+//! Vault Transit example for DISABLED. HashiCorp Vault has no such switch (its keys read
+//! as never soft-deleted); there, take the daemon's policy away (REVOKED) instead.
+//!
+//! Vault answers 400 for several different refusals (soft-deleted key, key not found on
+//! decrypt, wrong AAD, retired version). Rather than parse its English, a 400 is followed
+//! by one key read, and the key's state decides: missing → DESTROYED, soft-deleted →
+//! DISABLED, otherwise the ciphertext is at fault → InvalidCiphertext (on encrypt, a 400
+//! for a healthy key → DISABLED with Vault's message, as the key is unusable to us).
+//!
+//! A blob whose version is below the key's `min_decryption_version` (the operator retired
+//! that version) fails **InvalidCiphertext**, not DISABLED: the key itself is healthy and
+//! new wraps work, only that blob is unreadable; the detail names the version.
+//!
+//! # Vault policy for the daemon's token
+//!
+//! ```hcl
+//! path "transit/encrypt/KEY" { capabilities = ["update"] }   # no "create": no upsert
+//! path "transit/decrypt/KEY" { capabilities = ["update"] }
+//! path "transit/keys/KEY"    { capabilities = ["read"] }
+//! ```
+//!
+//! Plus Vault's `default` policy (for `lookup-self` / `renew-self`).
+//!
+//! # Secrets in memory
+//!
+//! The token and plaintexts live in zeroized buffers on our side; vaultrs and its HTTP
+//! client copy them into request headers and bodies we cannot wipe.
+
+#[path = "vault_classify.rs"]
+mod vault_classify;
+#[path = "vault_token.rs"]
+mod vault_token;
+#[path = "vault_uri.rs"]
+mod vault_uri;
+
+use std::fmt;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use vaultrs::api::transit::requests::{DecryptDataRequest, EncryptDataRequest};
+use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
+use zeroize::Zeroizing;
+
+use super::{Aad, BackendError, Ciphertext, FailureClass, KeyHealth, KmsBackend};
+use crate::secret::SecretBytes;
+pub(crate) use vault_classify::is_denied;
+use vault_classify::{classify, http_status, KeyInfo};
+use vault_token::{Lease, Token};
+pub use vault_uri::{TokenSource, VaultUri};
+
+/// Per-request HTTP timeout. The daemon's retry policy cuts an attempt sooner if it is
+/// configured shorter; this only keeps a hung connection from living forever.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest Vault ciphertext we pass on: a 4 KiB plaintext makes about 5.5 KiB.
+const MAX_CIPHERTEXT: usize = 16 * 1024;
+
+/// One Vault Transit key.
+pub struct VaultBackend {
+    uri: VaultUri,
+    conn: RwLock<Conn>,
+    lease: tokio::sync::Mutex<Lease>,
+}
+
+/// The client and the token it was built with; replaced together when the token changes.
+struct Conn {
+    client: Arc<VaultClient>,
+    token: Token,
+}
+
+impl fmt::Debug for VaultBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VaultBackend").field("uri", &self.uri).finish_non_exhaustive()
+    }
+}
+
+impl VaultBackend {
+    /// Loads the token and builds the client. Does not contact Vault: the daemon starts
+    /// while Vault is down and reports UNREACHABLE until it answers.
+    pub async fn new(uri: VaultUri) -> Result<Self, String> {
+        let token = vault_token::load(uri.token_source())?;
+        let client = Arc::new(build_client(&uri, &token)?);
+        Ok(Self {
+            uri,
+            conn: RwLock::new(Conn { client, token }),
+            lease: tokio::sync::Mutex::new(Lease::default()),
+        })
+    }
+
+    fn client(&self) -> Arc<VaultClient> {
+        // A poisoned lock only means a panic elsewhere; the Conn inside is still whole.
+        self.conn.read().unwrap_or_else(|p| p.into_inner()).client.clone()
+    }
+
+    /// Picks up a changed token file (a Vault Agent sink rewrites it on re-auth). A file
+    /// that cannot be read now keeps the current token: Vault decides whether it works.
+    fn reload_token(&self) -> bool {
+        if !matches!(self.uri.token_source(), TokenSource::File(_)) {
+            return false;
+        }
+        let fresh = match vault_token::load(self.uri.token_source()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(uri = %self.uri.redacted(), error = %e, "keeping the current Vault token");
+                return false;
+            }
+        };
+        let mut conn = self.conn.write().unwrap_or_else(|p| p.into_inner());
+        if conn.token == fresh {
+            return false;
+        }
+        match build_client(&self.uri, &fresh) {
+            Ok(c) => {
+                *conn = Conn { client: Arc::new(c), token: fresh };
+                tracing::info!(uri = %self.uri.redacted(), "the Vault token file changed; using the new token");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(uri = %self.uri.redacted(), error = %e, "keeping the current Vault token");
+                false
+            }
+        }
+    }
+
+    /// `GET <mount>/keys/<key>`, classified; Ok only if the key is usable by us.
+    async fn read_key(&self, client: &VaultClient) -> Result<KeyInfo, BackendError> {
+        let path = format!("keys/{}", self.uri.key());
+        // kv1::get is vaultrs's generic "GET <mount>/<path> and return its data"; its typed
+        // transit read lacks `soft_deleted` and `latest_version`.
+        let info: KeyInfo = vaultrs::kv1::get(client, self.uri.mount(), &path)
+            .await
+            .map_err(|e| classify("read key", &e))?;
+        info.usable(self.uri.mount(), self.uri.key())?;
+        Ok(info)
+    }
+
+    /// A 400 from encrypt/decrypt: one key read says whether the key or the ciphertext is
+    /// at fault (see the module docs).
+    async fn explain_400(
+        &self,
+        client: &VaultClient,
+        op: &str,
+        vault_says: &str,
+        blob_version: Option<u64>,
+    ) -> BackendError {
+        let info = match self.read_key(client).await {
+            Ok(info) => info,
+            Err(e) => return e,
+        };
+        match blob_version {
+            Some(v) if v < info.min_decryption_version => BackendError::invalid_ciphertext(format!(
+                "ciphertext is from key version v{v}, below the key's min_decryption_version {} (retired by the operator)",
+                info.min_decryption_version
+            )),
+            Some(_) => BackendError::invalid_ciphertext(format!("Vault refused to decrypt: {vault_says}")),
+            None => BackendError::new(FailureClass::Disabled, format!("Vault refused to {op}: {vault_says}")),
+        }
+    }
+}
+
+fn build_client(uri: &VaultUri, token: &Token) -> Result<VaultClient, String> {
+    // Every setting is given explicitly so that VAULT_ADDR, VAULT_TOKEN, VAULT_CACERT,
+    // VAULT_SKIP_VERIFY or VAULT_CLIENT_CERT in the daemon's environment change nothing.
+    let address = uri.address();
+    url::Url::parse(&address).map_err(|_| "cannot form the Vault address".to_string())?;
+    let mut b = VaultClientSettingsBuilder::default();
+    b.address(&address)
+        .token(token.expose())
+        .verify(true)
+        .ca_certs(uri.ca_file().map(|p| p.display().to_string()).into_iter().collect())
+        .identity(None)
+        .timeout(Some(REQUEST_TIMEOUT))
+        .namespace(uri.namespace().map(str::to_owned))
+        .wrapping(false);
+    // The builder's error could only be about the address, never the token.
+    let settings = b.build().map_err(|_| "invalid Vault client settings".to_string())?;
+    VaultClient::new(settings).map_err(|e| format!("cannot set up the Vault client for {}: {e}", uri.redacted()))
+}
+
+/// `vault:v3:…` → 3.
+fn ciphertext_version(ct: &str) -> Option<u64> {
+    let rest = ct.strip_prefix("vault:v")?;
+    let (v, body) = rest.split_once(':')?;
+    if body.is_empty() || v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok()
+}
+
+#[async_trait]
+impl KmsBackend for VaultBackend {
+    async fn encrypt(&self, plaintext: &SecretBytes, aad: &Aad) -> Result<Ciphertext, BackendError> {
+        let client = self.client();
+        // The guard against Vault's upsert: never encrypt to a key we have not just seen.
+        self.read_key(&client).await?;
+        let ad = B64.encode(aad.bytes());
+        let pt = Zeroizing::new(B64.encode(plaintext.expose()));
+        let mut opts = EncryptDataRequest::builder();
+        opts.associated_data(ad.as_str()).context(ad.as_str());
+        let resp = match vaultrs::transit::data::encrypt(
+            &*client,
+            self.uri.mount(),
+            self.uri.key(),
+            &pt,
+            Some(&mut opts),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(match http_status(&e) {
+                    Some((400, says)) => self.explain_400(&client, "encrypt", &says, None).await,
+                    // 403 on encrypt also means "missing key, no create capability".
+                    Some((403, _)) => match self.read_key(&client).await {
+                        Err(read) if read.class == FailureClass::Destroyed => read,
+                        _ => classify("encrypt", &e),
+                    },
+                    _ => classify("encrypt", &e),
+                });
+            }
+        };
+        let version = ciphertext_version(&resp.ciphertext)
+            .ok_or_else(|| BackendError::unreachable("Vault's ciphertext has no vault:vN: prefix"))?;
+        Ok(Ciphertext {
+            bytes: resp.ciphertext.into_bytes(),
+            key_version: format!("v{version}"),
+        })
+    }
+
+    async fn decrypt(
+        &self,
+        ciphertext: &[u8],
+        key_version: &str,
+        aad: &Aad,
+    ) -> Result<SecretBytes, BackendError> {
+        if ciphertext.len() > MAX_CIPHERTEXT {
+            return Err(BackendError::invalid_ciphertext("Vault ciphertext too long"));
+        }
+        let ct = std::str::from_utf8(ciphertext)
+            .map_err(|_| BackendError::invalid_ciphertext("not a Vault ciphertext"))?;
+        let version = ciphertext_version(ct)
+            .ok_or_else(|| BackendError::invalid_ciphertext("not a Vault ciphertext (no vault:vN: prefix)"))?;
+        // Accept "vN" and a bare "N"; anything else disagrees with the ciphertext itself.
+        let recorded = key_version.strip_prefix('v').unwrap_or(key_version);
+        if !key_version.is_empty() && recorded != version.to_string() {
+            return Err(BackendError::invalid_ciphertext("key version does not match the ciphertext"));
+        }
+        let client = self.client();
+        let ad = B64.encode(aad.bytes());
+        let mut opts = DecryptDataRequest::builder();
+        opts.associated_data(ad.as_str()).context(ad.as_str());
+        let resp = vaultrs::transit::data::decrypt(&*client, self.uri.mount(), self.uri.key(), ct, Some(&mut opts)).await;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(match http_status(&e) {
+                    Some((400, says)) => self.explain_400(&client, "decrypt", &says, Some(version)).await,
+                    _ => classify("decrypt", &e),
+                })
+            }
+        };
+        let b64 = Zeroizing::new(resp.plaintext);
+        let bytes = B64
+            .decode(b64.as_bytes())
+            .map_err(|_| BackendError::unreachable("Vault returned a plaintext that is not base64"))?;
+        Ok(SecretBytes::new(bytes))
+    }
+
+    async fn check(&self) -> Result<KeyHealth, BackendError> {
+        let mut lease = self.lease.lock().await;
+        if self.reload_token() {
+            lease.reset();
+        }
+        let client = self.client();
+        let info = self.read_key(&client).await?;
+        let mut detail = format!("latest version v{}", info.latest_version);
+        if info.min_decryption_version > 1 {
+            detail.push_str(&format!(", min_decryption_version {}", info.min_decryption_version));
+        }
+        if let Some(note) = lease.maintain(&client).await {
+            detail.push_str("; ");
+            detail.push_str(&note);
+        }
+        Ok(KeyHealth { detail })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(ciphertext_version("vault:v12:abc"), Some(12));
+        assert_eq!(ciphertext_version("vault:v1:"), None);
+        assert_eq!(ciphertext_version("vault:vx:abc"), None);
+        assert_eq!(ciphertext_version("nope"), None);
+    }
+
+    #[tokio::test]
+    async fn new_does_not_contact_vault_and_debug_hides_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s.TOPSECRETTOKEN\n").unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        // Port 9 (discard) on loopback: nothing listens, and new() must not care.
+        let raw = format!("vault://127.0.0.1:9/transit/k?TLS=false&TOKEN_FILE={}", path.display());
+        let uri = VaultUri::parse(&url::Url::parse(&raw).unwrap()).unwrap();
+        let b = VaultBackend::new(uri).await.unwrap();
+        let d = format!("{b:?}");
+        assert!(!d.contains("TOPSECRET"), "{d}");
+        let e = b.check().await.unwrap_err();
+        assert_eq!(e.class, FailureClass::Unreachable, "{e}");
+        assert!(!e.detail.contains("TOPSECRET"), "{e}");
+    }
+}

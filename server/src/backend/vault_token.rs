@@ -1,0 +1,240 @@
+//! The daemon's Vault token: where it comes from, and keeping it alive.
+//!
+//! - **Loading.** `TOKEN_FILE` is read at start and re-read at every status check, so a
+//!   Vault Agent file sink (or an operator) can swap the token without a restart; a file
+//!   that other users may read is refused (`chmod 600`; in Kubernetes `defaultMode: 0400`).
+//!   `TOKEN_ENV` is read once at start.
+//! - **Renewal (renew-on-check).** At the first status check with a token, the daemon
+//!   looks it up (`auth/token/lookup-self`); from then on it tracks the expiry locally and,
+//!   at a status check that finds less than half the token's TTL (or period) left, renews
+//!   it (`auth/token/renew-self`) by that TTL. The revocation poller checks every
+//!   `poll_interval`, so the token's TTL must be well above twice the poll interval. A
+//!   token that is not renewable, or that reached its max TTL, is used until it expires,
+//!   and the status detail says when that is; an expired token answers 403: REVOKED.
+//!   Both calls are in Vault's `default` policy; without it renewal is skipped (warned).
+//!
+//! The token never reaches a log, an error or `Debug`: [`Token`] prints `REDACTED`, and no
+//! message here formats it.
+
+use std::fmt;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::time::Instant;
+use vaultrs::client::VaultClient;
+use zeroize::Zeroizing;
+
+use super::vault_uri::TokenSource;
+
+/// Longest token file we read: tokens are ~100 bytes; anything bigger is a wrong path.
+const MAX_TOKEN_FILE: u64 = 16 * 1024;
+
+/// A Vault token. Zeroized on drop; `Debug` prints `REDACTED`; no `Display`.
+pub(super) struct Token(Zeroizing<String>);
+
+impl Token {
+    pub(super) fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Tokens are printable ASCII without spaces; anything else would also make the HTTP
+    /// client panic when it puts the token in a header.
+    fn validate(raw: &str, from: &str) -> Result<Self, String> {
+        let t = raw.trim();
+        if t.is_empty() {
+            return Err(format!("the Vault token from {from} is empty"));
+        }
+        if !t.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "the Vault token from {from} has characters a token cannot have (spaces or non-ASCII)"
+            ));
+        }
+        Ok(Self(Zeroizing::new(t.to_owned())))
+    }
+}
+
+impl PartialEq for Token {
+    fn eq(&self, other: &Self) -> bool {
+        *self.0 == *other.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(REDACTED)")
+    }
+}
+
+/// Reads the token from its source. Errors name the file or variable, never the content.
+pub(super) fn load(source: &TokenSource) -> Result<Token, String> {
+    match source {
+        TokenSource::File(path) => {
+            let shown = path.display();
+            let meta = std::fs::metadata(path)
+                .map_err(|e| format!("cannot read Vault token file {shown}: {e}"))?;
+            if !meta.is_file() {
+                return Err(format!("Vault token file {shown} is not a regular file"));
+            }
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o007 != 0 {
+                return Err(format!(
+                    "Vault token file {shown} is open to other users (mode {mode:04o}): chmod 600 it"
+                ));
+            }
+            if meta.len() > MAX_TOKEN_FILE {
+                return Err(format!("Vault token file {shown} is too big to hold a token"));
+            }
+            let raw = Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read Vault token file {shown}: {e}"))?,
+            );
+            Token::validate(&raw, &format!("file {shown}"))
+        }
+        TokenSource::Env(name) => {
+            let raw = Zeroizing::new(std::env::var(name).map_err(|_| {
+                format!("environment variable {name} (TOKEN_ENV) is not set or not UTF-8")
+            })?);
+            Token::validate(&raw, &format!("environment variable {name}"))
+        }
+    }
+}
+
+/// What we know about the current token's lifetime.
+#[derive(Debug, Default)]
+pub(super) struct Lease {
+    info: Option<LeaseInfo>,
+    /// Lookup was refused (no `default` policy): do not ask again for this token.
+    lookup_denied: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LeaseInfo {
+    renewable: bool,
+    /// The TTL a renewal asks for: the token's period, else its creation TTL.
+    granted: Duration,
+    /// `None`: the token does not expire (e.g. a root token).
+    expires: Option<Instant>,
+}
+
+/// The fields of `lookup-self` we use. Deliberately not vaultrs's `LookupTokenResponse`,
+/// which also holds the token itself (`id`) and prints it in `Debug`.
+#[derive(Deserialize)]
+struct SelfLookup {
+    ttl: u64,
+    #[serde(default)]
+    renewable: Option<bool>,
+    #[serde(default)]
+    creation_ttl: Option<u64>,
+    #[serde(default)]
+    period: Option<u64>,
+}
+
+impl Lease {
+    /// Forgets what we knew: called when the token changes.
+    pub(super) fn reset(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Looks the token up if needed and renews it if less than half its TTL is left.
+    /// Never fails the status check (the key read already proved the token works);
+    /// returns a note for the status detail, e.g. "token expires in 4m (not renewable)".
+    pub(super) async fn maintain(&mut self, client: &VaultClient) -> Option<String> {
+        if self.info.is_none() && !self.lookup_denied {
+            // lookup-self is a GET on auth/token/lookup-self; kv1::get is vaultrs's
+            // generic "GET a path, return its data" and lets us pick the fields.
+            match vaultrs::kv1::get::<SelfLookup>(client, "auth/token", "lookup-self").await {
+                Ok(l) => {
+                    let granted = l.period.filter(|p| *p > 0).or(l.creation_ttl).unwrap_or(l.ttl);
+                    self.info = Some(LeaseInfo {
+                        renewable: l.renewable.unwrap_or(false),
+                        granted: Duration::from_secs(granted),
+                        expires: (l.ttl > 0).then(|| Instant::now() + Duration::from_secs(l.ttl)),
+                    });
+                }
+                Err(e) => {
+                    if super::vault::is_denied(&e) {
+                        self.lookup_denied = true;
+                    }
+                    tracing::warn!(error = %e, "cannot look up the Vault token (is the `default` policy attached?); token renewal is off until it works");
+                    return None;
+                }
+            }
+        }
+        let info = self.info?;
+        let expires = info.expires?;
+        let left = expires.saturating_duration_since(Instant::now());
+        if !info.renewable || info.granted.is_zero() {
+            return Some(format!("token expires in {} (not renewable)", human(left)));
+        }
+        if left >= info.granted / 2 {
+            return None;
+        }
+        let increment = format!("{}s", info.granted.as_secs());
+        match vaultrs::token::renew_self(client, Some(&increment)).await {
+            Ok(auth) => {
+                let new_left = Duration::from_secs(auth.lease_duration);
+                tracing::info!(ttl = %human(new_left), "renewed the Vault token");
+                self.info = Some(LeaseInfo {
+                    // No longer than before: the max TTL is reached; stop renewing.
+                    renewable: auth.renewable && new_left > left,
+                    expires: Some(Instant::now() + new_left),
+                    ..info
+                });
+                if new_left <= left {
+                    tracing::warn!(ttl = %human(new_left), "the Vault token reached its max TTL; give the daemon a new token before it expires");
+                }
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew the Vault token");
+                Some(format!("token renewal failed; expires in {}", human(left)))
+            }
+        }
+    }
+}
+
+fn human(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file_with(mode: u32, content: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(content.as_bytes()).unwrap();
+        std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        f
+    }
+
+    #[test]
+    fn token_file_is_trimmed_and_redacted() {
+        let f = file_with(0o600, "s.SECRETTOKEN\n");
+        let t = load(&TokenSource::File(f.path().into())).unwrap();
+        assert_eq!(t.expose(), "s.SECRETTOKEN");
+        assert!(!format!("{t:?}").contains("SECRET"));
+    }
+
+    #[test]
+    fn refuses_world_readable_empty_and_odd_files() {
+        let f = file_with(0o644, "s.SECRETTOKEN");
+        let e = load(&TokenSource::File(f.path().into())).unwrap_err();
+        assert!(e.contains("chmod 600") && !e.contains("SECRET"), "{e}");
+        let f = file_with(0o600, "  \n");
+        assert!(load(&TokenSource::File(f.path().into())).unwrap_err().contains("empty"));
+        let f = file_with(0o600, "s.SECRET TOKEN");
+        let e = load(&TokenSource::File(f.path().into())).unwrap_err();
+        assert!(!e.contains("SECRET TOKEN"), "{e}");
+        let e = load(&TokenSource::File("/nonexistent/token".into())).unwrap_err();
+        assert!(e.contains("/nonexistent/token"), "{e}");
+    }
+
+    #[test]
+    fn missing_env_is_named() {
+        let e = load(&TokenSource::Env("KMS_BROKER_TEST_SURELY_UNSET_VAR".into())).unwrap_err();
+        assert!(e.contains("KMS_BROKER_TEST_SURELY_UNSET_VAR"), "{e}");
+    }
+}

@@ -1,0 +1,255 @@
+//! The generated `KeyBroker` service: parse → peer → policy → work → response.
+//!
+//! The order of checks is CONTRACT.md's: parse the request (INVALID_ARGUMENT), identify the
+//! caller (UNAUTHENTICATED), authorize (PERMISSION_DENIED, before any lookup, so a caller
+//! learns nothing about keys it may not use), look up (NOT_FOUND), key state
+//! (FAILED_PRECONDITION), then the KMS. Every call is logged once, with the operation,
+//! key or store, peer, outcome and latency; never key bytes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tonic::{Request, Response, Status};
+
+use crate::backend::RESERVED_CONTEXT_PREFIX;
+use crate::broker::Broker;
+use crate::config::valid_name;
+use crate::envelope::Envelope;
+use crate::error::Error;
+use crate::pb;
+use crate::peer::Peer;
+use crate::policy::{Operation, Policy};
+use crate::revocation;
+use crate::secret::SecretBytes;
+use crate::state::KeyState;
+use crate::store_key::{StoreId, StoreKey};
+use crate::stores::Stores;
+
+/// The cloud KMS limit on a single Encrypt.
+pub const MAX_PLAINTEXT: usize = 4096;
+const MAX_CONTEXT_ENTRIES: usize = 64;
+const MAX_CONTEXT_BYTES: usize = 8192;
+
+/// Shared by both transports.
+#[derive(Debug, Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    broker: Arc<Broker>,
+    stores: Arc<Stores>,
+    policy: Policy,
+}
+
+impl Service {
+    pub fn new(broker: Arc<Broker>, stores: Arc<Stores>, policy: Policy) -> Self {
+        Self {
+            inner: Arc::new(Inner { broker, stores, policy }),
+        }
+    }
+}
+
+fn parse_context(ctx: HashMap<String, String>) -> Result<BTreeMap<String, String>, Error> {
+    if ctx.len() > MAX_CONTEXT_ENTRIES {
+        return Err(Error::invalid(format!("context has more than {MAX_CONTEXT_ENTRIES} entries")));
+    }
+    let size: usize = ctx.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > MAX_CONTEXT_BYTES {
+        return Err(Error::invalid(format!("context is larger than {MAX_CONTEXT_BYTES} bytes")));
+    }
+    if ctx.keys().any(|k| k.starts_with(RESERVED_CONTEXT_PREFIX)) {
+        return Err(Error::invalid(format!("context keys starting with {RESERVED_CONTEXT_PREFIX:?} are reserved")));
+    }
+    Ok(ctx.into_iter().collect())
+}
+
+fn parse_key_name(key: &str) -> Result<(), Error> {
+    if key.is_empty() {
+        return Err(Error::invalid("key is required: the name of a configured key"));
+    }
+    if !valid_name(key) {
+        return Err(Error::invalid("key must be a configured key's name ([A-Za-z0-9._-], 1 to 128)"));
+    }
+    Ok(())
+}
+
+fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(t)
+}
+
+fn pb_state(s: KeyState) -> pb::KeyState {
+    match s {
+        KeyState::Active => pb::KeyState::Active,
+        KeyState::Unreachable => pb::KeyState::Unreachable,
+        KeyState::Disabled => pb::KeyState::Disabled,
+        KeyState::Revoked => pb::KeyState::Revoked,
+        KeyState::Destroyed => pb::KeyState::Destroyed,
+    }
+}
+
+fn pb_store_key(k: StoreKey) -> pb::StoreKey {
+    pb::StoreKey {
+        key_id: k.key_id.to_vec(),
+        algorithm: k.algorithm.as_str().to_owned(),
+        created_at: Some(timestamp(k.created_at)),
+        key: k.key.into_response_bytes(),
+    }
+}
+
+fn pb_key_status(s: revocation::KeyStatus) -> pb::KeyStatus {
+    pb::KeyStatus {
+        key: s.key,
+        state: pb_state(s.state) as i32,
+        checked_at: s.checked_at.map(timestamp),
+        detail: s.detail,
+        uris: s
+            .uris
+            .into_iter()
+            .map(|u| pb::UriStatus {
+                uri: u.uri,
+                state: pb_state(u.state) as i32,
+                checked_at: u.checked_at.map(timestamp),
+                detail: u.detail,
+            })
+            .collect(),
+    }
+}
+
+/// Logs one call's outcome and converts the error in the one place that does.
+fn finish<T>(
+    op: Operation,
+    target: &str,
+    peer: Option<&Peer>,
+    started: Instant,
+    result: Result<T, Error>,
+) -> Result<Response<T>, Status> {
+    let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+    let peer = peer.map(|p| p.to_string()).unwrap_or_else(|| "unidentified".into());
+    match result {
+        Ok(v) => {
+            tracing::info!(op = op.as_str(), target, %peer, outcome = "OK", latency_ms, "key operation");
+            Ok(Response::new(v))
+        }
+        Err(e) => {
+            let code = e.code();
+            if code == tonic::Code::Internal {
+                tracing::error!(op = op.as_str(), target, %peer, outcome = ?code, latency_ms, error = %e, "key operation failed");
+            } else {
+                tracing::info!(op = op.as_str(), target, %peer, outcome = ?code, latency_ms, error = %e, "key operation refused");
+            }
+            Err(e.into())
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::key_broker_server::KeyBroker for Service {
+    async fn wrap_key(&self, req: Request<pb::WrapKeyRequest>) -> Result<Response<pb::WrapKeyResponse>, Status> {
+        let started = Instant::now();
+        let peer = Peer::from_request(&req);
+        let mut body = req.into_inner();
+        // Out of the request buffer at once, before anything can fail.
+        let plaintext = SecretBytes::take(&mut body.plaintext);
+        let key = body.key;
+        let result = async {
+            parse_key_name(&key)?;
+            if plaintext.is_empty() || plaintext.len() > MAX_PLAINTEXT {
+                return Err(Error::invalid(format!("plaintext must be 1 to {MAX_PLAINTEXT} bytes")));
+            }
+            let context = parse_context(body.context)?;
+            let peer = peer.as_ref().map_err(Clone::clone)?;
+            self.inner.policy.authorize(peer, Operation::WrapKey, Some(&key), None)?;
+            let w = self.inner.broker.wrap(&key, &plaintext, context).await?;
+            Ok(pb::WrapKeyResponse {
+                wrapped: w.blob,
+                key: key.clone(),
+                key_version: w.key_version,
+            })
+        }
+        .await;
+        finish(Operation::WrapKey, &key, peer.as_ref().ok(), started, result)
+    }
+
+    async fn unwrap_key(&self, req: Request<pb::UnwrapKeyRequest>) -> Result<Response<pb::UnwrapKeyResponse>, Status> {
+        let started = Instant::now();
+        let peer = Peer::from_request(&req);
+        let body = req.into_inner();
+        let mut target = String::new();
+        let result = async {
+            let env = Envelope::decode(&body.wrapped)?;
+            target.clone_from(&env.key_name);
+            let context = parse_context(body.context)?;
+            let peer = peer.as_ref().map_err(Clone::clone)?;
+            self.inner.policy.authorize(peer, Operation::UnwrapKey, Some(&env.key_name), None)?;
+            let out = self.inner.broker.unwrap(&env, context).await?;
+            Ok(pb::UnwrapKeyResponse {
+                plaintext: out.plaintext.into_response_bytes(),
+                key: env.key_name,
+                key_version: out.key_version,
+            })
+        }
+        .await;
+        finish(Operation::UnwrapKey, &target, peer.as_ref().ok(), started, result)
+    }
+
+    async fn get_store_key(
+        &self,
+        req: Request<pb::GetStoreKeyRequest>,
+    ) -> Result<Response<pb::GetStoreKeyResponse>, Status> {
+        let started = Instant::now();
+        let peer = Peer::from_request(&req);
+        let body = req.into_inner();
+        let result = async {
+            let id = StoreId::parse(&body.store_id).map_err(Error::InvalidArgument)?;
+            let peer = peer.as_ref().map_err(Clone::clone)?;
+            self.inner.policy.authorize(peer, Operation::GetStoreKey, None, Some(&id))?;
+            let keys = self.inner.stores.get(&self.inner.broker, &id, body.create).await?;
+            Ok(pb::GetStoreKeyResponse {
+                active: Some(pb_store_key(keys.active)),
+                previous: keys.previous.into_iter().map(pb_store_key).collect(),
+            })
+        }
+        .await;
+        finish(Operation::GetStoreKey, &body.store_id, peer.as_ref().ok(), started, result)
+    }
+
+    async fn revoke_status(
+        &self,
+        req: Request<pb::RevokeStatusRequest>,
+    ) -> Result<Response<pb::RevokeStatusResponse>, Status> {
+        let started = Instant::now();
+        let peer = Peer::from_request(&req);
+        let key = req.into_inner().key;
+        let result = async {
+            if !key.is_empty() {
+                parse_key_name(&key)?;
+            }
+            let peer = peer.as_ref().map_err(Clone::clone)?;
+            let broker = &self.inner.broker;
+            let keys = if key.is_empty() {
+                let visible: Vec<_> = broker
+                    .tracker()
+                    .key_names()
+                    .filter(|k| self.inner.policy.may_see(peer, k))
+                    .filter_map(|k| broker.status(k))
+                    .collect();
+                if visible.is_empty() {
+                    // Same answer as a named key the caller may not see.
+                    self.inner.policy.authorize(peer, Operation::RevokeStatus, Some(""), None)?;
+                }
+                visible
+            } else {
+                self.inner.policy.authorize(peer, Operation::RevokeStatus, Some(&key), None)?;
+                vec![broker.status(&key).ok_or_else(|| Error::NotFound(format!("no key named {key:?}")))?]
+            };
+            Ok(pb::RevokeStatusResponse {
+                keys: keys.into_iter().map(pb_key_status).collect(),
+            })
+        }
+        .await;
+        finish(Operation::RevokeStatus, &key, peer.as_ref().ok(), started, result)
+    }
+}
