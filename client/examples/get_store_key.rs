@@ -61,7 +61,11 @@ async fn main() -> ExitCode {
 }
 
 fn print_key(which: &str, key: &StoreKey) {
-    println!("{which}: key_id={} algorithm={}", key.key_id_hex(), key.algorithm);
+    println!(
+        "{which}: key_id={} algorithm={}",
+        key.key_id_hex(),
+        key.algorithm
+    );
 }
 
 fn hint(err: &ClientError) -> Option<&'static str> {

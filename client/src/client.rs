@@ -10,8 +10,7 @@ use zeroize::Zeroizing;
 use crate::pb::key_broker_client::KeyBrokerClient;
 use crate::retry::retry_until;
 use crate::{
-    pb, ClientError, ClientOptions, KeyMaterial, KeyStatus, StoreKeys, TlsFiles, Unwrapped,
-    Wrapped,
+    pb, ClientError, ClientOptions, KeyMaterial, KeyStatus, StoreKeys, TlsFiles, Unwrapped, Wrapped,
 };
 
 /// A handle to one kms-broker daemon. Cheap to clone: clones share one HTTP/2 connection.
@@ -50,9 +49,13 @@ fn parse_target(endpoint: &str) -> Result<Target, ClientError> {
         return Ok(Target::Https);
     }
     if endpoint.starts_with("http://") {
-        return Err(bad("the daemon's TCP listener speaks only mutual TLS; use https://"));
+        return Err(bad(
+            "the daemon's TCP listener speaks only mutual TLS; use https://",
+        ));
     }
-    Err(bad("expected unix:///path/to/broker.sock or https://host:port"))
+    Err(bad(
+        "expected unix:///path/to/broker.sock or https://host:port",
+    ))
 }
 
 impl Client {
@@ -69,7 +72,9 @@ impl Client {
                 // the connector ignores it and dials the socket.
                 let connector = tower::service_fn(move |_: Uri| {
                     let path = path.clone();
-                    async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+                    async move {
+                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
+                    }
                 });
                 endpoint_options(Endpoint::from_static("http://localhost"), &opts)
                     .connect_with_connector_lazy(connector)
@@ -251,22 +256,50 @@ mod tests {
     #[test]
     fn endpoints_parse() {
         let unix = |p: &str| Ok(Target::Unix(PathBuf::from(p)));
-        assert_eq!(parse_target("unix:///run/kb.sock").map_err(|e| e.to_string()), unix("/run/kb.sock"));
-        assert_eq!(parse_target("unix:.dev/broker.sock").map_err(|e| e.to_string()), unix(".dev/broker.sock"));
-        assert_eq!(parse_target("unix:/abs").map_err(|e| e.to_string()), unix("/abs"));
-        assert_eq!(parse_target("https://127.0.0.1:7443").ok(), Some(Target::Https));
-        for bad in ["unix:", "unix://", "unix://host/x", "http://127.0.0.1:1", "127.0.0.1:7443", ""] {
+        assert_eq!(
+            parse_target("unix:///run/kb.sock").map_err(|e| e.to_string()),
+            unix("/run/kb.sock")
+        );
+        assert_eq!(
+            parse_target("unix:.dev/broker.sock").map_err(|e| e.to_string()),
+            unix(".dev/broker.sock")
+        );
+        assert_eq!(
+            parse_target("unix:/abs").map_err(|e| e.to_string()),
+            unix("/abs")
+        );
+        assert_eq!(
+            parse_target("https://127.0.0.1:7443").ok(),
+            Some(Target::Https)
+        );
+        for bad in [
+            "unix:",
+            "unix://",
+            "unix://host/x",
+            "http://127.0.0.1:1",
+            "127.0.0.1:7443",
+            "",
+        ] {
             let err = parse_target(bad).err();
-            assert!(matches!(err, Some(ClientError::Config(_))), "{bad:?} → {err:?}");
+            assert!(
+                matches!(err, Some(ClientError::Config(_))),
+                "{bad:?} → {err:?}"
+            );
         }
     }
 
     #[tokio::test]
     async fn https_needs_tls_files() {
-        let err = Client::connect("https://127.0.0.1:1", ClientOptions::default()).await.err();
+        let err = Client::connect("https://127.0.0.1:1", ClientOptions::default())
+            .await
+            .err();
         assert!(matches!(err, Some(ClientError::Config(_))), "{err:?}");
         let opts = ClientOptions {
-            tls: Some(TlsFiles::new("/nonexistent/ca.pem", "/nonexistent/c.pem", "/nonexistent/k.pem")),
+            tls: Some(TlsFiles::new(
+                "/nonexistent/ca.pem",
+                "/nonexistent/c.pem",
+                "/nonexistent/k.pem",
+            )),
             ..ClientOptions::default()
         };
         let err = Client::connect("https://127.0.0.1:1", opts).await.err();
@@ -277,12 +310,20 @@ mod tests {
     async fn an_absent_socket_is_a_retryable_connect_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let endpoint = format!("unix://{}", dir.path().join("none.sock").display());
-        let opts = ClientOptions { startup_deadline: std::time::Duration::ZERO, ..Default::default() };
-        let client = Client::connect(&endpoint, opts).await.expect("lazy connect");
+        let opts = ClientOptions {
+            startup_deadline: std::time::Duration::ZERO,
+            ..Default::default()
+        };
+        let client = Client::connect(&endpoint, opts)
+            .await
+            .expect("lazy connect");
         let err = client.revoke_status(None).await.err();
         assert!(matches!(err, Some(ClientError::Connect { .. })), "{err:?}");
         let err = client.get_store_key("s1", false).await.err();
-        assert!(err.as_ref().is_some_and(ClientError::is_retryable), "{err:?}");
+        assert!(
+            err.as_ref().is_some_and(ClientError::is_retryable),
+            "{err:?}"
+        );
         assert!(err.is_some_and(|e| e.to_string().contains("none.sock")));
     }
 }

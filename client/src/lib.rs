@@ -65,11 +65,10 @@ pub use error::{retryable_code, ClientError};
 pub use options::{ClientOptions, TlsFiles};
 pub use retry::Backoff;
 pub use secret::KeyMaterial;
-pub use types::{
-    Algorithm, KeyState, KeyStatus, StoreKey, StoreKeys, Unwrapped, UriStatus, Wrapped,
-    KEY_ID_LEN,
-};
 pub use tonic::Code;
+pub use types::{
+    Algorithm, KeyState, KeyStatus, StoreKey, StoreKeys, Unwrapped, UriStatus, Wrapped, KEY_ID_LEN,
+};
 
 /// Generated protobuf and gRPC client types of `kmsbroker.v1`.
 pub mod pb {

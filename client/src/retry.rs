@@ -125,7 +125,10 @@ mod tests {
         for attempt in 0..40 {
             let draws: Vec<_> = (0..50).map(|_| b.delay_with(attempt, &mut rng)).collect();
             assert!(draws.iter().all(|d| *d <= b.ceiling(attempt)));
-            assert!(draws.iter().any(|d| *d != draws[0]), "no jitter at {attempt}");
+            assert!(
+                draws.iter().any(|d| *d != draws[0]),
+                "no jitter at {attempt}"
+            );
         }
     }
 

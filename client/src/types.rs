@@ -251,7 +251,9 @@ impl From<pb::UriStatus> for UriStatus {
 
 /// A protobuf timestamp as a `SystemTime`; `None` if it is out of range or malformed.
 fn timestamp(ts: prost_types::Timestamp) -> Option<SystemTime> {
-    let nanos = u32::try_from(ts.nanos).ok().filter(|n| *n < 1_000_000_000)?;
+    let nanos = u32::try_from(ts.nanos)
+        .ok()
+        .filter(|n| *n < 1_000_000_000)?;
     let offset = Duration::new(ts.seconds.unsigned_abs(), 0);
     let whole = if ts.seconds >= 0 {
         SystemTime::UNIX_EPOCH.checked_add(offset)?
@@ -300,14 +302,20 @@ mod tests {
         let s = format!("{keys:?}");
         assert!(s.contains("REDACTED"), "{s}");
         // 0xEE = 238 is only in the key bytes.
-        assert!(!s.contains("238") && !s.to_lowercase().contains("ee,"), "{s}");
+        assert!(
+            !s.contains("238") && !s.to_lowercase().contains("ee,"),
+            "{s}"
+        );
     }
 
     #[test]
     fn malformed_store_keys_are_rejected() {
         for (id, key, alg) in [(31, 32, "AES-256"), (32, 16, "AES-256"), (32, 32, "DES")] {
             let err = StoreKey::from_pb(pb_key(id, key, alg), "t").err();
-            assert!(matches!(err, Some(ClientError::InvalidResponse(_))), "{err:?}");
+            assert!(
+                matches!(err, Some(ClientError::InvalidResponse(_))),
+                "{err:?}"
+            );
             assert!(!format!("{err:?}").contains("238"));
         }
         let mut no_time = pb_key(32, 32, "AES-256");
@@ -319,7 +327,10 @@ mod tests {
 
     #[test]
     fn key_states_map_and_unknown_is_unspecified() {
-        assert_eq!(KeyState::from_i32(pb::KeyState::Revoked as i32), KeyState::Revoked);
+        assert_eq!(
+            KeyState::from_i32(pb::KeyState::Revoked as i32),
+            KeyState::Revoked
+        );
         assert_eq!(KeyState::from_i32(99), KeyState::Unspecified);
     }
 

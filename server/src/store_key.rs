@@ -512,4 +512,134 @@ fn create_temp(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
 }
 
 #[cfg(test)]
-mod tests {}
+mod tests {
+    use super::*;
+
+    fn record(byte: u8) -> WrappedStoreKey {
+        WrappedStoreKey::new(&StoreKey::generate(Algorithm::Aes256), vec![byte; 40])
+    }
+
+    fn sample() -> StoreKeyFile {
+        let mut f = StoreKeyFile::new(StoreId::parse("store-1").unwrap(), "primary", record(1));
+        f.rotate(record(2));
+        f.rotate(record(3));
+        f
+    }
+
+    fn files_in(dir: &Path) -> Vec<String> {
+        let mut v: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn write_read_round_trip_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = sample();
+        assert_eq!(f.previous.len(), 2);
+        assert_eq!(f.previous[0].wrapped, vec![2; 40], "newest first");
+        write_store_file(dir.path(), &f).unwrap();
+        let path = path_for(dir.path(), &f.store_id);
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let back = read_store_file(dir.path(), &f.store_id).unwrap().unwrap();
+        assert_eq!(back, f);
+        assert_eq!(files_in(dir.path()), ["store-store-1.json"]);
+        let other = StoreId::parse("store-2").unwrap();
+        assert!(read_store_file(dir.path(), &other).unwrap().is_none());
+    }
+
+    #[test]
+    fn store_key_bytes_round_trip() {
+        let k = StoreKey::generate(Algorithm::Aes128);
+        let w = WrappedStoreKey::new(&k, vec![0; 8]);
+        let back = w.open(k.to_key_file_bytes()).unwrap();
+        assert_eq!(back.key_id, k.key_id);
+        assert!(back.key.ct_eq(k.key.expose()));
+        assert!(!format!("{k:?}").contains(&hex::encode(k.key.expose())));
+        let other = StoreKey::generate(Algorithm::Aes128).to_key_file_bytes();
+        assert!(w.open(other).unwrap_err().to_string().contains("another key id"));
+        let long = StoreKey::generate(Algorithm::Aes256).to_key_file_bytes();
+        assert!(w.open(long).unwrap_err().to_string().contains("64 bytes"));
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_old_file_and_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.json");
+        write_atomic(&path, b"old").unwrap();
+        let fail = |tmp: &Path| {
+            assert_eq!(fs::read(tmp).unwrap(), b"new", "complete before commit");
+            assert_eq!(fs::metadata(tmp).unwrap().permissions().mode() & 0o777, 0o600);
+            Err(io::Error::other("injected"))
+        };
+        assert_eq!(write_atomic_with(&path, b"new", true, &fail).unwrap_err().to_string(), "injected");
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        assert_eq!(files_in(dir.path()), ["f.json"]);
+        // A rename that fails (the target is a non-empty directory) cleans up too.
+        let sub = dir.path().join("d");
+        fs::create_dir(&sub).unwrap();
+        fs::write(sub.join("x"), b"").unwrap();
+        assert!(write_atomic(&sub, b"new").is_err());
+        assert_eq!(files_in(dir.path()), ["d", "f.json"]);
+        // write_new_atomic never replaces.
+        assert_eq!(write_new_atomic(&path, b"new").unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        assert_eq!(files_in(dir.path()), ["d", "f.json"]);
+    }
+
+    #[test]
+    fn corrupt_or_insecure_files_are_errors_not_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = StoreId::parse("s").unwrap();
+        let good = String::from_utf8(sample().to_json()).unwrap().replace("store-1", "s");
+        let cases = [
+            ("".to_string(), "not JSON"),
+            ("{\"format\":2}".into(), "format 2 is not supported"),
+            (good.replace("\"previous\"", "\"extra\": 1, \"previous\""), "unknown field"),
+            (good.replacen("AES-256", "AES-512", 1), "active.algorithm"),
+            (good.replace("\"s\"", "\"other\""), "store \"other\""),
+            (good.replacen("\"key_id\": \"", "\"key_id\": \"zz", 1), "active.key_id"),
+        ];
+        for (text, want) in cases {
+            write_atomic(&path_for(dir.path(), &id), text.as_bytes()).unwrap();
+            let e = read_store_file(dir.path(), &id).unwrap_err();
+            assert!(matches!(e, StoreFileError::Corrupt { .. }), "{e}");
+            assert!(e.to_string().contains(want), "{want}: {e}");
+        }
+        let path = path_for(dir.path(), &id);
+        write_atomic(&path, good.as_bytes()).unwrap();
+        assert!(read_store_file(dir.path(), &id).unwrap().is_some());
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let e = read_store_file(dir.path(), &id).unwrap_err();
+        assert!(e.to_string().contains(&format!("chmod 600 {}", path.display())), "{e}");
+    }
+
+    #[test]
+    fn path_for_stays_inside_the_state_dir() {
+        let dir = Path::new("/var/lib/kms-broker");
+        let alphabet = "abcXYZ019._-";
+        let mut ids: Vec<String> = alphabet.chars().map(String::from).collect();
+        ids.extend(["...", "..a", "a..", "-", "_.", &"a".repeat(128)].map(String::from));
+        for raw in ids {
+            let id = StoreId::parse(&raw).unwrap();
+            let p = path_for(dir, &id);
+            assert_eq!(p.parent(), Some(dir), "{raw}");
+            assert_eq!(p.file_name().unwrap().to_str().unwrap(), format!("store-{raw}.json"));
+        }
+        for bad in ["", ".", "..", "a/b", "/a", "../a", "a\\b", "a b", "é", &"a".repeat(129)] {
+            assert!(StoreId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn state_dir_is_created_private_and_refused_when_writable() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("a/state");
+        ensure_state_dir(&state).unwrap();
+        assert!(state.is_dir());
+        ensure_state_dir(&state).unwrap();
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o777)).unwrap();
+        let e = ensure_state_dir(&state).unwrap_err();
+        assert!(e.to_string().contains("chmod 700"), "{e}");
+    }
+}

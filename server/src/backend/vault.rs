@@ -101,7 +101,7 @@ use zeroize::Zeroizing;
 
 use super::{Aad, BackendError, Ciphertext, FailureClass, KeyHealth, KmsBackend};
 use crate::secret::SecretBytes;
-pub(crate) use vault_classify::is_denied;
+use vault_classify::is_denied;
 use vault_classify::{classify, http_status, KeyInfo};
 use vault_token::{Lease, Token};
 pub use vault_uri::{TokenSource, VaultUri};

@@ -153,7 +153,7 @@ impl Lease {
                     });
                 }
                 Err(e) => {
-                    if super::vault::is_denied(&e) {
+                    if super::is_denied(&e) {
                         self.lookup_denied = true;
                     }
                     tracing::warn!(error = %e, "cannot look up the Vault token (is the `default` policy attached?); token renewal is off until it works");

@@ -1,0 +1,318 @@
+//! The client against the real daemon, in-process, with the mock KMS.
+//!
+//! Each test starts its own daemon on a socket in a temp dir and scripts its own mock key
+//! (the mock registry is process-global, so every test uses a unique mock name).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kms_broker::backend::mock::mock;
+use kms_broker::server::{ServeError, Server};
+use kms_broker_client::{Backoff, Client, ClientError, ClientOptions, Code, KeyState};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const ALL: &[&str] = &["WrapKey", "UnwrapKey", "GetStoreKey", "RevokeStatus"];
+
+/// Long enough that a wrongly retried answer would hold the call for many minutes; the
+/// tests then require the call to come back (within [`RETURNS_WITHIN`]) with its code.
+const LONG_STARTUP: Duration = Duration::from_secs(600);
+const RETURNS_WITHIN: Duration = Duration::from_secs(30);
+
+struct Daemon {
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<Result<(), ServeError>>,
+}
+
+impl Daemon {
+    async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let res = (&mut self.handle).await.expect("serve task panicked");
+        assert!(res.is_ok(), "serve: {res:?}");
+    }
+}
+
+/// A test's temp dir, config and client endpoint.
+struct Setup {
+    dir: tempfile::TempDir,
+    mock: String,
+}
+
+impl Setup {
+    fn new(mock_name: &str) -> Setup {
+        Setup {
+            dir: tempfile::tempdir().expect("tempdir"),
+            mock: format!("client-test-{mock_name}"),
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("broker.sock")
+    }
+
+    fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    fn config(&self, allow: &[&str]) -> String {
+        let uid = std::fs::metadata("/proc/self").expect("/proc/self").uid();
+        let allow = allow
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            r#"
+[server]
+unix_socket = "{socket}"
+state_dir = "{state}"
+
+[keys.k1]
+uris = ["mock://{mock}"]
+
+[stores.s1]
+key = "k1"
+
+[stores.s2]
+key = "k1"
+algorithm = "AES-128"
+
+[revocation]
+poll_interval = "200ms"
+
+[[policy]]
+peer = "uid:{uid}"
+allow = [{allow}]
+"#,
+            socket = self.socket().display(),
+            state = self.dir.path().join("state").display(),
+            mock = self.mock,
+        )
+    }
+
+    async fn start(&self, allow: &[&str]) -> Daemon {
+        start_with(&self.dir.path().join("broker.toml"), &self.config(allow)).await
+    }
+
+    async fn client(&self, startup_deadline: Duration) -> Client {
+        let opts = ClientOptions {
+            startup_deadline,
+            backoff: Backoff {
+                base: Duration::from_millis(10),
+                cap: Duration::from_millis(100),
+            },
+            ..ClientOptions::default()
+        };
+        Client::connect(&self.endpoint(), opts)
+            .await
+            .expect("connect is lazy and the endpoint valid")
+    }
+}
+
+async fn start_with(path: &Path, text: &str) -> Daemon {
+    let config = kms_broker::config::Config::parse(path, text).expect("valid test config");
+    let server = Server::bind(config).await.expect("bind");
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(server.serve(async move {
+        let _ = rx.await;
+    }));
+    Daemon {
+        shutdown: Some(tx),
+        handle,
+    }
+}
+
+/// Awaits `fut`, failing the test if it does not finish: how a wrongly retried call shows.
+async fn returns<T>(fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(RETURNS_WITHIN, fut)
+        .await
+        .expect("the call was retried instead of returning its answer")
+}
+
+fn code<T: std::fmt::Debug>(res: Result<T, ClientError>) -> Code {
+    match res {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e.code(),
+    }
+}
+
+#[tokio::test]
+async fn wrap_unwrap_round_trip() {
+    let t = Setup::new("round-trip");
+    let daemon = t.start(ALL).await;
+    let client = t.client(LONG_STARTUP).await;
+
+    let ctx = [("table", "users"), ("node", "1")];
+    let wrapped = client
+        .wrap_key("k1", b"data key bytes", ctx)
+        .await
+        .expect("wrap");
+    assert_eq!(wrapped.key, "k1");
+    assert!(!wrapped.wrapped.is_empty());
+
+    let unwrapped = client
+        .unwrap_key(&wrapped.wrapped, ctx)
+        .await
+        .expect("unwrap");
+    assert_eq!(unwrapped.plaintext.expose(), b"data key bytes");
+    assert_eq!(unwrapped.key, "k1");
+    let debug = format!("{unwrapped:?}");
+    assert!(
+        debug.contains("REDACTED") && !debug.contains("data key"),
+        "{debug}"
+    );
+
+    // The context is bound: another one does not authenticate.
+    let other = client
+        .unwrap_key(&wrapped.wrapped, [("table", "orders")])
+        .await;
+    assert_eq!(code(other), Code::InvalidArgument);
+    // A key name that is not configured.
+    let unknown = client.wrap_key("nope", b"x", [("a", "b")]).await;
+    assert_eq!(code(unknown), Code::NotFound);
+
+    let states = client
+        .revoke_status(Some("k1"))
+        .await
+        .expect("revoke status");
+    assert_eq!(states.len(), 1);
+    assert_eq!(states[0].key, "k1");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn store_key_is_created_once_and_kept_across_restarts() {
+    let t = Setup::new("store-key");
+    let daemon = t.start(ALL).await;
+    let client = t.client(LONG_STARTUP).await;
+
+    let created = client.get_store_key("s1", true).await.expect("create");
+    let again = client.get_store_key("s1", false).await.expect("get");
+    assert_eq!(created.active.key_id, again.active.key_id);
+    assert!(created.active.key.ct_eq(again.active.key.expose()));
+    assert_eq!(created.active.algorithm.as_str(), "AES-256");
+    let file = created.active.key_file_bytes();
+    assert_eq!(file.len(), 64);
+    assert_eq!(&file.expose()[..32], &created.active.key_id);
+
+    let debug = format!("{created:?}");
+    assert!(debug.contains("REDACTED"), "{debug}");
+
+    let small = client.get_store_key("s2", true).await.expect("create s2");
+    assert_eq!(small.active.key.len(), 16);
+    assert_ne!(small.active.key_id, created.active.key_id);
+
+    // A restart reads the wrapped key back from the state dir.
+    daemon.stop().await;
+    let daemon = t.start(ALL).await;
+    let after = client
+        .get_store_key("s1", false)
+        .await
+        .expect("get after restart");
+    assert_eq!(after.active.key_id, created.active.key_id);
+    assert!(after.active.key.ct_eq(created.active.key.expose()));
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn keyless_store_without_create_is_not_found() {
+    let t = Setup::new("not-found");
+    let daemon = t.start(ALL).await;
+    let client = t.client(LONG_STARTUP).await;
+    assert_eq!(
+        code(returns(client.get_store_key("s1", false)).await),
+        Code::NotFound
+    );
+    // A store that is not configured at all.
+    assert_eq!(
+        code(returns(client.get_store_key("s9", true)).await),
+        Code::NotFound
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn waits_for_a_daemon_that_starts_late() {
+    let t = Setup::new("late-start");
+    let client = t.client(Duration::from_secs(30)).await;
+    // Nothing listens yet: the call's first attempts fail to connect and are retried.
+    let call = tokio::spawn(async move { client.get_store_key("s1", true).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!call.is_finished(), "the call should still be retrying");
+    let daemon = t.start(ALL).await;
+    let keys = call
+        .await
+        .expect("task")
+        .expect("get_store_key once the daemon listens");
+    assert_eq!(keys.active.key.len(), 32);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn unreachable_daemon_fails_with_a_connect_error_at_the_deadline() {
+    let t = Setup::new("never-starts");
+    let client = t.client(Duration::from_millis(300)).await;
+    let err = client.get_store_key("s1", false).await.err();
+    assert!(matches!(err, Some(ClientError::Connect { .. })), "{err:?}");
+}
+
+#[tokio::test]
+async fn permission_denied_is_returned_not_retried() {
+    let t = Setup::new("denied");
+    let daemon = t.start(&["WrapKey", "UnwrapKey", "RevokeStatus"]).await;
+    let client = t.client(LONG_STARTUP).await;
+    let res = returns(client.get_store_key("s1", true)).await;
+    assert_eq!(code(res), Code::PermissionDenied);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn disabled_key_is_failed_precondition_not_retried() {
+    let t = Setup::new("disabled");
+    let kms = mock(&t.mock);
+    let daemon = t.start(ALL).await;
+    let client = t.client(LONG_STARTUP).await;
+    let held = client
+        .get_store_key("s1", true)
+        .await
+        .expect("create while enabled");
+
+    kms.disable();
+    // Wrapping needs the KMS, which refuses.
+    let wrap = returns(client.wrap_key("k1", b"k", [("a", "b")])).await;
+    assert_eq!(code(wrap), Code::FailedPrecondition);
+    // Once the poller has seen it, held store keys are dropped too: no grace for DISABLED.
+    wait_for_state(&client, KeyState::Disabled).await;
+    let res = returns(client.get_store_key("s1", false)).await;
+    assert_eq!(code(res), Code::FailedPrecondition);
+
+    kms.enable();
+    wait_for_state(&client, KeyState::Active).await;
+    let back = client
+        .get_store_key("s1", false)
+        .await
+        .expect("enabled again");
+    assert_eq!(back.active.key_id, held.active.key_id);
+    daemon.stop().await;
+}
+
+async fn wait_for_state(client: &Client, want: KeyState) {
+    let poll = async {
+        loop {
+            let states = client
+                .revoke_status(Some("k1"))
+                .await
+                .expect("revoke status");
+            if states.first().map(|s| s.state) == Some(want) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(RETURNS_WITHIN, poll)
+        .await
+        .unwrap_or_else(|_| panic!("key never became {want:?}"));
+}

@@ -1,0 +1,323 @@
+//! AWS SDK errors, classified per operation into [`FailureClass`] (STYLE lesson 3).
+//!
+//! Typed variants first (`EncryptError::DisabledException`, …), then the error code of
+//! unmodelled errors (`AccessDeniedException` and the auth codes are not in KMS's model),
+//! then the HTTP status. Anything we cannot place is UNREACHABLE: the daemon retries it and
+//! the grace period bounds it, where a wrong "revoked" would drop keys for nothing.
+
+use std::error::Error as StdError;
+
+use aws_sdk_kms::config::http::HttpResponse;
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::operation::decrypt::DecryptError;
+use aws_sdk_kms::operation::describe_key::DescribeKeyError;
+use aws_sdk_kms::operation::encrypt::EncryptError;
+use aws_sdk_kms::types::{KeyMetadata, KeySpec, KeyState, KeyUsageType};
+use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_smithy_types::error::ErrorMetadata;
+
+use crate::backend::{BackendError, FailureClass};
+
+use FailureClass::{Destroyed, Disabled, InvalidCiphertext, Revoked, Unreachable};
+
+/// Error codes that mean "these credentials may not do this (any more)". KMS itself models
+/// none of them; they come from IAM/STS and the request signer.
+const AUTH_CODES: &[&str] = &[
+    "AccessDeniedException",
+    "AccessDenied",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "InvalidAccessKeyId",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "InvalidSignatureException",
+    "SignatureDoesNotMatch",
+    "IncompleteSignature",
+    "MissingAuthenticationToken",
+    "MissingAuthenticationTokenException",
+    "NotAuthorized",
+    "NotAuthorizedException",
+    "AuthFailure",
+    "OptInRequired",
+];
+
+/// Codes of transient trouble on AWS's side.
+const TRANSIENT_CODES: &[&str] = &[
+    "ThrottlingException",
+    "Throttling",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "KMSInternalException",
+    "KMSInternal",
+    "InternalFailure",
+    "InternalError",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "DependencyTimeoutException",
+    "KeyUnavailableException",
+];
+
+pub(super) fn encrypt(err: &SdkError<EncryptError, HttpResponse>) -> BackendError {
+    classify("Encrypt", err, |e| match e {
+        EncryptError::DisabledException(_) | EncryptError::InvalidKeyUsageException(_) => {
+            Some(Disabled)
+        }
+        EncryptError::KmsInvalidStateException(_) | EncryptError::NotFoundException(_) => {
+            Some(Destroyed)
+        }
+        EncryptError::InvalidGrantTokenException(_) => Some(Revoked),
+        EncryptError::DependencyTimeoutException(_)
+        | EncryptError::KmsInternalException(_)
+        | EncryptError::KeyUnavailableException(_) => Some(Unreachable),
+        _ => None,
+    })
+}
+
+pub(super) fn decrypt(err: &SdkError<DecryptError, HttpResponse>) -> BackendError {
+    classify("Decrypt", err, |e| match e {
+        DecryptError::InvalidCiphertextException(_) | DecryptError::IncorrectKeyException(_) => {
+            Some(InvalidCiphertext)
+        }
+        DecryptError::DisabledException(_) | DecryptError::InvalidKeyUsageException(_) => {
+            Some(Disabled)
+        }
+        DecryptError::KmsInvalidStateException(_) | DecryptError::NotFoundException(_) => {
+            Some(Destroyed)
+        }
+        DecryptError::InvalidGrantTokenException(_) => Some(Revoked),
+        DecryptError::DependencyTimeoutException(_)
+        | DecryptError::KmsInternalException(_)
+        | DecryptError::KeyUnavailableException(_) => Some(Unreachable),
+        // A blob KMS will not even parse (empty, over 6144 bytes) is a bad ciphertext.
+        e if e.code() == Some("ValidationException") => Some(InvalidCiphertext),
+        _ => None,
+    })
+}
+
+pub(super) fn describe_key(err: &SdkError<DescribeKeyError, HttpResponse>) -> BackendError {
+    classify("DescribeKey", err, |e| match e {
+        DescribeKeyError::NotFoundException(_) | DescribeKeyError::InvalidArnException(_) => {
+            Some(Destroyed)
+        }
+        DescribeKeyError::DependencyTimeoutException(_)
+        | DescribeKeyError::KmsInternalException(_) => Some(Unreachable),
+        _ => None,
+    })
+}
+
+/// Whether DescribeKey's answer shows a key we can Encrypt and Decrypt with.
+///
+/// `PendingImport` (its imported material was deleted or expired) and `Unavailable` (its
+/// custom key store is disconnected) are DISABLED: the key exists and its owner can bring it
+/// back (re-import, reconnect), but until then it is off, deliberately or not, and a
+/// revocation tool must not hand out keys under it. `Creating` and `Updating` pass on
+/// their own: UNREACHABLE. A state this SDK does not know is DISABLED, to be safe.
+pub(super) fn key_metadata(meta: &KeyMetadata) -> Result<(), BackendError> {
+    let state = meta.key_state();
+    let (class, why) = match state {
+        Some(KeyState::Enabled) if meta.enabled() => {
+            if meta.key_usage() != Some(&KeyUsageType::EncryptDecrypt)
+                || meta.key_spec() != Some(&KeySpec::SymmetricDefault)
+            {
+                return Err(BackendError::new(
+                    Disabled,
+                    "not a symmetric ENCRYPT_DECRYPT key (KeySpec SYMMETRIC_DEFAULT)",
+                ));
+            }
+            return Ok(());
+        }
+        Some(KeyState::Enabled) | Some(KeyState::Disabled) => (Disabled, "key is disabled"),
+        Some(KeyState::PendingDeletion) | Some(KeyState::PendingReplicaDeletion) => {
+            (Destroyed, "key is scheduled for deletion")
+        }
+        Some(KeyState::PendingImport) => (Disabled, "key has no key material (re-import it)"),
+        Some(KeyState::Unavailable) => (Disabled, "key's custom key store is disconnected"),
+        Some(KeyState::Creating) | Some(KeyState::Updating) => {
+            (Unreachable, "key is being created or updated")
+        }
+        _ => (Disabled, "key is in a state this daemon does not know"),
+    };
+    let shown = state.map(KeyState::as_str).unwrap_or("none");
+    Err(BackendError::new(class, format!("DescribeKey: {why} (KeyState {shown})")))
+}
+
+/// The shared part: typed variant → error code → HTTP status, for a service error; the
+/// transport kinds by what they are.
+fn classify<E>(
+    op: &str,
+    err: &SdkError<E, HttpResponse>,
+    typed: impl Fn(&E) -> Option<FailureClass>,
+) -> BackendError
+where
+    E: ProvideErrorMetadata + StdError + 'static,
+{
+    match err {
+        SdkError::ServiceError(ctx) => {
+            let e = ctx.err();
+            let status = ctx.raw().status().as_u16();
+            let code = e.code().unwrap_or("unknown error");
+            let class = typed(e)
+                .or_else(|| by_code(code, e.message().unwrap_or_default()))
+                .unwrap_or_else(|| by_status(status));
+            let message = e.message().map(|m| format!(": {}", short(m))).unwrap_or_default();
+            BackendError::new(class, format!("{op}: {code} (HTTP {status}){message}"))
+        }
+        SdkError::TimeoutError(_) => BackendError::unreachable(format!("{op}: timed out")),
+        SdkError::ResponseError(ctx) => {
+            let status = ctx.raw().status().as_u16();
+            BackendError::new(
+                by_status(status),
+                format!("{op}: unreadable answer (HTTP {status})"),
+            )
+        }
+        // Connection refused, TLS, DNS, and credential resolution (STS AssumeRole, IMDS,
+        // …), which the SDK runs before sending: an auth refusal there means REVOKED.
+        SdkError::DispatchFailure(_) => {
+            let class = auth_refusal_in_chain(err).unwrap_or(Unreachable);
+            BackendError::new(class, format!("{op}: {}", short(&chain(err))))
+        }
+        _ => BackendError::unreachable(format!("{op}: {}", short(&chain(err)))),
+    }
+}
+
+fn by_code(code: &str, message: &str) -> Option<FailureClass> {
+    if AUTH_CODES.contains(&code) {
+        // "Signature expired" is this node's clock, not a revocation.
+        let clock = message.contains("Signature expired") || message.contains("not yet current");
+        return Some(if clock { Unreachable } else { Revoked });
+    }
+    if TRANSIENT_CODES.contains(&code) {
+        return Some(Unreachable);
+    }
+    match code {
+        "DisabledException" => Some(Disabled),
+        "KMSInvalidStateException" | "NotFoundException" => Some(Destroyed),
+        _ => None,
+    }
+}
+
+fn by_status(status: u16) -> FailureClass {
+    match status {
+        401 | 403 => Revoked,
+        // 429, 5xx, and 4xx codes we do not know: retry, then UNREACHABLE.
+        _ => Unreachable,
+    }
+}
+
+/// An auth error code anywhere in the source chain (e.g. STS's `AccessDenied` inside a
+/// credentials error), found either as an `ErrorMetadata` or as a typed error whose
+/// Display starts with its code.
+fn auth_refusal_in_chain(err: &(dyn StdError + 'static)) -> Option<FailureClass> {
+    let mut next: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = next {
+        let code = match e.downcast_ref::<ErrorMetadata>() {
+            Some(meta) => meta.code().map(str::to_owned),
+            None => e.to_string().split(':').next().map(|s| s.trim().to_owned()),
+        };
+        if code.is_some_and(|c| AUTH_CODES.contains(&c.as_str())) {
+            return Some(Revoked);
+        }
+        next = e.source();
+    }
+    None
+}
+
+fn chain(err: &(dyn StdError + 'static)) -> String {
+    format!("{}", DisplayErrorContext(err))
+}
+
+/// Details reach RevokeStatus: keep them to one short line.
+fn short(s: &str) -> String {
+    const MAX: usize = 240;
+    let one_line = s.replace(['\n', '\r'], " ");
+    match one_line.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &one_line[..i]),
+        None => one_line,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_kms::types::error::{DisabledException, IncorrectKeyException};
+    use aws_smithy_runtime_api::client::result::ConnectorError;
+    use aws_smithy_types::body::SdkBody;
+
+    fn response(status: u16) -> HttpResponse {
+        HttpResponse::new(status.try_into().expect("status"), SdkBody::empty())
+    }
+
+    fn generic(code: &str, message: &str) -> ErrorMetadata {
+        ErrorMetadata::builder().code(code).message(message).build()
+    }
+
+    fn enc(code: &str, status: u16) -> FailureClass {
+        let e = EncryptError::generic(generic(code, "m"));
+        encrypt(&SdkError::service_error(e, response(status))).class
+    }
+
+    #[test]
+    fn typed_variants() {
+        let e = EncryptError::DisabledException(DisabledException::builder().message("off").build());
+        let got = encrypt(&SdkError::service_error(e, response(400)));
+        assert_eq!(got.class, Disabled);
+        assert!(got.detail.contains("DisabledException"), "{}", got.detail);
+        let e = DecryptError::IncorrectKeyException(IncorrectKeyException::builder().build());
+        assert_eq!(decrypt(&SdkError::service_error(e, response(400))).class, InvalidCiphertext);
+    }
+
+    #[test]
+    fn codes_and_statuses() {
+        for (code, status, want) in [
+            ("AccessDeniedException", 400, Revoked),
+            ("UnrecognizedClientException", 400, Revoked),
+            ("InvalidClientTokenId", 403, Revoked),
+            ("ExpiredTokenException", 400, Revoked),
+            ("ThrottlingException", 400, Unreachable),
+            ("KMSInternalException", 500, Unreachable),
+            ("SomethingNew", 503, Unreachable),
+            ("SomethingNew", 403, Revoked),
+            ("SomethingNew", 400, Unreachable),
+            ("DisabledException", 400, Disabled),
+            ("KMSInvalidStateException", 400, Destroyed),
+            ("NotFoundException", 400, Destroyed),
+        ] {
+            assert_eq!(enc(code, status), want, "{code} {status}");
+        }
+        let e = DecryptError::generic(generic("ValidationException", "too long"));
+        assert_eq!(decrypt(&SdkError::service_error(e, response(400))).class, InvalidCiphertext);
+        let e = DescribeKeyError::generic(generic("AccessDeniedException", "no"));
+        assert_eq!(describe_key(&SdkError::service_error(e, response(400))).class, Revoked);
+    }
+
+    #[test]
+    fn clock_skew_is_not_revocation() {
+        let e = EncryptError::generic(generic("InvalidSignatureException", "Signature expired: 2020 is now earlier than 2021"));
+        assert_eq!(encrypt(&SdkError::service_error(e, response(400))).class, Unreachable);
+    }
+
+    #[test]
+    fn transport_failures() {
+        let refused = SdkError::<EncryptError, HttpResponse>::dispatch_failure(ConnectorError::io(
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into(),
+        ));
+        assert_eq!(encrypt(&refused).class, Unreachable);
+        // STS refusing AssumeRole surfaces as a dispatch failure carrying its ErrorMetadata.
+        let sts = SdkError::<EncryptError, HttpResponse>::dispatch_failure(ConnectorError::other(
+            Box::new(generic("AccessDenied", "not authorized to perform sts:AssumeRole")),
+            None,
+        ));
+        assert_eq!(encrypt(&sts).class, Revoked);
+        let timeout = SdkError::<EncryptError, HttpResponse>::timeout_error("slow");
+        assert_eq!(encrypt(&timeout).class, Unreachable);
+    }
+
+    #[test]
+    fn details_are_short() {
+        let e = EncryptError::generic(generic("ThrottlingException", &"x".repeat(2000)));
+        let got = encrypt(&SdkError::service_error(e, response(400)));
+        assert!(got.detail.chars().count() < 300, "{}", got.detail.len());
+    }
+}

@@ -1,0 +1,406 @@
+//! `aws:///<key>?REGION=..&AUTH=..`: an AWS KMS key URI in CockroachDB's form, parsed once
+//! at config load.
+//!
+//! `<key>` is a key id (`1234abcd-…`, `mrk-…`), a key ARN, `alias/NAME` or an alias ARN.
+//! Parameters (upper-case, each at most once; any other name is an error, so a typo fails
+//! at config load instead of silently falling back to a default):
+//!
+//! | parameter | |
+//! | --- | --- |
+//! | `REGION` | required; must match the region of a key or alias ARN |
+//! | `AUTH` | `specified` (the default, as in CockroachDB) or `implicit` (the SDK's default chain: env, profile, web identity, ECS, IMDS) |
+//! | `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` | required with `AUTH=specified`, refused with `implicit` |
+//! | `AWS_SESSION_TOKEN` | optional, with `AUTH=specified` |
+//! | `ASSUME_ROLE` | optional: `ROLE_ARN[;external_id=ID]`, comma-separated for a chain (CockroachDB's form); assumed through STS |
+//! | `AWS_ENDPOINT` | optional: `http(s)://host[:port]`, e.g. a VPC endpoint or a test stand-in |
+//!
+//! Only `REGION`, `AUTH`, `AWS_ENDPOINT`, `ASSUME_ROLE` and `AWS_ACCESS_KEY_ID` are shown in
+//! [`AwsUri::redacted`]; everything else (the secret key, the session token, anything new)
+//! prints as `redacted`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use percent_encoding::percent_decode_str;
+use url::Url;
+
+use crate::key_uri::redact_query;
+use crate::secret::SecretBytes;
+
+/// Parameters whose values are safe to show in logs and RevokeStatus.
+const PUBLIC_PARAMS: &[&str] = &[
+    "REGION",
+    "AUTH",
+    "AWS_ENDPOINT",
+    "ASSUME_ROLE",
+    "AWS_ACCESS_KEY_ID",
+];
+
+/// Every parameter the URI may carry.
+const KNOWN_PARAMS: &[&str] = &[
+    "REGION",
+    "AUTH",
+    "AWS_ENDPOINT",
+    "ASSUME_ROLE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+];
+
+const SHAPE: &str = "aws:///<key id | key ARN | alias/NAME>?REGION=..&AUTH=implicit|specified";
+
+/// A parsed `aws:///` URI.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AwsUri {
+    /// As written in the URI (id, ARN or alias): what every KMS call names.
+    pub(super) key: String,
+    pub(super) region: String,
+    pub(super) auth: Auth,
+    pub(super) endpoint: Option<String>,
+    /// Roles to assume in order, each with the previous one's credentials.
+    pub(super) assume_role: Vec<RoleHop>,
+    /// Computed once at parse, so nothing later holds the raw query.
+    redacted: String,
+}
+
+/// Where the daemon's AWS credentials come from.
+#[derive(Clone, PartialEq, Eq)]
+pub(super) enum Auth {
+    /// The SDK's default credential chain.
+    Implicit,
+    Specified {
+        access_key_id: String,
+        secret_access_key: Secret,
+        session_token: Option<Secret>,
+    },
+}
+
+/// One `ASSUME_ROLE` hop.
+#[derive(Clone, PartialEq, Eq)]
+pub(super) struct RoleHop {
+    pub(super) arn: String,
+    pub(super) external_id: Option<String>,
+}
+
+/// A credential from the URI. `Clone` (which `KeyUri` needs) shares one wiped-on-drop
+/// [`SecretBytes`] instead of copying it.
+#[derive(Clone)]
+pub(super) struct Secret(Arc<SecretBytes>);
+
+impl Secret {
+    fn new(value: String) -> Self {
+        Self(Arc::new(SecretBytes::new(value.into_bytes())))
+    }
+
+    /// The value, for the SDK's credentials and for scrubbing error details. Always UTF-8:
+    /// it was built from a `String`.
+    pub(super) fn expose(&self) -> &str {
+        std::str::from_utf8(self.0.expose()).unwrap_or_default()
+    }
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(other.0.expose())
+    }
+}
+impl Eq for Secret {}
+
+impl AwsUri {
+    /// Parses and validates an `aws:///` URI. Errors name parameters, never their values.
+    pub fn parse(url: &Url) -> Result<Self, String> {
+        if url.host_str().is_some_and(|h| !h.is_empty())
+            || !url.username().is_empty()
+            || url.password().is_some()
+        {
+            return Err(format!("AWS KMS URIs have no host or user: write {SHAPE}"));
+        }
+        if url.fragment().is_some() {
+            return Err(format!("AWS KMS URIs have no #fragment: write {SHAPE}"));
+        }
+        let raw_key = url.path().strip_prefix('/').unwrap_or(url.path());
+        let key = percent_decode_str(raw_key)
+            .decode_utf8()
+            .map_err(|_| "the key in the AWS KMS URI is not valid UTF-8".to_string())?
+            .into_owned();
+
+        let mut p = Params::default();
+        for (name, value) in url.query_pairs() {
+            p.set(&name, value.into_owned())?;
+        }
+
+        let region = p
+            .take("REGION")
+            .ok_or_else(|| format!("REGION is required: {SHAPE}"))?;
+        if !region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return Err(format!("REGION {region:?} is not an AWS region name (like us-east-1)"));
+        }
+        check_key(&key, &region)?;
+
+        let access_key_id = p.take("AWS_ACCESS_KEY_ID");
+        let secret = p.take("AWS_SECRET_ACCESS_KEY").map(Secret::new);
+        let token = p.take("AWS_SESSION_TOKEN").map(Secret::new);
+        let auth = match p.take("AUTH").as_deref() {
+            Some("implicit") => {
+                if access_key_id.is_some() || secret.is_some() || token.is_some() {
+                    return Err("AUTH=implicit uses the default credential chain: remove AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN, or set AUTH=specified".into());
+                }
+                Auth::Implicit
+            }
+            None | Some("specified") => match (access_key_id, secret) {
+                (Some(access_key_id), Some(secret_access_key)) => Auth::Specified {
+                    access_key_id,
+                    secret_access_key,
+                    session_token: token,
+                },
+                _ => return Err("AUTH=specified (the default) needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; or set AUTH=implicit to use the node's credentials".into()),
+            },
+            Some(_) => return Err("AUTH must be `implicit` or `specified`".into()),
+        };
+        let endpoint = p.take("AWS_ENDPOINT").map(|e| check_endpoint(&e)).transpose()?;
+        let assume_role = match p.take("ASSUME_ROLE") {
+            Some(v) => parse_roles(&v)?,
+            None => Vec::new(),
+        };
+
+        Ok(Self {
+            key,
+            region,
+            auth,
+            endpoint,
+            assume_role,
+            redacted: redact_query(url, PUBLIC_PARAMS),
+        })
+    }
+
+    /// `aws:///<key>`: the key's identity, without parameters (recorded in envelopes).
+    pub fn id(&self) -> String {
+        format!("aws:///{}", self.key)
+    }
+
+    /// The URI with every non-public parameter value replaced by `redacted`.
+    pub fn redacted(&self) -> String {
+        self.redacted.clone()
+    }
+
+    /// Credential values that must never appear in an error detail or a log line.
+    pub(super) fn secrets(&self) -> Vec<&str> {
+        match &self.auth {
+            Auth::Implicit => Vec::new(),
+            Auth::Specified {
+                secret_access_key,
+                session_token,
+                ..
+            } => std::iter::once(secret_access_key)
+                .chain(session_token)
+                .map(Secret::expose)
+                .collect(),
+        }
+    }
+}
+
+impl fmt::Debug for AwsUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AwsUri({})", self.redacted)
+    }
+}
+
+/// The query's parameters, each at most once.
+#[derive(Default)]
+struct Params(Vec<(&'static str, String)>);
+
+impl Params {
+    fn set(&mut self, name: &str, value: String) -> Result<(), String> {
+        let Some(known) = KNOWN_PARAMS.iter().find(|k| **k == name) else {
+            return Err(format!(
+                "unknown parameter {name:?} in AWS KMS URI (known, upper-case: {})",
+                KNOWN_PARAMS.join(", ")
+            ));
+        };
+        if self.0.iter().any(|(k, _)| k == known) {
+            return Err(format!("parameter {known} is given twice"));
+        }
+        if value.is_empty() {
+            return Err(format!("parameter {known} is empty"));
+        }
+        self.0.push((known, value));
+        Ok(())
+    }
+
+    fn take(&mut self, name: &str) -> Option<String> {
+        let i = self.0.iter().position(|(k, _)| *k == name)?;
+        Some(self.0.swap_remove(i).1)
+    }
+}
+
+/// A key id, key ARN, `alias/NAME` or alias ARN; an ARN must be in `region`.
+fn check_key(key: &str, region: &str) -> Result<(), String> {
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 2048
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_-".contains(&b))
+    };
+    if key.is_empty() {
+        return Err(format!("the URI names no key: {SHAPE}"));
+    }
+    if let Some(rest) = key.strip_prefix("arn:") {
+        // arn:PARTITION:kms:REGION:ACCOUNT:key/ID or …:alias/NAME
+        let parts: Vec<&str> = rest.splitn(5, ':').collect();
+        let [partition, service, arn_region, account, resource] = parts[..] else {
+            return Err(format!("{key:?} is not a KMS key or alias ARN"));
+        };
+        let resource_ok = resource
+            .strip_prefix("key/")
+            .or_else(|| resource.strip_prefix("alias/"))
+            .is_some_and(name_ok);
+        if partition.is_empty() || service != "kms" || account.is_empty() || !resource_ok {
+            return Err(format!("{key:?} is not a KMS key or alias ARN"));
+        }
+        if arn_region != region {
+            return Err(format!(
+                "the key ARN is in region {arn_region:?} but REGION is {region:?}"
+            ));
+        }
+        return Ok(());
+    }
+    if let Some(alias) = key.strip_prefix("alias/") {
+        return if name_ok(alias) {
+            Ok(())
+        } else {
+            Err(format!("{key:?} is not a valid alias/NAME"))
+        };
+    }
+    if key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') && key.len() <= 128 {
+        Ok(())
+    } else {
+        Err(format!("{key:?} is not a key id, key ARN or alias/NAME: {SHAPE}"))
+    }
+}
+
+fn check_endpoint(raw: &str) -> Result<String, String> {
+    let bad = || "AWS_ENDPOINT must be http(s)://host[:port] with no user, query or fragment".to_string();
+    let u = Url::parse(raw).map_err(|_| bad())?;
+    if !matches!(u.scheme(), "http" | "https")
+        || u.host_str().is_none_or(str::is_empty)
+        || !u.username().is_empty()
+        || u.password().is_some()
+        || u.query().is_some()
+        || u.fragment().is_some()
+    {
+        return Err(bad());
+    }
+    Ok(raw.trim_end_matches('/').to_owned())
+}
+
+/// `ARN[;external_id=ID][,ARN…]`, as CockroachDB writes role chains.
+fn parse_roles(raw: &str) -> Result<Vec<RoleHop>, String> {
+    raw.split(',')
+        .map(|hop| {
+            let mut parts = hop.split(';');
+            let arn = parts.next().unwrap_or_default().trim();
+            if !(arn.starts_with("arn:") && arn.contains(":role/")) {
+                return Err("ASSUME_ROLE must be a role ARN (arn:aws:iam::ACCOUNT:role/NAME), optionally `;external_id=ID`, comma-separated for a chain".to_string());
+            }
+            let mut external_id = None;
+            for opt in parts {
+                match opt.split_once('=') {
+                    Some(("external_id", v)) if !v.is_empty() && external_id.is_none() => {
+                        external_id = Some(v.to_owned());
+                    }
+                    _ => return Err("ASSUME_ROLE options are `;external_id=ID` only".into()),
+                }
+            }
+            Ok(RoleHop {
+                arn: arn.to_owned(),
+                external_id,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ARN: &str = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+
+    fn parse(s: &str) -> Result<AwsUri, String> {
+        AwsUri::parse(&Url::parse(s).map_err(|e| e.to_string())?)
+    }
+
+    #[test]
+    fn key_forms() {
+        for key in [ARN, "1234abcd-12ab-34cd-56ef-1234567890ab", "alias/my-key", "mrk-1234"] {
+            let u = parse(&format!("aws:///{key}?REGION=us-east-1&AUTH=implicit")).unwrap();
+            assert_eq!(u.key, key);
+            assert_eq!(u.id(), format!("aws:///{key}"));
+        }
+        let alias_arn = "arn:aws:kms:us-east-1:123456789012:alias/prod";
+        assert!(parse(&format!("aws:///{alias_arn}?REGION=us-east-1&AUTH=implicit")).is_ok());
+    }
+
+    #[test]
+    fn specified_auth_and_redaction() {
+        let u = parse(&format!(
+            "aws:///{ARN}?REGION=us-east-1&AUTH=specified&AWS_ACCESS_KEY_ID=AKIDPUBLIC&AWS_SECRET_ACCESS_KEY=s3cr3tValue&AWS_SESSION_TOKEN=t0kenValue&AWS_ENDPOINT=http://127.0.0.1:5000"
+        ))
+        .unwrap();
+        assert_eq!(u.id(), format!("aws:///{ARN}"));
+        assert_eq!(u.endpoint.as_deref(), Some("http://127.0.0.1:5000"));
+        assert_eq!(u.secrets(), vec!["s3cr3tValue", "t0kenValue"]);
+        for shown in [u.redacted(), format!("{u:?}")] {
+            assert!(shown.contains("AWS_ACCESS_KEY_ID=AKIDPUBLIC"), "{shown}");
+            assert!(shown.contains("REGION=us-east-1"), "{shown}");
+            assert!(!shown.contains("s3cr3t") && !shown.contains("t0ken"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn auth_defaults_to_specified() {
+        let e = parse(&format!("aws:///{ARN}?REGION=us-east-1")).unwrap_err();
+        assert!(e.contains("AWS_SECRET_ACCESS_KEY"), "{e}");
+        let e = parse(&format!("aws:///{ARN}?REGION=us-east-1&AUTH=specified&AWS_ACCESS_KEY_ID=a")).unwrap_err();
+        assert!(e.contains("AUTH=specified"), "{e}");
+        let e = parse(&format!(
+            "aws:///{ARN}?REGION=us-east-1&AUTH=implicit&AWS_SECRET_ACCESS_KEY=s3cr3t"
+        ))
+        .unwrap_err();
+        assert!(e.contains("AUTH=implicit") && !e.contains("s3cr3t"), "{e}");
+    }
+
+    #[test]
+    fn refusals_never_echo_values() {
+        let cases = [
+            ("aws:///k?AUTH=implicit", "REGION is required"),
+            ("aws:///k?REGION=us-east-1&AUTH=implicit&REGON=s3cr3t", "unknown parameter \"REGON\""),
+            ("aws:///k?REGION=us-east-1&AUTH=implicit&region=s3cr3t", "unknown parameter"),
+            ("aws:///k?REGION=us-east-1&REGION=us-east-1&AUTH=implicit", "twice"),
+            ("aws:///k?REGION=us-east-1&AUTH=maybe", "AUTH must be"),
+            ("aws:///?REGION=us-east-1&AUTH=implicit", "names no key"),
+            ("aws://host/k?REGION=us-east-1&AUTH=implicit", "no host"),
+            ("aws:///k?REGION=us-east-1&AUTH=implicit&AWS_ENDPOINT=ftp://x", "AWS_ENDPOINT"),
+            ("aws:///k?REGION=us-east-1&AUTH=implicit&AWS_ENDPOINT=http://u:s3cr3t@x", "AWS_ENDPOINT"),
+            ("aws:///k?REGION=us-east-1&AUTH=implicit&ASSUME_ROLE=s3cr3t", "ASSUME_ROLE"),
+            ("aws:///k?REGION=us-east-1&AUTH=implicit&AWS_SESSION_TOKEN=s3cr3t", "AUTH=implicit"),
+            ("aws:///arn:aws:kms:eu-west-1:1:key/k?REGION=us-east-1&AUTH=implicit", "region"),
+            ("aws:///arn:aws:s3:us-east-1:1:key/k?REGION=us-east-1&AUTH=implicit", "not a KMS key"),
+            ("aws:///a%20b?REGION=us-east-1&AUTH=implicit", "not a key id"),
+        ];
+        for (uri, want) in cases {
+            let e = parse(uri).unwrap_err();
+            assert!(e.contains(want), "{uri}: {e}");
+            assert!(!e.contains("s3cr3t"), "{uri}: {e}");
+        }
+    }
+
+    #[test]
+    fn role_chain() {
+        let u = parse(&format!(
+            "aws:///{ARN}?REGION=us-east-1&AUTH=implicit&ASSUME_ROLE=arn:aws:iam::1:role/a;external_id=x,arn:aws:iam::2:role/b"
+        ))
+        .unwrap();
+        assert_eq!(u.assume_role.len(), 2);
+        assert_eq!(u.assume_role[0].external_id.as_deref(), Some("x"));
+        assert_eq!(u.assume_role[1].arn, "arn:aws:iam::2:role/b");
+    }
+}

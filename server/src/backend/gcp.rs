@@ -1,0 +1,262 @@
+//! Google Cloud KMS (`gs:///projects/…/cryptoKeys/K`), through Google's official REST client
+//! `google-cloud-kms-v1`.
+//!
+//! - wrap = `Encrypt` on the CryptoKey (Cloud KMS picks the primary version) with the AAD
+//!   bytes of [`Aad::bytes`]; `key_version` is the response's `name`, the full
+//!   CryptoKeyVersion resource name (`projects/…/cryptoKeys/K/cryptoKeyVersions/3`).
+//! - unwrap = `Decrypt` on the CryptoKey: the ciphertext itself names its version, so the
+//!   stored `key_version` is informational and rotation needs nothing from us.
+//! - check = `TestIamPermissions` (may we still encrypt and decrypt?) plus `GetCryptoKey`
+//!   (is the primary version ENABLED?). Both are free metadata calls; no paid crypto.
+//!
+//! Data integrity follows Google's guide: every request carries CRC32C checksums of what it
+//! sends, and every response's checksums are verified (`verified_*_crc32c`,
+//! `ciphertext_crc32c`, `plaintext_crc32c`). A mismatch means the bytes were damaged on
+//! the way, so it is reported as Unreachable and the daemon's retry policy tries again.
+//!
+//! The SDK is told to make exactly ONE attempt per call ([`NeverRetry`]): deadlines and
+//! retries belong to [`super::resilient`]. Errors are classified in [`errors`].
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use google_cloud_auth::credentials::{anonymous, service_account, Credentials};
+use google_cloud_gax::retry_policy::NeverRetry;
+use google_cloud_kms_v1::client::KeyManagementService;
+use google_cloud_kms_v1::model::crypto_key::CryptoKeyPurpose;
+use google_cloud_kms_v1::model::crypto_key_version::CryptoKeyVersionState;
+
+use super::{Aad, BackendError, Ciphertext, FailureClass, KeyHealth, KmsBackend};
+use crate::secret::SecretBytes;
+
+// Kept in files of their own (`gcp_errors.rs`, `gcp_uri.rs`) to stay short, but private to
+// this backend, so `backend/mod.rs` needs no line for them.
+#[path = "gcp_errors.rs"]
+mod errors;
+#[path = "gcp_uri.rs"]
+mod uri;
+
+use errors::{classify, integrity, Op};
+pub use uri::{GcpAuth, GcpUri};
+
+/// A backstop for one HTTP request (connect included). The daemon's per-attempt timeout
+/// ([`super::resilient::RetryPolicy`], 5 s by default) cuts calls first; this only stops a
+/// request from hanging forever if the backend is ever used without it.
+const SDK_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The universe (the `googleapis.com` of Google Cloud). Pinned so that building the client
+/// never asks the metadata server which universe it is in: `new` must not touch the network.
+const DEFAULT_UNIVERSE: &str = "googleapis.com";
+
+/// What `check` needs the caller to hold on the key, besides `cloudkms.cryptoKeys.get`.
+const USE_PERMISSIONS: [&str; 2] = [
+    "cloudkms.cryptoKeyVersions.useToEncrypt",
+    "cloudkms.cryptoKeyVersions.useToDecrypt",
+];
+
+/// One Cloud KMS CryptoKey.
+pub struct GcpBackend {
+    uri: GcpUri,
+    client: KeyManagementService,
+}
+
+impl fmt::Debug for GcpBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GcpBackend({})", self.uri.redacted())
+    }
+}
+
+impl GcpBackend {
+    /// Builds the client. Reads credentials (the ADC file, or the key from the URI) but
+    /// contacts neither Cloud KMS nor a token or metadata server.
+    pub async fn new(uri: GcpUri) -> Result<Self, String> {
+        let credentials = credentials(&uri).await?;
+        let mut builder = KeyManagementService::builder()
+            .with_credentials(credentials)
+            .with_retry_policy(NeverRetry)
+            .with_attempt_timeout(SDK_ATTEMPT_TIMEOUT);
+        if let Some(endpoint) = uri.endpoint() {
+            builder = builder.with_endpoint(endpoint);
+        }
+        let client = builder.build().await.map_err(|e| {
+            // The builder's error may quote an ADC file; say what failed, not what it read.
+            let why = if e.is_default_credentials() {
+                "cannot load Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS or gcloud auth application-default login)"
+            } else if e.is_universe_domain_mismatch() {
+                "the credentials belong to another universe than googleapis.com"
+            } else {
+                "cannot build the HTTP client"
+            };
+            format!("{}: {why}", uri.redacted())
+        })?;
+        Ok(Self { uri, client })
+    }
+
+    /// The short version id ("3") of a CryptoKeyVersion name, for messages.
+    fn version_id<'a>(&self, version_name: &'a str) -> &'a str {
+        version_name.rsplit('/').next().unwrap_or(version_name)
+    }
+}
+
+async fn credentials(uri: &GcpUri) -> Result<Credentials, String> {
+    match uri.auth() {
+        GcpAuth::None => Ok(anonymous::Builder::new().build()),
+        GcpAuth::Implicit => {
+            let universe = std::env::var("GOOGLE_CLOUD_UNIVERSE_DOMAIN")
+                .unwrap_or_else(|_| DEFAULT_UNIVERSE.to_owned());
+            google_cloud_auth::credentials::Builder::default()
+                .with_universe_domain(universe)
+                .build()
+                .map_err(|_| {
+                    format!(
+                        "{}: cannot load Application Default Credentials; check GOOGLE_APPLICATION_CREDENTIALS or run gcloud auth application-default login",
+                        uri.redacted()
+                    )
+                })
+        }
+        GcpAuth::Specified(json) => {
+            let bad = || {
+                format!(
+                    "{}: CREDENTIALS is not a usable service-account key (its private_key must be the PEM from the JSON key file)",
+                    uri.redacted()
+                )
+            };
+            // google-cloud-auth takes a serde_json::Value; that copy is outside our zeroizing.
+            let value: serde_json::Value = serde_json::from_slice(json.expose()).map_err(|_| bad())?;
+            let creds = service_account::Builder::new(value).build().map_err(|_| bad())?;
+            // Service-account tokens are self-signed JWTs, made locally: signing one now
+            // catches a broken private key at config load instead of at the first wrap.
+            creds.headers(Default::default()).await.map_err(|_| bad())?;
+            Ok(creds)
+        }
+    }
+}
+
+fn crc(bytes: &[u8]) -> i64 {
+    i64::from(crc32c::crc32c(bytes))
+}
+
+#[async_trait]
+impl KmsBackend for GcpBackend {
+    async fn encrypt(&self, plaintext: &SecretBytes, aad: &Aad) -> Result<Ciphertext, BackendError> {
+        let aad = aad.bytes();
+        let (pt_crc, aad_crc) = (crc(plaintext.expose()), crc(&aad));
+        let resp = self
+            .client
+            .encrypt()
+            .set_name(self.uri.key_name())
+            // The SDK wants owned bytes and serializes them to base64 JSON: those copies are
+            // outside our zeroizing, which no HTTP/JSON client avoids.
+            .set_plaintext(plaintext.expose().to_vec())
+            .set_additional_authenticated_data(aad)
+            .set_plaintext_crc32c(pt_crc)
+            .set_additional_authenticated_data_crc32c(aad_crc)
+            .send()
+            .await
+            .map_err(|e| classify(Op::Encrypt, &e))?;
+        if !resp.verified_plaintext_crc32c {
+            return Err(integrity(Op::Encrypt, "plaintext checksum not verified by Cloud KMS"));
+        }
+        if !resp.verified_additional_authenticated_data_crc32c {
+            return Err(integrity(Op::Encrypt, "AAD checksum not verified by Cloud KMS"));
+        }
+        if resp.ciphertext_crc32c != Some(crc(&resp.ciphertext)) {
+            return Err(integrity(Op::Encrypt, "ciphertext checksum mismatch"));
+        }
+        let ours = resp
+            .name
+            .strip_prefix(self.uri.key_name())
+            .is_some_and(|rest| rest.starts_with("/cryptoKeyVersions/"));
+        if !ours {
+            return Err(integrity(Op::Encrypt, "the response names another key"));
+        }
+        Ok(Ciphertext {
+            bytes: resp.ciphertext.into(),
+            key_version: resp.name,
+        })
+    }
+
+    async fn decrypt(
+        &self,
+        ciphertext: &[u8],
+        _key_version: &str,
+        aad: &Aad,
+    ) -> Result<SecretBytes, BackendError> {
+        let aad = aad.bytes();
+        let (ct_crc, aad_crc) = (crc(ciphertext), crc(&aad));
+        let resp = self
+            .client
+            .decrypt()
+            .set_name(self.uri.key_name())
+            .set_ciphertext(ciphertext.to_vec())
+            .set_ciphertext_crc32c(ct_crc)
+            .set_additional_authenticated_data(aad)
+            .set_additional_authenticated_data_crc32c(aad_crc)
+            .send()
+            .await
+            .map_err(|e| classify(Op::Decrypt, &e))?;
+        // Vec::from(Bytes) reuses the buffer when it is not shared, so the copy we wipe is
+        // the only one we hold.
+        let plaintext = SecretBytes::new(Vec::from(resp.plaintext));
+        if resp.plaintext_crc32c != Some(crc(plaintext.expose())) {
+            return Err(integrity(Op::Decrypt, "plaintext checksum mismatch"));
+        }
+        Ok(plaintext)
+    }
+
+    async fn check(&self) -> Result<KeyHealth, BackendError> {
+        let name = self.uri.key_name();
+        let (perms, key) = tokio::join!(
+            self.client
+                .test_iam_permissions()
+                .set_resource(name)
+                .set_permissions(USE_PERMISSIONS)
+                .send(),
+            self.client.get_crypto_key().set_name(name).send(),
+        );
+        let key = key.map_err(|e| classify(Op::GetCryptoKey, &e))?;
+        let granted = perms.map_err(|e| classify(Op::TestIamPermissions, &e))?.permissions;
+        // Revocation usually removes the encrypter/decrypter binding and leaves the viewer
+        // role, so GetCryptoKey alone would not notice it.
+        if let Some(missing) = USE_PERMISSIONS.iter().find(|p| !granted.iter().any(|g| g == *p)) {
+            return Err(BackendError::new(
+                FailureClass::Revoked,
+                format!("TestIamPermissions: {missing} is not granted on the key"),
+            ));
+        }
+        if key.purpose != CryptoKeyPurpose::EncryptDecrypt {
+            return Err(BackendError::new(
+                FailureClass::Disabled,
+                format!("the key's purpose is {}; kms-broker needs ENCRYPT_DECRYPT", key.purpose),
+            ));
+        }
+        let Some(primary) = key.primary else {
+            // The key exists but cannot encrypt until an operator sets a primary version:
+            // reversible, and nothing says key material is gone.
+            return Err(BackendError::new(
+                FailureClass::Disabled,
+                "the key has no primary version (gcloud kms keys set-primary-version)",
+            ));
+        };
+        let id = self.version_id(&primary.name);
+        let state = primary.state.name().unwrap_or("UNKNOWN");
+        let class = match primary.state {
+            CryptoKeyVersionState::Enabled => {
+                return Ok(KeyHealth {
+                    detail: format!("primary version {id}"),
+                })
+            }
+            CryptoKeyVersionState::DestroyScheduled
+            | CryptoKeyVersionState::Destroyed
+            | CryptoKeyVersionState::PendingExternalDestruction
+            | CryptoKeyVersionState::ExternalDestructionFailed => FailureClass::Destroyed,
+            // Still being made: it settles by itself.
+            CryptoKeyVersionState::PendingGeneration | CryptoKeyVersionState::PendingImport => {
+                FailureClass::Unreachable
+            }
+            _ => FailureClass::Disabled,
+        };
+        Err(BackendError::new(class, format!("primary version {id} is {state}")))
+    }
+}
