@@ -1,143 +1,12 @@
-//! The client against the real daemon, in-process, with the mock KMS.
-//!
-//! Each test starts its own daemon on a socket in a temp dir and scripts its own mock key
-//! (the mock registry is process-global, so every test uses a unique mock name).
+//! The client against the real daemon over its Unix socket, with the mock KMS.
 
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::time::Duration;
 
-use kms_broker::backend::mock::mock;
-use kms_broker::server::{ServeError, Server};
-use kms_broker_client::{Backoff, Client, ClientError, ClientOptions, Code, KeyState};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-
-const ALL: &[&str] = &["WrapKey", "UnwrapKey", "GetStoreKey", "RevokeStatus"];
-
-/// Long enough that a wrongly retried answer would hold the call for many minutes; the
-/// tests then require the call to come back (within [`RETURNS_WITHIN`]) with its code.
-const LONG_STARTUP: Duration = Duration::from_secs(600);
-const RETURNS_WITHIN: Duration = Duration::from_secs(30);
-
-struct Daemon {
-    shutdown: Option<oneshot::Sender<()>>,
-    handle: JoinHandle<Result<(), ServeError>>,
-}
-
-impl Daemon {
-    async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        let res = (&mut self.handle).await.expect("serve task panicked");
-        assert!(res.is_ok(), "serve: {res:?}");
-    }
-}
-
-/// A test's temp dir, config and client endpoint.
-struct Setup {
-    dir: tempfile::TempDir,
-    mock: String,
-}
-
-impl Setup {
-    fn new(mock_name: &str) -> Setup {
-        Setup {
-            dir: tempfile::tempdir().expect("tempdir"),
-            mock: format!("client-test-{mock_name}"),
-        }
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("broker.sock")
-    }
-
-    fn endpoint(&self) -> String {
-        format!("unix://{}", self.socket().display())
-    }
-
-    fn config(&self, allow: &[&str]) -> String {
-        let uid = std::fs::metadata("/proc/self").expect("/proc/self").uid();
-        let allow = allow
-            .iter()
-            .map(|a| format!("{a:?}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        format!(
-            r#"
-[server]
-unix_socket = "{socket}"
-state_dir = "{state}"
-
-[keys.k1]
-uris = ["mock://{mock}"]
-
-[stores.s1]
-key = "k1"
-
-[stores.s2]
-key = "k1"
-algorithm = "AES-128"
-
-[revocation]
-poll_interval = "200ms"
-
-[[policy]]
-peer = "uid:{uid}"
-allow = [{allow}]
-"#,
-            socket = self.socket().display(),
-            state = self.dir.path().join("state").display(),
-            mock = self.mock,
-        )
-    }
-
-    async fn start(&self, allow: &[&str]) -> Daemon {
-        start_with(&self.dir.path().join("broker.toml"), &self.config(allow)).await
-    }
-
-    async fn client(&self, startup_deadline: Duration) -> Client {
-        let opts = ClientOptions {
-            startup_deadline,
-            backoff: Backoff {
-                base: Duration::from_millis(10),
-                cap: Duration::from_millis(100),
-            },
-            ..ClientOptions::default()
-        };
-        Client::connect(&self.endpoint(), opts)
-            .await
-            .expect("connect is lazy and the endpoint valid")
-    }
-}
-
-async fn start_with(path: &Path, text: &str) -> Daemon {
-    let config = kms_broker::config::Config::parse(path, text).expect("valid test config");
-    let server = Server::bind(config).await.expect("bind");
-    let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(server.serve(async move {
-        let _ = rx.await;
-    }));
-    Daemon {
-        shutdown: Some(tx),
-        handle,
-    }
-}
-
-/// Awaits `fut`, failing the test if it does not finish: how a wrongly retried call shows.
-async fn returns<T>(fut: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(RETURNS_WITHIN, fut)
-        .await
-        .expect("the call was retried instead of returning its answer")
-}
-
-fn code<T: std::fmt::Debug>(res: Result<T, ClientError>) -> Code {
-    match res {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => e.code(),
-    }
-}
+use common::{code, returns, Setup, ALL, LONG_STARTUP, RETURNS_WITHIN};
+use kms_broker::backend::mock::{mock, MockFault};
+use kms_broker_client::{Client, ClientError, Code, KeyState};
 
 #[tokio::test]
 async fn wrap_unwrap_round_trip() {
@@ -257,6 +126,27 @@ async fn unreachable_daemon_fails_with_a_connect_error_at_the_deadline() {
     let client = t.client(Duration::from_millis(300)).await;
     let err = client.get_store_key("s1", false).await.err();
     assert!(matches!(err, Some(ClientError::Connect { .. })), "{err:?}");
+}
+
+#[tokio::test]
+async fn waits_while_the_kms_is_unavailable() {
+    let t = Setup::new("kms-unavailable");
+    let kms = mock(&t.mock);
+    kms.set_fault(Some(MockFault::Unavailable));
+    // One quick KMS attempt per call, so the daemon answers UNAVAILABLE at once.
+    let kms_policy = "[kms]\nattempt_timeout = \"1s\"\ndeadline = \"1s\"\nmax_attempts = 1\n";
+    let daemon = t.start_with(&t.config(ALL, "", kms_policy)).await;
+    let client = t.client(Duration::from_secs(30)).await;
+    let call = tokio::spawn(async move { client.get_store_key("s1", true).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!call.is_finished(), "UNAVAILABLE should be retried");
+    kms.set_fault(None);
+    let keys = call
+        .await
+        .expect("task")
+        .expect("get_store_key once the KMS answers");
+    assert_eq!(keys.active.key.len(), 32);
+    daemon.stop().await;
 }
 
 #[tokio::test]

@@ -196,14 +196,22 @@ impl Config {
             problem,
             fix: fix.to_owned(),
         };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
+        let line_of = |e: &toml::de::Error| {
+            e.span()
                 .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
-                .unwrap_or(0);
+                .unwrap_or(0)
+        };
+        let de = toml::Deserializer::parse(text).map_err(|e| {
+            err(&format!("line {}", line_of(&e)), e.message().trim().to_owned(), "fix the TOML syntax")
+        })?;
+        // serde_path_to_error names the field (`revocation.poll_interval`) without echoing
+        // its value, which could be a secret URI.
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
             err(
-                &format!("line {line}"),
-                e.message().trim().to_owned(),
+                &format!("{path} (line {})", line_of(&inner)),
+                inner.message().trim().to_owned(),
                 "correct the field name or value (unknown fields are errors); see the README's config reference",
             )
         })?;

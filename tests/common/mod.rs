@@ -125,11 +125,17 @@ impl Daemon {
     /// A client over mutual TLS with a fresh certificate whose SAN and CN are `identity`.
     pub async fn tls(&self, identity: &str) -> Client {
         let pem = certs::issue(&self.ca, Some(identity), &[identity], false).expect("client cert");
-        self.tls_with(Some(&pem), &self.ca.cert).await.expect("tls connect")
+        self.tls_with(Some(&pem), &self.ca.cert)
+            .await
+            .expect("tls connect")
     }
 
     /// A TLS client with `client` (or none) trusting `trust_ca`: for refusal tests.
-    pub async fn tls_with(&self, client: Option<&Pem>, trust_ca: &str) -> Result<Client, tonic::transport::Error> {
+    pub async fn tls_with(
+        &self,
+        client: Option<&Pem>,
+        trust_ca: &str,
+    ) -> Result<Client, tonic::transport::Error> {
         install_crypto();
         let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(trust_ca))
@@ -167,7 +173,9 @@ impl Daemon {
     pub async fn restart(mut self) -> Daemon {
         self.stop_in_place().await;
         let tmp = self._tmp.take();
-        let mut d = Self::start_in(&self.dir, &self.body).await.expect("daemon restarts");
+        let mut d = Self::start_in(&self.dir, &self.body)
+            .await
+            .expect("daemon restarts");
         d._tmp = tmp;
         d
     }
@@ -183,15 +191,20 @@ impl Drop for Daemon {
 
 /// A client on a Unix socket path.
 pub async fn unix_client(path: &Path) -> Client {
+    try_unix_client(path)
+        .await
+        .expect("connect to the unix socket")
+}
+
+pub async fn try_unix_client(path: &Path) -> Result<Client, tonic::transport::Error> {
     let path = path.to_owned();
     let ch = Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_| {
             let p = path.clone();
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(p).await?)) }
         }))
-        .await
-        .expect("connect to the unix socket");
-    KeyBrokerClient::new(ch)
+        .await?;
+    Ok(KeyBrokerClient::new(ch))
 }
 
 /// Polls RevokeStatus until `key` is in state `want`; panics after 5 s with the last state.
@@ -199,11 +212,18 @@ pub async fn wait_for_state(c: &mut Client, key: &str, want: KeyState) -> KeySta
     wait_for_state_within(c, key, want, Duration::from_secs(5)).await
 }
 
-pub async fn wait_for_state_within(c: &mut Client, key: &str, want: KeyState, within: Duration) -> KeyStatus {
+pub async fn wait_for_state_within(
+    c: &mut Client,
+    key: &str,
+    want: KeyState,
+    within: Duration,
+) -> KeyStatus {
     let start = Instant::now();
     loop {
         let r = c
-            .revoke_status(RevokeStatusRequest { key: key.to_owned() })
+            .revoke_status(RevokeStatusRequest {
+                key: key.to_owned(),
+            })
             .await
             .expect("RevokeStatus")
             .into_inner();

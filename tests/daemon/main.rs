@@ -1,5 +1,11 @@
-//! Black-box tests of the daemon through its real transports, with the file key and the
-//! mock KMS.
+//! Black-box tests of the daemon through its real transports (Unix socket and mutual TLS),
+//! with the file key and the scriptable mock KMS; `cli` runs the real binary.
 
 #[path = "../common/mod.rs"]
 mod common;
+
+mod cli;
+mod revocation;
+mod store_keys;
+mod transport;
+mod wrap;

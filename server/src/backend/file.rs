@@ -67,7 +67,11 @@ impl FileBackend {
 
 #[async_trait]
 impl KmsBackend for FileBackend {
-    async fn encrypt(&self, plaintext: &SecretBytes, aad: &Aad) -> Result<Ciphertext, BackendError> {
+    async fn encrypt(
+        &self,
+        plaintext: &SecretBytes,
+        aad: &Aad,
+    ) -> Result<Ciphertext, BackendError> {
         let key = self.key().await?;
         Ok(Ciphertext {
             bytes: seal(&key, plaintext, aad)?,
@@ -88,7 +92,8 @@ impl KmsBackend for FileBackend {
             let now = key_version(&key);
             if !key_version_was.is_empty() && key_version_was != now {
                 e.detail = format!(
-                    "{}: it was wrapped by file key version {key_version_was}, but {} now holds version {now}",
+                    "{}: it was wrapped by file key version {key_version_was}, \
+                     but {} now holds version {now}",
                     e.detail,
                     self.uri.path.display()
                 );
@@ -116,13 +121,23 @@ pub fn key_version(key: &SecretBytes) -> String {
 }
 
 /// AES-256-GCM under `key`: `nonce || ciphertext || tag`. Shared with the mock KMS.
-pub(crate) fn seal(key: &SecretBytes, plaintext: &SecretBytes, aad: &Aad) -> Result<Vec<u8>, BackendError> {
+pub(crate) fn seal(
+    key: &SecretBytes,
+    plaintext: &SecretBytes,
+    aad: &Aad,
+) -> Result<Vec<u8>, BackendError> {
     let cipher = Aes256Gcm::new_from_slice(key.expose())
         .map_err(|_| BackendError::new(FailureClass::Disabled, "the key is not 32 bytes"))?;
     let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
     let aad = aad.bytes();
     let sealed = cipher
-        .encrypt(&nonce, Payload { msg: plaintext.expose(), aad: &aad })
+        .encrypt(
+            &nonce,
+            Payload {
+                msg: plaintext.expose(),
+                aad: &aad,
+            },
+        )
         .map_err(|_| BackendError::new(FailureClass::Disabled, "AES-GCM refused the plaintext"))?;
     let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
     out.extend_from_slice(&nonce);
@@ -132,16 +147,28 @@ pub(crate) fn seal(key: &SecretBytes, plaintext: &SecretBytes, aad: &Aad) -> Res
 
 /// The inverse of [`seal`]. Any failure is InvalidCiphertext: AES-GCM cannot tell a
 /// tampered blob from another key or another context, and must not be asked to.
-pub(crate) fn open(key: &SecretBytes, ciphertext: &[u8], aad: &Aad) -> Result<SecretBytes, BackendError> {
+pub(crate) fn open(
+    key: &SecretBytes,
+    ciphertext: &[u8],
+    aad: &Aad,
+) -> Result<SecretBytes, BackendError> {
     if ciphertext.len() < NONCE_LEN + TAG_LEN {
-        return Err(BackendError::invalid_ciphertext("the ciphertext is too short"));
+        return Err(BackendError::invalid_ciphertext(
+            "the ciphertext is too short",
+        ));
     }
     let cipher = Aes256Gcm::new_from_slice(key.expose())
         .map_err(|_| BackendError::new(FailureClass::Disabled, "the key is not 32 bytes"))?;
     let (nonce, sealed) = ciphertext.split_at(NONCE_LEN);
     let aad = aad.bytes();
     cipher
-        .decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad: &aad })
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: sealed,
+                aad: &aad,
+            },
+        )
         // Straight into SecretBytes: the plaintext Vec never exists outside it.
         .map(SecretBytes::new)
         .map_err(|_| {
@@ -176,7 +203,8 @@ fn load_key(path: &Path) -> Result<SecretBytes, BackendError> {
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(disabled(format!(
-            "key file {shown} has mode {mode:04o}: group and others must have no access; fix: chmod 600 {shown}"
+            "key file {shown} has mode {mode:04o}: group and others must have no access; \
+             fix: chmod 600 {shown}"
         )));
     }
     // A process running as root opens a mode-000 file anyway; treat the missing owner
@@ -184,16 +212,21 @@ fn load_key(path: &Path) -> Result<SecretBytes, BackendError> {
     if mode & 0o400 == 0 {
         return Err(BackendError::new(
             FailureClass::Revoked,
-            format!("key file {shown} has mode {mode:04o} (not readable): revoked; to restore it: chmod 600 {shown}"),
+            format!(
+                "key file {shown} has mode {mode:04o} (not readable): revoked; \
+                 to restore it: chmod 600 {shown}"
+            ),
         ));
     }
     if meta.len() != KEY_LEN as u64 {
         return Err(disabled(format!(
-            "key file {shown} must be exactly {KEY_LEN} bytes, found {}; fix: create a new key with `(umask 077; head -c {KEY_LEN} /dev/urandom > {shown})`",
+            "key file {shown} must be exactly {KEY_LEN} bytes, found {}; fix: create a new \
+             key with `(umask 077; head -c {KEY_LEN} /dev/urandom > {shown})`",
             meta.len()
         )));
     }
-    let io_err = |e: io::Error| BackendError::unreachable(format!("key file {shown}: cannot read: {e}"));
+    let io_err =
+        |e: io::Error| BackendError::unreachable(format!("key file {shown}: cannot read: {e}"));
     let mut buf = Zeroizing::new([0u8; KEY_LEN]);
     file.read_exact(&mut buf[..]).map_err(io_err)?;
     // The file could have grown between stat and read; a key with a tail is not a key.
@@ -240,29 +273,50 @@ mod tests {
     #[tokio::test]
     async fn round_trip() {
         let (_dir, path, b) = setup();
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let pt = SecretBytes::copy_from(b"thirty-two bytes of data key!!!!");
         let ct = b.encrypt(&pt, &aad("s1")).await.unwrap();
         assert_eq!(ct.key_version.len(), 8);
         assert_eq!(ct.bytes.len(), NONCE_LEN + pt.len() + TAG_LEN);
-        let back = b.decrypt(&ct.bytes, &ct.key_version, &aad("s1")).await.unwrap();
+        let back = b
+            .decrypt(&ct.bytes, &ct.key_version, &aad("s1"))
+            .await
+            .unwrap();
         assert!(back.ct_eq(pt.expose()));
-        assert_eq!(b.check().await.unwrap().detail, format!("key version {}", ct.key_version));
+        assert_eq!(
+            b.check().await.unwrap().detail,
+            format!("key version {}", ct.key_version)
+        );
     }
 
     #[tokio::test]
     async fn wrong_aad_and_tampering_fail_invalid_ciphertext() {
         let (_dir, _path, b) = setup();
-        let ct = b.encrypt(&SecretBytes::copy_from(b"k"), &aad("s1")).await.unwrap();
-        let e = b.decrypt(&ct.bytes, &ct.key_version, &aad("s2")).await.unwrap_err();
+        let ct = b
+            .encrypt(&SecretBytes::copy_from(b"k"), &aad("s1"))
+            .await
+            .unwrap();
+        let e = b
+            .decrypt(&ct.bytes, &ct.key_version, &aad("s2"))
+            .await
+            .unwrap_err();
         assert_eq!(e.class, FailureClass::InvalidCiphertext);
         for i in [0, NONCE_LEN, ct.bytes.len() - 1] {
             let mut bad = ct.bytes.clone();
             bad[i] ^= 1;
-            let e = b.decrypt(&bad, &ct.key_version, &aad("s1")).await.unwrap_err();
+            let e = b
+                .decrypt(&bad, &ct.key_version, &aad("s1"))
+                .await
+                .unwrap_err();
             assert_eq!(e.class, FailureClass::InvalidCiphertext, "byte {i}");
         }
-        let e = b.decrypt(&ct.bytes[..20], "", &aad("s1")).await.unwrap_err();
+        let e = b
+            .decrypt(&ct.bytes[..20], "", &aad("s1"))
+            .await
+            .unwrap_err();
         assert_eq!(e.class, FailureClass::InvalidCiphertext);
     }
 
@@ -270,9 +324,18 @@ mod tests {
     async fn group_readable_key_file_is_refused_with_the_fix() {
         let (_dir, path, b) = setup();
         chmod(&path, 0o644);
-        for e in [b.check().await.unwrap_err(), b.encrypt(&SecretBytes::copy_from(b"k"), &aad("s")).await.unwrap_err()] {
+        for e in [
+            b.check().await.unwrap_err(),
+            b.encrypt(&SecretBytes::copy_from(b"k"), &aad("s"))
+                .await
+                .unwrap_err(),
+        ] {
             assert_eq!(e.class, FailureClass::Disabled);
-            assert!(e.detail.contains(&format!("chmod 600 {}", path.display())), "{}", e.detail);
+            assert!(
+                e.detail.contains(&format!("chmod 600 {}", path.display())),
+                "{}",
+                e.detail
+            );
             assert!(e.detail.contains("0644"), "{}", e.detail);
         }
     }
@@ -283,7 +346,11 @@ mod tests {
         fs::write(&path, [7u8; 31]).unwrap();
         let e = b.check().await.unwrap_err();
         assert_eq!(e.class, FailureClass::Disabled);
-        assert!(e.detail.contains("must be exactly 32 bytes, found 31"), "{}", e.detail);
+        assert!(
+            e.detail.contains("must be exactly 32 bytes, found 31"),
+            "{}",
+            e.detail
+        );
     }
 
     #[tokio::test]
@@ -303,12 +370,21 @@ mod tests {
     #[tokio::test]
     async fn replaced_key_is_a_new_version_and_old_ciphertexts_fail() {
         let (_dir, path, b) = setup();
-        let ct = b.encrypt(&SecretBytes::copy_from(b"k"), &aad("s")).await.unwrap();
+        let ct = b
+            .encrypt(&SecretBytes::copy_from(b"k"), &aad("s"))
+            .await
+            .unwrap();
         fs::remove_file(&path).unwrap();
         create_key_file(&path).unwrap();
-        let ct2 = b.encrypt(&SecretBytes::copy_from(b"k"), &aad("s")).await.unwrap();
+        let ct2 = b
+            .encrypt(&SecretBytes::copy_from(b"k"), &aad("s"))
+            .await
+            .unwrap();
         assert_ne!(ct.key_version, ct2.key_version);
-        let e = b.decrypt(&ct.bytes, &ct.key_version, &aad("s")).await.unwrap_err();
+        let e = b
+            .decrypt(&ct.bytes, &ct.key_version, &aad("s"))
+            .await
+            .unwrap_err();
         assert_eq!(e.class, FailureClass::InvalidCiphertext);
         assert!(e.detail.contains(&ct.key_version), "{}", e.detail);
     }

@@ -41,8 +41,14 @@ static REGISTRY: LazyLock<Mutex<HashMap<String, Arc<MockState>>>> = LazyLock::ne
 /// The mock key named `name`, created (one version, enabled) on first use.
 pub fn mock(name: &str) -> MockKms {
     let mut reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-    let state = reg.entry(name.to_owned()).or_insert_with(|| Arc::new(MockState::new())).clone();
-    MockKms { name: name.to_owned(), state }
+    let state = reg
+        .entry(name.to_owned())
+        .or_insert_with(|| Arc::new(MockState::new()))
+        .clone();
+    MockKms {
+        name: name.to_owned(),
+        state,
+    }
 }
 
 /// A scripted transport failure. Both are FailureClass::Unreachable; the detail says which.
@@ -131,10 +137,15 @@ impl MockState {
         } else {
             s.fault
         };
-        let err = |class, detail: &str| Err(BackendError::new(class, format!("mock KMS: {detail}")));
+        let err =
+            |class, detail: &str| Err(BackendError::new(class, format!("mock KMS: {detail}")));
         match fault {
-            Some(MockFault::Unavailable) => return err(FailureClass::Unreachable, "unavailable (injected)"),
-            Some(MockFault::Throttled) => return err(FailureClass::Unreachable, "throttled (injected)"),
+            Some(MockFault::Unavailable) => {
+                return err(FailureClass::Unreachable, "unavailable (injected)")
+            }
+            Some(MockFault::Throttled) => {
+                return err(FailureClass::Unreachable, "throttled (injected)")
+            }
             None => {}
         }
         if s.revoked {
@@ -252,17 +263,28 @@ impl MockBackend {
 
 #[async_trait]
 impl KmsBackend for MockBackend {
-    async fn encrypt(&self, plaintext: &SecretBytes, aad: &Aad) -> Result<Ciphertext, BackendError> {
+    async fn encrypt(
+        &self,
+        plaintext: &SecretBytes,
+        aad: &Aad,
+    ) -> Result<Ciphertext, BackendError> {
         let s = self.state.enter(Op::Encrypt).await?;
         // Not destroyed (enter checked), so there is at least one version.
-        let key = s.versions.last().ok_or_else(|| BackendError::new(FailureClass::Destroyed, "mock KMS: no key versions"))?;
+        let key = s.versions.last().ok_or_else(|| {
+            BackendError::new(FailureClass::Destroyed, "mock KMS: no key versions")
+        })?;
         Ok(Ciphertext {
             bytes: seal(key, plaintext, aad)?,
             key_version: s.versions.len().to_string(),
         })
     }
 
-    async fn decrypt(&self, ciphertext: &[u8], key_version: &str, aad: &Aad) -> Result<SecretBytes, BackendError> {
+    async fn decrypt(
+        &self,
+        ciphertext: &[u8],
+        key_version: &str,
+        aad: &Aad,
+    ) -> Result<SecretBytes, BackendError> {
         let s = self.state.enter(Op::Decrypt).await?;
         let key = key_version
             .parse::<usize>()
@@ -270,7 +292,10 @@ impl KmsBackend for MockBackend {
             .and_then(|v| v.checked_sub(1))
             .and_then(|i| s.versions.get(i))
             .ok_or_else(|| {
-                BackendError::invalid_ciphertext(format!("mock KMS {}: no key version {key_version:?}", self.name))
+                BackendError::invalid_ciphertext(format!(
+                    "mock KMS {}: no key version {key_version:?}",
+                    self.name
+                ))
             })?;
         open(key, ciphertext, aad)
     }
@@ -303,16 +328,31 @@ mod tests {
         let b = MockBackend::named("unit-states");
         assert_eq!(kms.state(), KeyState::Active);
         b.check().await.unwrap();
-        let cases: [(fn(&MockKms), fn(&MockKms), FailureClass, KeyState); 2] = [
-            (MockKms::disable, MockKms::enable, FailureClass::Disabled, KeyState::Disabled),
-            (MockKms::revoke, MockKms::restore_access, FailureClass::Revoked, KeyState::Revoked),
+        // (switch off, switch back on, the failure class, the state): the reversible ones.
+        type Toggle = fn(&MockKms);
+        let cases: [(Toggle, Toggle, FailureClass, KeyState); 2] = [
+            (
+                MockKms::disable,
+                MockKms::enable,
+                FailureClass::Disabled,
+                KeyState::Disabled,
+            ),
+            (
+                MockKms::revoke,
+                MockKms::restore_access,
+                FailureClass::Revoked,
+                KeyState::Revoked,
+            ),
         ];
         for (off, on, class, state) in cases {
             off(&kms);
             assert_eq!(kms.state(), state);
             assert_eq!(b.check().await.unwrap_err().class, class);
             assert_eq!(b.encrypt(&pt(), &aad()).await.unwrap_err().class, class);
-            assert_eq!(b.decrypt(&[0; 40], "1", &aad()).await.unwrap_err().class, class);
+            assert_eq!(
+                b.decrypt(&[0; 40], "1", &aad()).await.unwrap_err().class,
+                class
+            );
             on(&kms);
             assert_eq!(kms.state(), KeyState::Active);
             b.check().await.unwrap();
@@ -321,9 +361,19 @@ mod tests {
         kms.destroy();
         kms.enable();
         assert_eq!(kms.state(), KeyState::Destroyed);
-        let e = b.decrypt(&ct.bytes, &ct.key_version, &aad()).await.unwrap_err();
+        let e = b
+            .decrypt(&ct.bytes, &ct.key_version, &aad())
+            .await
+            .unwrap_err();
         assert_eq!(e.class, FailureClass::Destroyed);
-        assert_eq!(kms.calls(), MockCalls { encrypt: 3, decrypt: 3, check: 5 });
+        assert_eq!(
+            kms.calls(),
+            MockCalls {
+                encrypt: 3,
+                decrypt: 3,
+                check: 5
+            }
+        );
     }
 
     #[tokio::test]
@@ -340,7 +390,12 @@ mod tests {
             assert!(back.ct_eq(pt().expose()));
         }
         // The wrong version, an unknown one, or another context: not a key-state change.
-        for (v, a) in [("2", aad()), ("3", aad()), ("x", aad()), ("1", Aad::new("other", BTreeMap::new()))] {
+        for (v, a) in [
+            ("2", aad()),
+            ("3", aad()),
+            ("x", aad()),
+            ("1", Aad::new("other", BTreeMap::new())),
+        ] {
             let e = b.decrypt(&old.bytes, v, &a).await.unwrap_err();
             assert_eq!(e.class, FailureClass::InvalidCiphertext, "version {v}");
         }
@@ -364,7 +419,14 @@ mod tests {
         assert!(e.detail.contains("unavailable"), "{}", e.detail);
         kms.set_fault(None);
         b.encrypt(&pt(), &aad()).await.unwrap();
-        assert_eq!(kms.calls(), MockCalls { encrypt: 2, decrypt: 0, check: 3 });
+        assert_eq!(
+            kms.calls(),
+            MockCalls {
+                encrypt: 2,
+                decrypt: 0,
+                check: 3
+            }
+        );
         kms.reset_calls();
         assert_eq!(kms.calls(), MockCalls::default());
     }

@@ -128,7 +128,9 @@ struct Conn {
 
 impl fmt::Debug for VaultBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("VaultBackend").field("uri", &self.uri).finish_non_exhaustive()
+        f.debug_struct("VaultBackend")
+            .field("uri", &self.uri)
+            .finish_non_exhaustive()
     }
 }
 
@@ -147,7 +149,11 @@ impl VaultBackend {
 
     fn client(&self) -> Arc<VaultClient> {
         // A poisoned lock only means a panic elsewhere; the Conn inside is still whole.
-        self.conn.read().unwrap_or_else(|p| p.into_inner()).client.clone()
+        self.conn
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .client
+            .clone()
     }
 
     /// Picks up a changed token file (a Vault Agent sink rewrites it on re-auth). A file
@@ -169,7 +175,10 @@ impl VaultBackend {
         }
         match build_client(&self.uri, &fresh) {
             Ok(c) => {
-                *conn = Conn { client: Arc::new(c), token: fresh };
+                *conn = Conn {
+                    client: Arc::new(c),
+                    token: fresh,
+                };
                 tracing::info!(uri = %self.uri.redacted(), "the Vault token file changed; using the new token");
                 true
             }
@@ -225,14 +234,22 @@ fn build_client(uri: &VaultUri, token: &Token) -> Result<VaultClient, String> {
     b.address(&address)
         .token(token.expose())
         .verify(true)
-        .ca_certs(uri.ca_file().map(|p| p.display().to_string()).into_iter().collect())
+        .ca_certs(
+            uri.ca_file()
+                .map(|p| p.display().to_string())
+                .into_iter()
+                .collect(),
+        )
         .identity(None)
         .timeout(Some(REQUEST_TIMEOUT))
         .namespace(uri.namespace().map(str::to_owned))
         .wrapping(false);
     // The builder's error could only be about the address, never the token.
-    let settings = b.build().map_err(|_| "invalid Vault client settings".to_string())?;
-    VaultClient::new(settings).map_err(|e| format!("cannot set up the Vault client for {}: {e}", uri.redacted()))
+    let settings = b
+        .build()
+        .map_err(|_| "invalid Vault client settings".to_string())?;
+    VaultClient::new(settings)
+        .map_err(|e| format!("cannot set up the Vault client for {}: {e}", uri.redacted()))
 }
 
 /// `vault:v3:…` → 3.
@@ -247,7 +264,11 @@ fn ciphertext_version(ct: &str) -> Option<u64> {
 
 #[async_trait]
 impl KmsBackend for VaultBackend {
-    async fn encrypt(&self, plaintext: &SecretBytes, aad: &Aad) -> Result<Ciphertext, BackendError> {
+    async fn encrypt(
+        &self,
+        plaintext: &SecretBytes,
+        aad: &Aad,
+    ) -> Result<Ciphertext, BackendError> {
         let client = self.client();
         // The guard against Vault's upsert: never encrypt to a key we have not just seen.
         self.read_key(&client).await?;
@@ -277,8 +298,9 @@ impl KmsBackend for VaultBackend {
                 });
             }
         };
-        let version = ciphertext_version(&resp.ciphertext)
-            .ok_or_else(|| BackendError::unreachable("Vault's ciphertext has no vault:vN: prefix"))?;
+        let version = ciphertext_version(&resp.ciphertext).ok_or_else(|| {
+            BackendError::unreachable("Vault's ciphertext has no vault:vN: prefix")
+        })?;
         Ok(Ciphertext {
             bytes: resp.ciphertext.into_bytes(),
             key_version: format!("v{version}"),
@@ -292,35 +314,50 @@ impl KmsBackend for VaultBackend {
         aad: &Aad,
     ) -> Result<SecretBytes, BackendError> {
         if ciphertext.len() > MAX_CIPHERTEXT {
-            return Err(BackendError::invalid_ciphertext("Vault ciphertext too long"));
+            return Err(BackendError::invalid_ciphertext(
+                "Vault ciphertext too long",
+            ));
         }
         let ct = std::str::from_utf8(ciphertext)
             .map_err(|_| BackendError::invalid_ciphertext("not a Vault ciphertext"))?;
-        let version = ciphertext_version(ct)
-            .ok_or_else(|| BackendError::invalid_ciphertext("not a Vault ciphertext (no vault:vN: prefix)"))?;
+        let version = ciphertext_version(ct).ok_or_else(|| {
+            BackendError::invalid_ciphertext("not a Vault ciphertext (no vault:vN: prefix)")
+        })?;
         // Accept "vN" and a bare "N"; anything else disagrees with the ciphertext itself.
         let recorded = key_version.strip_prefix('v').unwrap_or(key_version);
         if !key_version.is_empty() && recorded != version.to_string() {
-            return Err(BackendError::invalid_ciphertext("key version does not match the ciphertext"));
+            return Err(BackendError::invalid_ciphertext(
+                "key version does not match the ciphertext",
+            ));
         }
         let client = self.client();
         let ad = B64.encode(aad.bytes());
         let mut opts = DecryptDataRequest::builder();
         opts.associated_data(ad.as_str()).context(ad.as_str());
-        let resp = vaultrs::transit::data::decrypt(&*client, self.uri.mount(), self.uri.key(), ct, Some(&mut opts)).await;
+        let resp = vaultrs::transit::data::decrypt(
+            &*client,
+            self.uri.mount(),
+            self.uri.key(),
+            ct,
+            Some(&mut opts),
+        )
+        .await;
         let resp = match resp {
             Ok(r) => r,
             Err(e) => {
                 return Err(match http_status(&e) {
-                    Some((400, says)) => self.explain_400(&client, "decrypt", &says, Some(version)).await,
+                    Some((400, says)) => {
+                        self.explain_400(&client, "decrypt", &says, Some(version))
+                            .await
+                    }
                     _ => classify("decrypt", &e),
                 })
             }
         };
         let b64 = Zeroizing::new(resp.plaintext);
-        let bytes = B64
-            .decode(b64.as_bytes())
-            .map_err(|_| BackendError::unreachable("Vault returned a plaintext that is not base64"))?;
+        let bytes = B64.decode(b64.as_bytes()).map_err(|_| {
+            BackendError::unreachable("Vault returned a plaintext that is not base64")
+        })?;
         Ok(SecretBytes::new(bytes))
     }
 
@@ -333,7 +370,10 @@ impl KmsBackend for VaultBackend {
         let info = self.read_key(&client).await?;
         let mut detail = format!("latest version v{}", info.latest_version);
         if info.min_decryption_version > 1 {
-            detail.push_str(&format!(", min_decryption_version {}", info.min_decryption_version));
+            detail.push_str(&format!(
+                ", min_decryption_version {}",
+                info.min_decryption_version
+            ));
         }
         if let Some(note) = lease.maintain(&client).await {
             detail.push_str("; ");
@@ -360,9 +400,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "s.TOPSECRETTOKEN\n").unwrap();
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         // Port 9 (discard) on loopback: nothing listens, and new() must not care.
-        let raw = format!("vault://127.0.0.1:9/transit/k?TLS=false&TOKEN_FILE={}", path.display());
+        let raw = format!(
+            "vault://127.0.0.1:9/transit/k?TLS=false&TOKEN_FILE={}",
+            path.display()
+        );
         let uri = VaultUri::parse(&url::Url::parse(&raw).unwrap()).unwrap();
         let b = VaultBackend::new(uri).await.unwrap();
         let d = format!("{b:?}");

@@ -95,7 +95,10 @@ pub(super) fn classify(op: &str, e: &ClientError) -> BackendError {
         }
     };
     match code {
-        401 | 403 => BackendError::new(FailureClass::Revoked, with("token revoked, expired or not allowed")),
+        401 | 403 => BackendError::new(
+            FailureClass::Revoked,
+            with("token revoked, expired or not allowed"),
+        ),
         404 => BackendError::new(FailureClass::Destroyed, with("key or mount not found")),
         // 412: a performance standby not yet consistent; 429 rate limit (and 472/473 DR /
         // perf standby); 5xx: sealed (503), uninitialized, internal.
@@ -135,17 +138,39 @@ mod tests {
     use super::*;
 
     fn api(code: u16, msg: &str) -> ClientError {
-        ClientError::APIError { code, errors: vec![msg.into()] }
+        ClientError::APIError {
+            code,
+            errors: vec![msg.into()],
+        }
     }
 
     #[test]
     fn statuses() {
-        assert_eq!(classify("read", &api(403, "permission denied")).class, FailureClass::Revoked);
-        assert_eq!(classify("read", &api(404, "")).class, FailureClass::Destroyed);
-        assert_eq!(classify("read", &api(503, "Vault is sealed")).class, FailureClass::Unreachable);
-        assert_eq!(classify("read", &api(429, "")).class, FailureClass::Unreachable);
-        let e = classify("read", &api(403, "1 error occurred:\n\t* permission denied\n\n"));
-        assert!(e.detail.ends_with("1 error occurred: * permission denied"), "{}", e.detail);
+        assert_eq!(
+            classify("read", &api(403, "permission denied")).class,
+            FailureClass::Revoked
+        );
+        assert_eq!(
+            classify("read", &api(404, "")).class,
+            FailureClass::Destroyed
+        );
+        assert_eq!(
+            classify("read", &api(503, "Vault is sealed")).class,
+            FailureClass::Unreachable
+        );
+        assert_eq!(
+            classify("read", &api(429, "")).class,
+            FailureClass::Unreachable
+        );
+        let e = classify(
+            "read",
+            &api(403, "1 error occurred:\n\t* permission denied\n\n"),
+        );
+        assert!(
+            e.detail.ends_with("1 error occurred: * permission denied"),
+            "{}",
+            e.detail
+        );
     }
 
     #[test]
@@ -157,8 +182,20 @@ mod tests {
             soft_deleted: soft,
         };
         assert!(k("aes256-gcm96", false).usable("transit", "k").is_ok());
-        assert_eq!(k("aes256-gcm96", true).usable("transit", "k").unwrap_err().class, FailureClass::Disabled);
-        assert_eq!(k("rsa-2048", false).usable("transit", "k").unwrap_err().class, FailureClass::Disabled);
+        assert_eq!(
+            k("aes256-gcm96", true)
+                .usable("transit", "k")
+                .unwrap_err()
+                .class,
+            FailureClass::Disabled
+        );
+        assert_eq!(
+            k("rsa-2048", false)
+                .usable("transit", "k")
+                .unwrap_err()
+                .class,
+            FailureClass::Disabled
+        );
     }
 
     #[test]

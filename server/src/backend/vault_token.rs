@@ -83,7 +83,9 @@ pub(super) fn load(source: &TokenSource) -> Result<Token, String> {
                 ));
             }
             if meta.len() > MAX_TOKEN_FILE {
-                return Err(format!("Vault token file {shown} is too big to hold a token"));
+                return Err(format!(
+                    "Vault token file {shown} is too big to hold a token"
+                ));
             }
             let raw = Zeroizing::new(
                 std::fs::read_to_string(path)
@@ -145,7 +147,11 @@ impl Lease {
             // generic "GET a path, return its data" and lets us pick the fields.
             match vaultrs::kv1::get::<SelfLookup>(client, "auth/token", "lookup-self").await {
                 Ok(l) => {
-                    let granted = l.period.filter(|p| *p > 0).or(l.creation_ttl).unwrap_or(l.ttl);
+                    let granted = l
+                        .period
+                        .filter(|p| *p > 0)
+                        .or(l.creation_ttl)
+                        .unwrap_or(l.ttl);
                     self.info = Some(LeaseInfo {
                         renewable: l.renewable.unwrap_or(false),
                         granted: Duration::from_secs(granted),
@@ -224,7 +230,9 @@ mod tests {
         let e = load(&TokenSource::File(f.path().into())).unwrap_err();
         assert!(e.contains("chmod 600") && !e.contains("SECRET"), "{e}");
         let f = file_with(0o600, "  \n");
-        assert!(load(&TokenSource::File(f.path().into())).unwrap_err().contains("empty"));
+        assert!(load(&TokenSource::File(f.path().into()))
+            .unwrap_err()
+            .contains("empty"));
         let f = file_with(0o600, "s.SECRET TOKEN");
         let e = load(&TokenSource::File(f.path().into())).unwrap_err();
         assert!(!e.contains("SECRET TOKEN"), "{e}");

@@ -49,7 +49,10 @@ impl VaultUri {
     /// Parses a `vault://` URL. Errors name the problem but never echo parameter values.
     pub fn parse(url: &Url) -> Result<Self, String> {
         if !url.username().is_empty() || url.password().is_some() {
-            return Err("vault URIs take no user or password; give the token with TOKEN_FILE or TOKEN_ENV".into());
+            return Err(
+                "vault URIs take no user or password; give the token with TOKEN_FILE or TOKEN_ENV"
+                    .into(),
+            );
         }
         if url.fragment().is_some() {
             return Err("vault URIs take no #fragment".into());
@@ -65,7 +68,10 @@ impl VaultUri {
         let mut seen: Vec<String> = Vec::new();
         for (name, value) in url.query_pairs() {
             if seen.iter().any(|s| *s == name) {
-                return Err(format!("vault URI parameter {} is given twice", shown(&name)));
+                return Err(format!(
+                    "vault URI parameter {} is given twice",
+                    shown(&name)
+                ));
             }
             seen.push(name.to_string());
             match &*name {
@@ -192,9 +198,9 @@ fn parse_host(url: &Url) -> Result<(String, bool), String> {
             if let Ok(ip) = d.parse::<IpAddr>() {
                 return Ok((d, ip.is_loopback()));
             }
-            let ok = d
-                .split('.')
-                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+            let ok = d.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
             if !ok {
                 return Err("vault URI host must be a DNS name or an IP address".into());
             }
@@ -252,7 +258,9 @@ fn absolute(value: &str, param: &str) -> Result<PathBuf, String> {
     if p.is_absolute() {
         Ok(p)
     } else {
-        Err(format!("vault URI parameter {param} must be an absolute path"))
+        Err(format!(
+            "vault URI parameter {param} must be an absolute path"
+        ))
     }
 }
 
@@ -285,14 +293,24 @@ mod tests {
     #[test]
     fn full_uri() {
         let u = parse("vault://Vault.Example:8201/kms/transit/db-key?TLS=true&TOKEN_FILE=/run/vault/token&NAMESPACE=team1&CA_FILE=/etc/ca.pem").unwrap();
-        assert_eq!(u.id(), "vault://vault.example:8201/team1/kms/transit/db-key");
+        assert_eq!(
+            u.id(),
+            "vault://vault.example:8201/team1/kms/transit/db-key"
+        );
         assert_eq!(u.address(), "https://vault.example:8201");
         assert_eq!(u.mount(), "kms/transit");
         assert_eq!(u.key(), "db-key");
         assert_eq!(u.namespace(), Some("team1"));
-        assert_eq!(u.token_source(), &TokenSource::File("/run/vault/token".into()));
+        assert_eq!(
+            u.token_source(),
+            &TokenSource::File("/run/vault/token".into())
+        );
         let r = u.redacted();
-        assert!(r.contains("TOKEN_FILE=%2Frun%2Fvault%2Ftoken") || r.contains("TOKEN_FILE=/run/vault/token"), "{r}");
+        assert!(
+            r.contains("TOKEN_FILE=%2Frun%2Fvault%2Ftoken")
+                || r.contains("TOKEN_FILE=/run/vault/token"),
+            "{r}"
+        );
     }
 
     #[test]
@@ -329,16 +347,16 @@ mod tests {
             assert!(!e.contains(secret), "{e}");
         }
         for bad in [
-            "vault://h/transit/k",                           // no token source
-            "vault://h/k?TOKEN_ENV=T",                       // no mount
-            "vault:///transit/k?TOKEN_ENV=T",                // no host
-            "vault://h/transit/?TOKEN_ENV=T",                // no key
-            "vault://h/transit/-k?TOKEN_ENV=T",              // key starts with '-'
-            "vault://h/../k?TOKEN_ENV=T",                    // dot segment
-            "vault://h/transit/k?TOKEN_ENV=1BAD",            // env name
+            "vault://h/transit/k",                               // no token source
+            "vault://h/k?TOKEN_ENV=T",                           // no mount
+            "vault:///transit/k?TOKEN_ENV=T",                    // no host
+            "vault://h/transit/?TOKEN_ENV=T",                    // no key
+            "vault://h/transit/-k?TOKEN_ENV=T",                  // key starts with '-'
+            "vault://h/../k?TOKEN_ENV=T",                        // dot segment
+            "vault://h/transit/k?TOKEN_ENV=1BAD",                // env name
             "vault://h/transit/k?TOKEN_ENV=T&TLS=true&TLS=true", // twice
             "vault://h/transit/k?TOKEN_ENV=T#frag",
-            "vault://h/transit/k?TOKEN_ENV=T&tls=false",     // names are case-sensitive
+            "vault://h/transit/k?TOKEN_ENV=T&tls=false", // names are case-sensitive
         ] {
             assert!(parse(bad).is_err(), "{bad} should not parse");
         }

@@ -1,0 +1,277 @@
+//! The AWS KMS backend against moto (`tests/standins/aws_kms.py`, which makes moto enforce
+//! key state and key-policy denials as AWS does).
+//!
+//! Backend-level tests call the `KmsBackend` trait directly; the daemon-level ones
+//! (`aws_kms/daemon.rs`) go through a real daemon. Each test starts its own moto on a free
+//! 127.0.0.1 port (killed on drop) and administers keys through `aws-sdk-kms`.
+
+mod common;
+#[path = "aws_kms/daemon.rs"]
+mod daemon;
+#[path = "aws_kms/moto.rs"]
+mod moto;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kms_broker::backend::aws::AwsBackend;
+use kms_broker::backend::{connect, Aad, BackendError, Ciphertext, FailureClass, KmsBackend};
+use kms_broker::key_uri::KeyUri;
+use kms_broker::secret::SecretBytes;
+use moto::{Moto, SECRET, TOKEN};
+
+use FailureClass::{Destroyed, Disabled, InvalidCiphertext, Revoked, Unreachable};
+
+async fn backend(uri: &str) -> Arc<dyn KmsBackend> {
+    connect(&KeyUri::parse(uri).expect("uri parses")).await.expect("backend builds")
+}
+
+/// A backend that proves Encrypt+Decrypt on every check (the default is every 10 minutes).
+async fn always_proving(uri: &str) -> AwsBackend {
+    let KeyUri::Aws(u) = KeyUri::parse(uri).expect("uri parses") else { panic!("not aws") };
+    AwsBackend::new(u).await.expect("builds").with_proof_interval(Duration::ZERO)
+}
+
+fn aad(ctx: &str) -> Aad {
+    Aad::new("db", BTreeMap::from([("node".to_owned(), ctx.to_owned())]))
+}
+
+async fn wrap(b: &dyn KmsBackend, pt: &[u8]) -> Result<Ciphertext, BackendError> {
+    b.encrypt(&SecretBytes::copy_from(pt), &aad("n1")).await
+}
+
+async fn unwrap(b: &dyn KmsBackend, ct: &Ciphertext) -> Result<SecretBytes, BackendError> {
+    b.decrypt(&ct.bytes, &ct.key_version, &aad("n1")).await
+}
+
+/// The class of a failure, after checking its detail leaks no credential.
+fn class<T: std::fmt::Debug>(r: Result<T, BackendError>) -> FailureClass {
+    let e = r.expect_err("should fail");
+    let shown = format!("{e} {e:?}");
+    assert!(!shown.contains(SECRET) && !shown.contains(TOKEN), "a secret leaked: {shown}");
+    e.class
+}
+
+#[tokio::test]
+async fn round_trip() {
+    let Some(moto) = Moto::start() else { return };
+    let (id, arn) = moto.create_key().await;
+    let b = backend(&moto.uri(&id)).await;
+    let health = b.check().await.expect("key is usable");
+    assert!(health.detail.contains("Enabled") && health.detail.contains(&arn), "{}", health.detail);
+    let ct = wrap(&*b, &[7u8; 32]).await.expect("wrap");
+    assert_eq!(ct.key_version, "", "AWS rotates transparently: no versions");
+    assert!(unwrap(&*b, &ct).await.expect("unwrap").ct_eq(&[7u8; 32]));
+    let big = wrap(&*b, &[1u8; 4096]).await.expect("wrap 4 KiB");
+    assert_eq!(unwrap(&*b, &big).await.expect("unwrap 4 KiB").len(), 4096);
+}
+
+#[tokio::test]
+async fn key_arn_and_alias_name_the_same_key() {
+    let Some(moto) = Moto::start() else { return };
+    let (id, arn) = moto.create_key().await;
+    moto.create_alias("alias/kms-broker-test", &id).await;
+    let by_arn = backend(&moto.uri(&arn)).await;
+    let by_alias = backend(&moto.uri("alias/kms-broker-test")).await;
+    by_arn.check().await.expect("ARN form");
+    by_alias.check().await.expect("alias form");
+    let ct = wrap(&*by_alias, b"payload").await.expect("wrap via alias");
+    assert!(unwrap(&*by_arn, &ct).await.expect("unwrap via ARN").ct_eq(b"payload"));
+    let missing = backend(&moto.uri("alias/nobody")).await;
+    assert_eq!(class(missing.check().await), Destroyed);
+}
+
+#[tokio::test]
+async fn wrong_context_other_key_or_tampering_is_invalid_ciphertext() {
+    let Some(moto) = Moto::start() else { return };
+    let (id, _) = moto.create_key().await;
+    let (other_id, _) = moto.create_key().await;
+    let b = backend(&moto.uri(&id)).await;
+    let other = backend(&moto.uri(&other_id)).await;
+    let ct = wrap(&*b, b"secret key bytes").await.expect("wrap");
+    assert_eq!(class(b.decrypt(&ct.bytes, "", &aad("n2")).await), InvalidCiphertext);
+    let other_name = Aad::new("other", BTreeMap::from([("node".to_owned(), "n1".to_owned())]));
+    assert_eq!(class(b.decrypt(&ct.bytes, "", &other_name).await), InvalidCiphertext);
+    let mut tampered = ct.bytes.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    assert_eq!(class(b.decrypt(&tampered, "", &aad("n1")).await), InvalidCiphertext);
+    assert_eq!(class(b.decrypt(b"garbage", "", &aad("n1")).await), InvalidCiphertext);
+    // The ciphertext does not choose the key: another key's backend refuses it.
+    assert_eq!(class(unwrap(&*other, &ct).await), InvalidCiphertext);
+    // None of that is a key-state change.
+    b.check().await.expect("still usable");
+    assert!(unwrap(&*b, &ct).await.is_ok());
+}
+
+#[tokio::test]
+async fn disabled_then_enabled() {
+    let Some(moto) = Moto::start() else { return };
+    let (id, _) = moto.create_key().await;
+    let b = backend(&moto.uri(&id)).await;
+    let ct = wrap(&*b, b"payload").await.expect("wrap");
+    moto.disable(&id).await;
+    assert_eq!(class(b.check().await), Disabled);
+    assert_eq!(class(wrap(&*b, b"x").await), Disabled);
+    assert_eq!(class(unwrap(&*b, &ct).await), Disabled);
+    moto.enable(&id).await;
+    b.check().await.expect("enabled again");
+    assert!(unwrap(&*b, &ct).await.expect("unwrap").ct_eq(b"payload"));
+}
+
+#[tokio::test]
+async fn scheduled_deletion_and_missing_keys_are_destroyed() {
+    let Some(moto) = Moto::start() else { return };
+    let (id, _) = moto.create_key().await;
+    let b = backend(&moto.uri(&id)).await;
+    let ct = wrap(&*b, b"payload").await.expect("wrap");
+    moto.schedule_deletion(&id).await;
+    let e = b.check().await.expect_err("pending deletion");
+    assert_eq!(e.class, Destroyed);
+    assert!(e.detail.contains("PendingDeletion"), "{}", e.detail);
+    assert_eq!(class(wrap(&*b, b"x").await), Destroyed);
+    assert_eq!(class(unwrap(&*b, &ct).await), Destroyed);
+    let gone = backend(&moto.uri("00000000-0000-0000-0000-000000000000")).await;
+    assert_eq!(class(gone.check().await), Destroyed);
+    assert_eq!(class(wrap(&*gone, b"x").await), Destroyed);
+}
+
+#[tokio::test]
+async fn key_policy_deny_is_revoked_at_once() {
+    let Some(moto) = Moto::start() else { return };
+    let (id, _) = moto.create_key().await;
+    let b = backend(&moto.uri(&id)).await;
+    let ct = wrap(&*b, b"payload").await.expect("wrap");
+    b.check().await.expect("usable");
+    moto.deny(&id, "kms:*").await;
+    // DescribeKey itself is refused: REVOKED on the next check, whatever the proof interval.
+    assert_eq!(class(b.check().await), Revoked);
+    assert_eq!(class(wrap(&*b, b"x").await), Revoked);
+    assert_eq!(class(unwrap(&*b, &ct).await), Revoked);
+    moto.allow(&id).await;
+    b.check().await.expect("access restored");
+    assert!(unwrap(&*b, &ct).await.is_ok());
+}
+
+#[tokio::test]
+async fn decrypt_only_revocation_is_caught_by_the_proof_of_use() {
+    let Some(moto) = Moto::start() else { return };
+    let (id, _) = moto.create_key().await;
+    let uri = moto.uri(&id);
+    let b = backend(&uri).await;
+    let ct = wrap(&*b, b"payload").await.expect("wrap");
+    b.check().await.expect("usable (first check proves use)");
+    moto.deny(&id, "kms:Decrypt").await;
+    // DescribeKey still works and the proof is fresh: within the interval this is ACTIVE.
+    b.check().await.expect("describe still works");
+    // A failed real Decrypt voids the proof, so the next check proves again and sees it.
+    assert_eq!(class(unwrap(&*b, &ct).await), Revoked);
+    let e = b.check().await.expect_err("proof fails");
+    assert_eq!(e.class, Revoked);
+    assert!(e.detail.contains("proof of use"), "{}", e.detail);
+    // A backend proving on every check sees it on its first check.
+    assert_eq!(class(always_proving(&uri).await.check().await), Revoked);
+    moto.allow(&id).await;
+    b.check().await.expect("access restored");
+}
+
+#[tokio::test]
+async fn unknown_credentials_are_revoked() {
+    let Some(moto) = Moto::start() else { return };
+    let (id, _) = moto.create_key().await;
+    let b = backend(&moto.uri_as(&id, "INVALIDAKID")).await;
+    assert_eq!(class(b.check().await), Revoked);
+    assert_eq!(class(wrap(&*b, b"x").await), Revoked);
+}
+
+#[tokio::test]
+async fn stopped_kms_is_unreachable_quickly() {
+    let Some(mut moto) = Moto::start() else { return };
+    let (id, _) = moto.create_key().await;
+    let b = backend(&moto.uri(&id)).await;
+    let ct = wrap(&*b, b"payload").await.expect("wrap");
+    moto.kill();
+    let start = Instant::now();
+    assert_eq!(class(b.check().await), Unreachable);
+    assert_eq!(class(wrap(&*b, b"x").await), Unreachable);
+    assert_eq!(class(unwrap(&*b, &ct).await), Unreachable);
+    assert!(start.elapsed() < Duration::from_secs(3), "took {:?}", start.elapsed());
+}
+
+#[tokio::test]
+async fn a_silent_kms_is_cut_at_the_attempt_timeout() {
+    // Accepts connections (the kernel's backlog) and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let uri = format!(
+        "aws:///alias/x?REGION=us-east-1&AUTH=specified&AWS_ACCESS_KEY_ID=a&AWS_SECRET_ACCESS_KEY={SECRET}&AWS_ENDPOINT=http://127.0.0.1:{port}"
+    );
+    let b = backend(&uri).await;
+    let start = Instant::now();
+    assert_eq!(class(b.check().await), Unreachable);
+    let took = start.elapsed();
+    assert!(took >= Duration::from_secs(4) && took < Duration::from_secs(7), "took {took:?}");
+}
+
+#[tokio::test]
+async fn rotation_is_transparent() {
+    let Some(moto) = Moto::start() else { return };
+    let (id, _) = moto.create_key().await;
+    let b = backend(&moto.uri(&id)).await;
+    let before = wrap(&*b, b"before").await.expect("wrap");
+    moto.rotate(&id).await;
+    let after = wrap(&*b, b"after").await.expect("wrap after rotation");
+    assert_eq!((before.key_version.as_str(), after.key_version.as_str()), ("", ""));
+    assert!(unwrap(&*b, &before).await.expect("old blob").ct_eq(b"before"));
+    assert!(unwrap(&*b, &after).await.expect("new blob").ct_eq(b"after"));
+}
+
+#[test]
+fn uri_errors_are_caught_at_parse_and_never_echo_secrets() {
+    let k = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    for (uri, want) in [
+        (format!("aws:///{k}?AUTH=implicit"), "REGION"),
+        (format!("aws:///{k}?REGION=us-east-1&AUTH=specified&AWS_SECRET_ACCESS_KEY={SECRET}"), "AWS_ACCESS_KEY_ID"),
+        (format!("aws:///{k}?REGION=us-east-1&AUTH=specified"), "AWS_SECRET_ACCESS_KEY"),
+        (format!("aws:///{k}?REGION=us-east-1&AUTH=implicit&AWS_SECRET_KEY={SECRET}"), "unknown parameter"),
+        (format!("aws:///{k}?REGION=us-west-2&AUTH=implicit"), "region"),
+    ] {
+        let e = KeyUri::parse(&uri).expect_err(&uri);
+        assert!(e.contains(want), "{uri}: {e}");
+        assert!(!e.contains(SECRET), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn secrets_never_show_in_debug_or_redacted_forms() {
+    let port = common::standins::free_port();
+    let uri = format!(
+        "aws:///alias/k?REGION=us-east-1&AUTH=specified&AWS_ACCESS_KEY_ID=AKIDSHOWN&AWS_SECRET_ACCESS_KEY={SECRET}&AWS_SESSION_TOKEN={TOKEN}&AWS_ENDPOINT=http://127.0.0.1:{port}"
+    );
+    let parsed = KeyUri::parse(&uri).expect("parses");
+    assert_eq!(parsed.id(), "aws:///alias/k");
+    let b = connect(&parsed).await.expect("builds without contacting AWS");
+    let shown = format!("{parsed:?} {} {b:?}", parsed.redacted());
+    assert!(!shown.contains(SECRET) && !shown.contains(TOKEN), "{shown}");
+    assert!(shown.contains("AKIDSHOWN") && shown.contains(&format!("127.0.0.1:{port}")), "{shown}");
+    // Nothing listens there: the failure's detail is checked by `class`.
+    assert_eq!(class(b.check().await), Unreachable);
+}
+
+#[tokio::test]
+async fn assume_role_goes_through_sts() {
+    let Some(moto) = Moto::start() else { return };
+    let (id, _) = moto.create_key().await;
+    // STS is moto too. The base credentials are unknown to the stand-in's KMS, so a working
+    // round trip proves the KMS calls used the assumed role's credentials.
+    std::env::set_var("AWS_ENDPOINT_URL_STS", moto.endpoint());
+    let uri = format!(
+        "{}&ASSUME_ROLE=arn:aws:iam::123456789012:role/kms-broker;external_id=ext-1",
+        moto.uri_as(&id, "INVALIDBASE")
+    );
+    let b = backend(&uri).await;
+    let ct = wrap(&*b, b"payload").await.expect("wrap as the role");
+    assert!(unwrap(&*b, &ct).await.expect("unwrap as the role").ct_eq(b"payload"));
+    b.check().await.expect("check as the role");
+}

@@ -1,0 +1,160 @@
+//! The real `kms-broker` binary: bad configs exit 64, kill -9 and restart, serve --dev.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kms_broker_client::pb::GetStoreKeyRequest;
+
+use crate::common::standins::ChildGuard;
+use crate::common::{allow_me_everything, config_text, try_unix_client, unix_client};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kms-broker");
+
+fn run_with_config(dir: &Path, text: &str) -> (i32, String) {
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(BIN).args(["serve", "--config"]).arg(&path).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn bad_configs_exit_64_naming_file_field_and_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let key = dir.join("k.bin");
+    kms_broker::backend::file::create_key_file(&key).unwrap();
+    let good_keys = format!("[keys.k]\nuris = [\"file://{}\"]\n", key.display());
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("unknown field", format!("{good_keys}[stores.s]\nkey = \"k\"\ncolour = \"red\"\n"), "colour"),
+        ("unknown key in store", format!("{good_keys}[stores.s]\nkey = \"nope\"\n"), "stores.s.key"),
+        ("bad URI scheme", "[keys.k]\nuris = [\"ftp://x/y\"]\n".into(), "keys.k.uris[0]"),
+        ("GetStoreKey for a cert peer", format!("{good_keys}[[policy]]\npeer = \"cert:x\"\nallow = [\"GetStoreKey\"]\n"), "GetStoreKey"),
+        ("bad algorithm", format!("{good_keys}[stores.s]\nkey = \"k\"\nalgorithm = \"DES\"\n"), "algorithm"),
+        ("bad peer", format!("{good_keys}[[policy]]\npeer = \"root\"\nallow = [\"WrapKey\"]\n"), "peer"),
+        ("bad duration", format!("{good_keys}[revocation]\npoll_interval = \"soon\"\n"), "poll_interval"),
+    ];
+    for (what, body, needle) in cases {
+        let (code, stderr) = run_with_config(dir, &config_text(dir, &body));
+        assert_eq!(code, 64, "{what}: {stderr}");
+        assert!(stderr.contains("bad.toml"), "{what}: names the file: {stderr}");
+        assert!(stderr.contains(needle), "{what}: names {needle:?}: {stderr}");
+        assert!(stderr.contains("fix"), "{what}: says how to fix: {stderr}");
+    }
+    // Not TOML at all, and a missing file.
+    assert_eq!(run_with_config(dir, "[server\n").0, 64);
+    let out = Command::new(BIN).args(["serve", "--config", "/nonexistent/kms.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    // TLS files that do not exist are a config error too.
+    let body = format!("{good_keys}{}", allow_me_everything());
+    let text = config_text(dir, &body);
+    let (code, stderr) = run_with_config(dir, &text);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("tls.ca"), "{stderr}");
+}
+
+fn wait_for_socket(path: &Path) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "daemon did not create {path:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_key_survives_kill_dash_9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    kms_broker::certs::write_dev_certs(&dir.join("certs")).unwrap();
+    let key = dir.join("k.bin");
+    kms_broker::backend::file::create_key_file(&key).unwrap();
+    let body = format!(
+        "[keys.k]\nuris = [\"file://{}\"]\n[stores.s1]\nkey = \"k\"\n{}",
+        key.display(),
+        allow_me_everything()
+    );
+    let config = dir.join("kms.toml");
+    std::fs::write(&config, config_text(dir, &body)).unwrap();
+    let sock = dir.join("broker.sock");
+    let start = || {
+        ChildGuard::spawn(
+            Command::new(BIN)
+                .args(["serve", "--config"])
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+    };
+
+    let mut daemon = start();
+    wait_for_socket(&sock);
+    let mut c = unix_client(&sock).await;
+    let req = |create| GetStoreKeyRequest { store_id: "s1".into(), create };
+    let first = c.get_store_key(req(true)).await.unwrap().into_inner().active.unwrap();
+    daemon.kill(); // SIGKILL: no drain, the socket file is left behind.
+    assert!(sock.exists(), "a crash leaves a stale socket");
+
+    let _daemon = start(); // replaces the stale socket
+    let started = Instant::now();
+    let again = loop {
+        match tokio::time::timeout(Duration::from_secs(2), async {
+            match try_unix_client(&sock).await {
+                Ok(mut c) => c.get_store_key(req(false)).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await
+        {
+            Ok(Ok(r)) => break r.into_inner().active.unwrap(),
+            _ if started.elapsed() < Duration::from_secs(20) => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => panic!("daemon did not come back: {other:?}"),
+        }
+    };
+    assert_eq!(again.key_id, first.key_id);
+    assert_eq!(again.key, first.key);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.join("state"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "no temp files: {leftovers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_dev_needs_no_setup_and_prints_grpcurl_commands() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = tmp.path().join("dev");
+    // Port 7443 may be taken by a developer's own `serve --dev`; the test then only checks
+    // the set-up, which happens before binding.
+    let mut child = ChildGuard::spawn(
+        Command::new(BIN)
+            .args(["serve", "--dev", "--dev-dir"])
+            .arg(&dev)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let sock = dev.join("broker.sock");
+    let start = Instant::now();
+    while !sock.exists() && start.elapsed() < Duration::from_secs(20) {
+        if let Ok(Some(_)) = child.0.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for f in ["certs/ca.pem", "certs/client.pem", "dev-key.bin", "config.toml"] {
+        assert!(dev.join(f).exists(), "{f} made by serve --dev");
+    }
+    if sock.exists() {
+        let mut c = unix_client(&sock).await;
+        let k = c
+            .get_store_key(GetStoreKeyRequest { store_id: "dev-store".into(), create: true })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(k.active.unwrap().key.len(), 32);
+        child.kill();
+        let mut out = String::new();
+        use std::io::Read;
+        child.0.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        assert!(out.contains("grpcurl -plaintext -unix -authority localhost"), "{out}");
+    }
+}

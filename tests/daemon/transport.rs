@@ -1,0 +1,181 @@
+//! Transports and authorization: the Unix socket's mode, mutual TLS, the policy, and
+//! reflection/health through grpcurl 1.8.6.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::process::Command;
+
+use kms_broker::backend::mock::mock;
+use kms_broker::certs;
+use kms_broker_client::pb::{GetStoreKeyRequest, RevokeStatusRequest, UnwrapKeyRequest, WrapKeyRequest};
+use tonic::Code;
+
+use crate::common::standins::require_bin;
+use crate::common::{my_gid, my_uid, Daemon};
+
+fn wrap(key: &str) -> WrapKeyRequest {
+    WrapKeyRequest { key: key.into(), plaintext: b"0123456789abcdef".to_vec(), context: HashMap::new() }
+}
+
+fn body(mock_name: &str, policy: &str) -> String {
+    format!(
+        "[keys.open]\nuris = [\"mock://{mock_name}-open\"]\n[keys.secret]\nuris = [\"mock://{mock_name}-secret\"]\n[stores.s1]\nkey = \"open\"\n{policy}"
+    )
+}
+
+#[tokio::test]
+async fn socket_mode_and_uid_policy() {
+    mock("tp-uid-open");
+    let policy = format!(
+        "[[policy]]\npeer = \"uid:{}\"\nallow = [\"WrapKey\", \"RevokeStatus\"]\nkeys = [\"open\"]\n",
+        my_uid()
+    );
+    let d = Daemon::start(&body("tp-uid", &policy)).await;
+    let meta = std::fs::symlink_metadata(&d.socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+
+    let mut c = d.unix().await;
+    c.wrap_key(wrap("open")).await.unwrap();
+    // A key the caller may not use answers exactly like a key that does not exist.
+    let denied = c.wrap_key(wrap("secret")).await.unwrap_err();
+    let missing = c.wrap_key(wrap("no-such-key")).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert_eq!(missing.code(), Code::PermissionDenied);
+    assert_eq!(denied.message().replace("secret", "X"), missing.message().replace("no-such-key", "X"));
+    // Not granted at all.
+    let e = c.get_store_key(GetStoreKeyRequest { store_id: "s1".into(), create: true }).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    // RevokeStatus with no key lists only what the caller may see.
+    let all = c.revoke_status(RevokeStatusRequest { key: String::new() }).await.unwrap().into_inner();
+    let names: Vec<_> = all.keys.iter().map(|k| k.key.as_str()).collect();
+    assert_eq!(names, ["open"]);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn gid_policy_and_another_uid_denied() {
+    mock("tp-gid-open");
+    let policy = format!(
+        "[[policy]]\npeer = \"uid:{}\"\nallow = [\"WrapKey\"]\n[[policy]]\npeer = \"gid:{}\"\nallow = [\"RevokeStatus\"]\n",
+        my_uid().wrapping_add(1),
+        my_gid()
+    );
+    let d = Daemon::start(&body("tp-gid", &policy)).await;
+    let mut c = d.unix().await;
+    let e = c.wrap_key(wrap("open")).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "the uid rule is for someone else");
+    c.revoke_status(RevokeStatusRequest { key: "open".into() }).await.unwrap();
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn mutual_tls_identities_and_refusals() {
+    let m = mock("tp-tls-open");
+    let policy = format!(
+        "[[policy]]\npeer = \"cert:backup-job\"\nallow = [\"WrapKey\", \"UnwrapKey\"]\nkeys = [\"open\"]\n[[policy]]\npeer = \"uid:{}\"\nallow = [\"GetStoreKey\"]\n",
+        my_uid()
+    );
+    let d = Daemon::start(&body("tp-tls", &policy)).await;
+
+    // The granted certificate wraps and unwraps over TCP.
+    let mut ok = d.tls("backup-job").await;
+    let w = ok.wrap_key(wrap("open")).await.unwrap().into_inner();
+    let u = ok
+        .unwrap_key(UnwrapKeyRequest { wrapped: w.wrapped, context: HashMap::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(u.plaintext, b"0123456789abcdef");
+    // GetStoreKey is never served over TCP, whatever the policy.
+    let e = ok.get_store_key(GetStoreKeyRequest { store_id: "s1".into(), create: true }).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
+    // Another certificate from the same CA: known, but not allowed.
+    let mut other = d.tls("someone-else").await;
+    assert_eq!(other.wrap_key(wrap("open")).await.unwrap_err().code(), Code::PermissionDenied);
+
+    // A certificate with neither SAN nor CN: no identity.
+    let anon = certs::issue(&d.ca, None, &[], false).unwrap();
+    let mut anon = d.tls_with(Some(&anon), &d.ca.cert).await.unwrap();
+    assert_eq!(anon.wrap_key(wrap("open")).await.unwrap_err().code(), Code::Unauthenticated);
+
+    // No certificate, or one from another CA: the handshake fails; nothing is served.
+    let before = m.calls().encrypt;
+    match d.tls_with(None, &d.ca.cert).await {
+        Err(_) => {}
+        Ok(mut c) => assert!(c.wrap_key(wrap("open")).await.is_err(), "a client without a certificate was served"),
+    }
+    let rogue_ca = certs::make_ca("rogue").unwrap();
+    let rogue = certs::issue(&rogue_ca, Some("backup-job"), &["backup-job"], false).unwrap();
+    match d.tls_with(Some(&rogue), &d.ca.cert).await {
+        Err(_) => {}
+        Ok(mut c) => assert!(c.wrap_key(wrap("open")).await.is_err(), "a wrong-CA client was served"),
+    }
+    assert_eq!(m.calls().encrypt, before);
+    d.stop().await;
+}
+
+fn grpcurl(args: &[&str]) -> (bool, String) {
+    let bin = require_bin("grpcurl").expect("checked by the caller");
+    let out = Command::new(bin).args(args).output().expect("run grpcurl");
+    (
+        out.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_and_health_through_grpcurl_on_both_transports() {
+    if require_bin("grpcurl").is_none() {
+        return;
+    }
+    mock("tp-grpcurl-open");
+    let policy = format!(
+        "[[policy]]\npeer = \"uid:{}\"\nallow = [\"RevokeStatus\"]\n[[policy]]\npeer = \"cert:ops\"\nallow = [\"RevokeStatus\"]\n",
+        my_uid()
+    );
+    let d = Daemon::start(&body("tp-grpcurl", &policy)).await;
+    let sock = d.socket.to_str().unwrap().to_owned();
+    let pem = certs::issue(&d.ca, Some("ops"), &["ops"], false).unwrap();
+    let dir = d.dir.join("ops");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("c.pem"), &pem.cert).unwrap();
+    std::fs::write(dir.join("k.pem"), &pem.key).unwrap();
+    std::fs::write(dir.join("ca.pem"), &d.ca.cert).unwrap();
+    let (cert, key, ca) = (
+        dir.join("c.pem").display().to_string(),
+        dir.join("k.pem").display().to_string(),
+        dir.join("ca.pem").display().to_string(),
+    );
+    let addr = format!("127.0.0.1:{}", d.tcp.port());
+
+    let unix_flags = ["-plaintext", "-unix", "-authority", "localhost"];
+    let tls_flags = ["-cacert", ca.as_str(), "-cert", cert.as_str(), "-key", key.as_str()];
+    for (flags, target) in [(&unix_flags[..], sock.as_str()), (&tls_flags[..], addr.as_str())] {
+        // grpcurl [flags] [-d JSON] TARGET VERB...
+        let run = |data: Option<&str>, verb: &[&str]| {
+            let mut a: Vec<&str> = flags.to_vec();
+            if let Some(d) = data {
+                a.extend(["-d", d]);
+            }
+            a.push(target);
+            a.extend_from_slice(verb);
+            grpcurl(&a)
+        };
+        let (ok, out) = run(None, &["list"]);
+        assert!(ok, "{out}");
+        assert!(out.contains("kmsbroker.v1.KeyBroker"), "{out}");
+        assert!(out.contains("grpc.health.v1.Health"), "{out}");
+        let (ok, out) = run(None, &["describe", "kmsbroker.v1.KeyBroker"]);
+        assert!(ok && out.contains("GetStoreKey"), "{out}");
+        let (ok, out) = run(Some("{\"service\":\"kmsbroker.v1.KeyBroker\"}"), &["grpc.health.v1.Health/Check"]);
+        assert!(ok && out.contains("SERVING"), "{out}");
+        let (ok, out) = run(Some("{\"key\":\"open\"}"), &["kmsbroker.v1.KeyBroker/RevokeStatus"]);
+        assert!(ok && out.contains("\"key\": \"open\""), "{out}");
+    }
+    // Without a client certificate grpcurl gets nothing over TCP.
+    let (ok, _) = grpcurl(&["-cacert", ca.as_str(), addr.as_str(), "list"]);
+    assert!(!ok);
+    d.stop().await;
+}

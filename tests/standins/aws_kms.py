@@ -1,0 +1,180 @@
+"""moto's AWS KMS, patched to behave like AWS where kms-broker's tests depend on it.
+
+Run with the stand-in venv's python:
+
+    .standins/venv/bin/python tests/standins/aws_kms.py --port 5000
+
+It serves moto on 127.0.0.1 only. Stock moto (5.x) records a key's state but never enforces
+it: a disabled key still encrypts. This launcher patches moto's KMS request handlers so that,
+as AWS KMS does (error shapes from the KMS API reference: HTTP 400, JSON `__type` and
+`message`):
+
+- Encrypt / Decrypt / GenerateDataKey* / ReEncrypt on a Disabled key -> DisabledException;
+  on a PendingDeletion (or PendingImport, Unavailable) key -> KMSInvalidStateException.
+- A key policy `Deny` statement whose Action matches (`kms:*`, `kms:Decrypt`, `kms:Encrypt*`,
+  ...) -> AccessDeniedException, for those operations and DescribeKey. This is how tests
+  REVOKE access, through the ordinary PutKeyPolicy API: `Deny kms:*` (DescribeKey sees it)
+  or `Deny kms:Decrypt` (only a real Decrypt sees it, as with a revoked grant). Stand-in
+  simplification: Deny statements apply to every caller (Principal and Condition are not
+  evaluated), and admin calls (PutKeyPolicy, EnableKey, ...) are never denied, so a test
+  can always restore the policy.
+- An access key id that starts with `INVALID` -> UnrecognizedClientException ("The security
+  token included in the request is invalid."), AWS's answer for unknown or deleted keys.
+- Decrypt naming a KeyId other than the ciphertext's key -> IncorrectKeyException (moto says
+  AccessDeniedException); a ciphertext moto cannot parse or whose key it does not know ->
+  InvalidCiphertextException.
+"""
+
+import argparse
+import fnmatch
+import json
+import re
+import sys
+
+from moto.core.exceptions import JsonRESTError
+from moto.kms import utils as kms_utils
+from moto.kms.responses import KmsResponse
+
+
+class KmsError(JsonRESTError):
+    """An AWS KMS error: HTTP 400, body {"__type": code, "message": message}."""
+
+    code = 400
+
+    def __init__(self, error_type, message):
+        super().__init__(error_type, message)
+
+
+def _caller_access_key(handler):
+    auth = handler.headers.get("Authorization", "") or ""
+    m = re.search(r"Credential=([^/,\s]+)/", auth)
+    return m.group(1) if m else ""
+
+
+def _check_caller(handler):
+    if _caller_access_key(handler).startswith("INVALID"):
+        raise KmsError(
+            "UnrecognizedClientException",
+            "The security token included in the request is invalid.",
+        )
+
+
+def _key(handler, key_id):
+    """The moto Key named by any id form; raises moto's NotFoundException if absent."""
+    handler._validate_key_id(key_id)
+    backend = handler.kms_backend
+    return backend.keys[backend.any_id_to_key_id(key_id)]
+
+
+def _check_policy(key, action):
+    try:
+        policy = json.loads(key.policy)
+    except (TypeError, ValueError):
+        return
+    statements = policy.get("Statement", [])
+    if isinstance(statements, dict):
+        statements = [statements]
+    for st in statements:
+        if str(st.get("Effect", "")).lower() != "deny":
+            continue
+        actions = st.get("Action", [])
+        if isinstance(actions, str):
+            actions = [actions]
+        if any(fnmatch.fnmatchcase(action.lower(), a.lower()) for a in actions):
+            raise KmsError(
+                "AccessDeniedException",
+                f"User: arn:aws:iam::{key.account_id}:user/kms-broker is not authorized to "
+                f"perform: {action} on resource: {key.arn} with an explicit deny in a "
+                "resource-based policy",
+            )
+
+
+def _check_state(key):
+    state = key.key_state
+    if state == "Disabled":
+        raise KmsError("DisabledException", f"{key.arn} is disabled.")
+    if state in ("PendingDeletion", "PendingImport", "Unavailable", "PendingReplicaDeletion"):
+        words = re.sub(r"(?<!^)([A-Z])", r" \1", state).lower()
+        raise KmsError("KMSInvalidStateException", f"{key.arn} is {words}.")
+
+
+def _ciphertext_key(handler, blob):
+    """The raw key id a moto ciphertext names, or InvalidCiphertextException."""
+    try:
+        key_id = kms_utils._deserialize_ciphertext_blob(blob).key_id
+    except Exception:
+        key_id = None
+    if not key_id or key_id not in handler.kms_backend.keys:
+        raise KmsError("InvalidCiphertextException", "")
+    return key_id
+
+
+def _guard(handler, key_id, action):
+    key = _key(handler, key_id)
+    _check_policy(key, action)
+    _check_state(key)
+    return key
+
+
+def _wrap(name, guard):
+    original = getattr(KmsResponse, name)
+
+    def patched(self):
+        _check_caller(self)
+        guard(self)
+        return original(self)
+
+    patched.__name__ = name
+    setattr(KmsResponse, name, patched)
+
+
+def _decrypt_guard(self):
+    blob = self._get_param("CiphertextBlob")
+    key_id = self._get_param("KeyId")
+    if key_id:
+        key = _guard(self, key_id, "kms:Decrypt")
+        if _ciphertext_key(self, blob) != key.id:
+            raise KmsError(
+                "IncorrectKeyException",
+                "The key ID in the request does not identify a KMS key that can perform "
+                "this operation.",
+            )
+    else:
+        _guard(self, _ciphertext_key(self, blob), "kms:Decrypt")
+
+
+def _re_encrypt_guard(self):
+    source = _ciphertext_key(self, self._get_param("CiphertextBlob"))
+    _guard(self, source, "kms:ReEncryptFrom")
+    _guard(self, self._get_param("DestinationKeyId"), "kms:ReEncryptTo")
+
+
+def _describe_guard(self):
+    _check_policy(_key(self, self._get_param("KeyId")), "kms:DescribeKey")
+
+
+def install():
+    _wrap("encrypt", lambda self: _guard(self, self._get_param("KeyId"), "kms:Encrypt"))
+    _wrap("generate_data_key", lambda self: _guard(self, self._get_param("KeyId"), "kms:GenerateDataKey"))
+    _wrap("decrypt", _decrypt_guard)
+    _wrap("re_encrypt", _re_encrypt_guard)
+    _wrap("describe_key", _describe_guard)
+    # Any other KMS call still checks the caller's credentials.
+    for name in ("disable_key", "enable_key", "schedule_key_deletion", "cancel_key_deletion",
+                 "create_key", "put_key_policy", "rotate_key_on_demand", "create_alias"):
+        _wrap(name, lambda self: None)
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    install()
+    from moto.server import main as moto_main
+
+    # 127.0.0.1 only: a test KMS that ignores authentication must not face a network.
+    moto_main(["-H", "127.0.0.1", "-p", str(args.port)])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,245 @@
+//! Daemon-level tests: a real daemon (tests/common) whose key is an OpenBao transit key.
+
+use std::collections::HashMap;
+
+use kms_broker_client::pb::{
+    KeyState, RevokeStatusRequest, UnwrapKeyRequest, WrapKeyRequest, WrapKeyResponse,
+};
+use tonic::Code;
+
+use crate::bao::Bao;
+use crate::common::{allow_me_everything, wait_for_state, Client, Daemon};
+
+/// Fast polling and short KMS timeouts, so state changes show within a second or two.
+fn body(uris: &[&str]) -> String {
+    let list = uris
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "[keys.k]\nuris = [{list}]\n\n[stores.s]\nkey = \"k\"\n\n[revocation]\npoll_interval = \"300ms\"\n\n\
+         [kms]\nattempt_timeout = \"1s\"\ndeadline = \"2s\"\nmax_attempts = 2\n{}",
+        allow_me_everything()
+    )
+}
+
+fn ctx() -> HashMap<String, String> {
+    HashMap::from([("store".to_owned(), "s1".to_owned())])
+}
+
+async fn wrap(c: &mut Client, pt: &[u8]) -> Result<WrapKeyResponse, tonic::Status> {
+    c.wrap_key(WrapKeyRequest {
+        key: "k".into(),
+        plaintext: pt.to_vec(),
+        context: ctx(),
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+async fn unwrap(c: &mut Client, wrapped: &[u8]) -> Result<Vec<u8>, tonic::Status> {
+    c.unwrap_key(UnwrapKeyRequest {
+        wrapped: wrapped.to_vec(),
+        context: ctx(),
+    })
+    .await
+    .map(|r| r.into_inner().plaintext)
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> (Code, String) {
+    let s = r.expect_err("should fail");
+    (s.code(), s.message().to_owned())
+}
+
+async fn start(uris: &[&str]) -> (Daemon, Client) {
+    let d = Daemon::start(&body(uris)).await;
+    let mut c = d.unix().await;
+    wait_for_state(&mut c, "k", KeyState::Active).await;
+    (d, c)
+}
+
+#[tokio::test]
+async fn daemon_round_trip_and_rotation() {
+    let Some(bao) = Bao::start() else { return };
+    let (uri, _) = bao.setup("k");
+    let (d, mut c) = start(&[&uri]).await;
+    let w1 = wrap(&mut c, &[1u8; 32]).await.expect("wrap");
+    assert_eq!((w1.key.as_str(), w1.key_version.as_str()), ("k", "v1"));
+    assert_eq!(
+        unwrap(&mut c, &w1.wrapped).await.expect("unwrap"),
+        vec![1u8; 32]
+    );
+
+    bao.rotate("k");
+    let w2 = wrap(&mut c, &[2u8; 32]).await.expect("wrap after rotation");
+    assert_eq!(w2.key_version, "v2");
+    assert_eq!(
+        unwrap(&mut c, &w1.wrapped).await.expect("old blob"),
+        vec![1u8; 32]
+    );
+    assert_eq!(
+        unwrap(&mut c, &w2.wrapped).await.expect("new blob"),
+        vec![2u8; 32]
+    );
+
+    // Another context does not authenticate.
+    let other = UnwrapKeyRequest {
+        wrapped: w1.wrapped.clone(),
+        context: HashMap::new(),
+    };
+    assert_eq!(
+        c.unwrap_key(other).await.expect_err("other context").code(),
+        Code::InvalidArgument
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn daemon_soft_delete_is_disabled_and_restore_is_active_again() {
+    let Some(bao) = Bao::start() else { return };
+    let (uri, _) = bao.setup("k");
+    let (d, mut c) = start(&[&uri]).await;
+    let w = wrap(&mut c, b"payload").await.expect("wrap");
+
+    bao.soft_delete("k");
+    let s = wait_for_state(&mut c, "k", KeyState::Disabled).await;
+    assert!(s.detail.contains("soft-delete"), "{}", s.detail);
+    let (wc, wm) = code(wrap(&mut c, b"x").await);
+    assert_eq!(wc, Code::FailedPrecondition);
+    assert!(wm.contains("DISABLED"), "{wm}");
+    assert_eq!(
+        code(unwrap(&mut c, &w.wrapped).await).0,
+        Code::FailedPrecondition
+    );
+
+    bao.restore("k");
+    wait_for_state(&mut c, "k", KeyState::Active).await;
+    assert_eq!(
+        unwrap(&mut c, &w.wrapped).await.expect("works again"),
+        b"payload"
+    );
+    assert!(wrap(&mut c, b"x").await.is_ok());
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn daemon_revoked_token_is_revoked_and_the_token_never_shows() {
+    let Some(bao) = Bao::start() else { return };
+    let (uri, token) = bao.setup("k");
+    let (d, mut c) = start(&[&uri]).await;
+    let w = wrap(&mut c, b"payload").await.expect("wrap");
+
+    bao.cli(&["token", "revoke", &token]);
+    let s = wait_for_state(&mut c, "k", KeyState::Revoked).await;
+    let (wc, wm) = code(wrap(&mut c, b"x").await);
+    assert_eq!(wc, Code::FailedPrecondition);
+    assert!(wm.contains("REVOKED"), "{wm}");
+    let (uc, um) = code(unwrap(&mut c, &w.wrapped).await);
+    assert_eq!(uc, Code::FailedPrecondition);
+
+    let all = c
+        .revoke_status(RevokeStatusRequest { key: String::new() })
+        .await
+        .expect("status")
+        .into_inner();
+    let text = format!("{all:?} {s:?} {wm} {um}");
+    assert!(!text.contains(&token), "the token leaked: {text}");
+    assert!(
+        text.contains("TOKEN_FILE"),
+        "the redacted URI is shown: {text}"
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn daemon_deleted_key_is_destroyed() {
+    let Some(bao) = Bao::start() else { return };
+    let (uri, _) = bao.setup("k");
+    let (d, mut c) = start(&[&uri]).await;
+    let w = wrap(&mut c, b"payload").await.expect("wrap");
+    bao.delete_key("k");
+    wait_for_state(&mut c, "k", KeyState::Destroyed).await;
+    let (wc, wm) = code(wrap(&mut c, b"x").await);
+    assert_eq!(wc, Code::FailedPrecondition);
+    assert!(wm.contains("DESTROYED"), "{wm}");
+    assert_eq!(
+        code(unwrap(&mut c, &w.wrapped).await).0,
+        Code::FailedPrecondition
+    );
+    assert!(!bao.key_exists("k"));
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn daemon_stopped_bao_is_unreachable_and_unavailable() {
+    let Some(mut bao) = Bao::start() else { return };
+    let (uri, _) = bao.setup("k");
+    // A grace period of 0: nothing held is handed out while the KMS is down.
+    let d = Daemon::start(&body(&[&uri]).replace(
+        "poll_interval = \"300ms\"",
+        "poll_interval = \"300ms\"\ngrace_period = \"0s\"",
+    ))
+    .await;
+    let mut c = d.unix().await;
+    wait_for_state(&mut c, "k", KeyState::Active).await;
+    let w = wrap(&mut c, b"payload").await.expect("wrap");
+    bao.kill();
+    wait_for_state(&mut c, "k", KeyState::Unreachable).await;
+    assert_eq!(code(wrap(&mut c, b"x").await).0, Code::Unavailable);
+    assert_eq!(code(unwrap(&mut c, &w.wrapped).await).0, Code::Unavailable);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn daemon_vault_plus_mock_survives_the_loss_of_either() {
+    use kms_broker::backend::mock::mock;
+    let Some(mut bao) = Bao::start() else { return };
+    let (uri, _) = bao.setup("k");
+    let name = "vault-transit-two-uris";
+    let (d, mut c) = start(&[&uri, &format!("mock://{name}")]).await;
+    let w = wrap(&mut c, b"payload").await.expect("wrap under both");
+    assert!(w.key_version.contains("v1"), "{}", w.key_version);
+
+    // The mock is switched off: Vault alone unwraps.
+    mock(name).disable();
+    wait_for_uri_state(&mut c, "mock://", KeyState::Disabled).await;
+    assert_eq!(
+        unwrap(&mut c, &w.wrapped).await.expect("via vault"),
+        b"payload"
+    );
+    assert_eq!(code(wrap(&mut c, b"x").await).0, Code::FailedPrecondition);
+
+    // The mock is back and Vault is gone: the mock alone unwraps.
+    mock(name).enable();
+    wait_for_uri_state(&mut c, "mock://", KeyState::Active).await;
+    bao.kill();
+    wait_for_uri_state(&mut c, "vault://", KeyState::Unreachable).await;
+    assert_eq!(
+        unwrap(&mut c, &w.wrapped).await.expect("via the mock"),
+        b"payload"
+    );
+    d.stop().await;
+}
+
+/// Polls RevokeStatus until key `k`'s URI starting with `prefix` is in state `want`, while
+/// the key as a whole stays ACTIVE (the other URI carries it).
+async fn wait_for_uri_state(c: &mut Client, prefix: &str, want: KeyState) {
+    let start = std::time::Instant::now();
+    loop {
+        let s = wait_for_state(c, "k", KeyState::Active).await;
+        let u = s
+            .uris
+            .iter()
+            .find(|u| u.uri.starts_with(prefix))
+            .expect("uri listed");
+        if u.state == want as i32 {
+            return;
+        }
+        assert!(
+            start.elapsed().as_secs() < 5,
+            "{prefix} never became {want:?}: {s:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
