@@ -18,6 +18,8 @@
 //! and a corrupt file is never mistaken for an absent one (that would mint a new key and
 //! make the store's data unreadable). Files are mode 0600 and replaced atomically
 //! ([`write_atomic`]): a crash leaves the old file or the new one, never a torn one.
+//!
+//! Submodules: `format` (the records and their JSON), `atomic` (durable file replacement).
 
 use std::fmt;
 use std::fs::{self, File};

@@ -27,9 +27,13 @@ pub enum TokenSource {
     Env(String),
 }
 
-/// A parsed Vault Transit key URI.
+/// A parsed Vault Transit key URI. Boxed, so that `KeyUri` stays small whatever its
+/// other variants are.
 #[derive(Clone, PartialEq, Eq)]
-pub struct VaultUri {
+pub struct VaultUri(Box<Parts>);
+
+#[derive(Clone, PartialEq, Eq)]
+struct Parts {
     /// Lower-cased; IPv6 addresses in brackets.
     host: String,
     port: u16,
@@ -120,7 +124,7 @@ impl VaultUri {
         if !tls && ca_file.is_some() {
             return Err("CA_FILE needs TLS=true".into());
         }
-        Ok(Self {
+        Ok(Self(Box::new(Parts {
             host,
             port,
             mount,
@@ -130,7 +134,7 @@ impl VaultUri {
             namespace,
             ca_file,
             url: url.clone(),
-        })
+        })))
     }
 
     /// `vault://HOST:PORT/[NAMESPACE/]<mount>/<key>`: the key's identity, no parameters.
@@ -138,44 +142,49 @@ impl VaultUri {
     /// The namespace is part of the key's full path in Vault (`ns/transit/…` and the
     /// `X-Vault-Namespace: ns` header name the same key), so it is folded into the path.
     pub fn id(&self) -> String {
-        format!("vault://{}:{}/{}", self.host, self.port, self.full_path())
+        format!(
+            "vault://{}:{}/{}",
+            self.0.host,
+            self.0.port,
+            self.full_path()
+        )
     }
 
     /// The URI as written, every parameter outside the known, harmless set redacted.
     pub fn redacted(&self) -> String {
-        redact_query(&self.url, PARAMS)
+        redact_query(&self.0.url, PARAMS)
     }
 
     /// The API address, `https://HOST:PORT` (or `http://` with TLS=false).
     pub fn address(&self) -> String {
-        let scheme = if self.tls { "https" } else { "http" };
-        format!("{scheme}://{}:{}", self.host, self.port)
+        let scheme = if self.0.tls { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.0.host, self.0.port)
     }
 
     pub fn mount(&self) -> &str {
-        &self.mount
+        &self.0.mount
     }
 
     pub fn key(&self) -> &str {
-        &self.key
+        &self.0.key
     }
 
     pub fn namespace(&self) -> Option<&str> {
-        self.namespace.as_deref()
+        self.0.namespace.as_deref()
     }
 
     pub fn token_source(&self) -> &TokenSource {
-        &self.token
+        &self.0.token
     }
 
     pub fn ca_file(&self) -> Option<&std::path::Path> {
-        self.ca_file.as_deref()
+        self.0.ca_file.as_deref()
     }
 
     fn full_path(&self) -> String {
-        match &self.namespace {
-            Some(ns) => format!("{ns}/{}/{}", self.mount, self.key),
-            None => format!("{}/{}", self.mount, self.key),
+        match &self.0.namespace {
+            Some(ns) => format!("{ns}/{}/{}", self.0.mount, self.0.key),
+            None => format!("{}/{}", self.0.mount, self.0.key),
         }
     }
 }

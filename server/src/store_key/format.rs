@@ -1,5 +1,6 @@
-//! The store key file's JSON, version [`FORMAT`]: strict to read, so a file this code
-//! does not fully understand is an error, never a silently partial or absent key.
+//! The on-disk records ([`WrappedStoreKey`], [`StoreKeyFile`]) and their JSON, version
+//! [`FORMAT`]: strict to read, so a file this code does not fully understand is an error,
+//! never a silently partial or absent key.
 
 use std::fmt;
 use std::time::SystemTime;
