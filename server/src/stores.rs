@@ -79,7 +79,7 @@ impl Stores {
     }
 
     /// Hands out held material if the key's state allows; drops it if the key is revoked.
-    fn from_held(&self, broker: &Broker, id: &StoreId) -> Option<Result<StoreKeys, Error>> {
+    fn hand_out_held(&self, broker: &Broker, id: &StoreId) -> Option<Result<StoreKeys, Error>> {
         let h = self.held().get(id).cloned()?;
         match broker.tracker().may_hand_out_held(&h.key_name) {
             Ok(()) => Some(Ok(h.keys.duplicate())),
@@ -101,11 +101,11 @@ impl Stores {
             .configs
             .get(id)
             .ok_or_else(|| Error::NotFound(format!("no store named {:?}", id.as_str())))?;
-        if let Some(r) = self.from_held(broker, id) {
+        if let Some(r) = self.hand_out_held(broker, id) {
             return r;
         }
         let _guard = self.locks.get(id).expect("a lock per configured store").lock().await;
-        if let Some(r) = self.from_held(broker, id) {
+        if let Some(r) = self.hand_out_held(broker, id) {
             return r;
         }
         let file = store_key::read_store_file(&self.state_dir, id).map_err(|e| {

@@ -153,6 +153,14 @@ def _describe_guard(self):
     _check_policy(_key(self, self._get_param("KeyId")), "kms:DescribeKey")
 
 
+def _create_key_defaults(self):
+    # AWS defaults KeyUsage to ENCRYPT_DECRYPT; moto leaves it null in DescribeKey.
+    if self._get_param("KeyUsage") is None:
+        body = json.loads(self.body or "{}")
+        body["KeyUsage"] = "ENCRYPT_DECRYPT"
+        self.body = json.dumps(body)
+
+
 def install():
     _wrap("encrypt", lambda self: _guard(self, self._get_param("KeyId"), "kms:Encrypt"))
     _wrap("generate_data_key", lambda self: _guard(self, self._get_param("KeyId"), "kms:GenerateDataKey"))
@@ -160,8 +168,9 @@ def install():
     _wrap("re_encrypt", _re_encrypt_guard)
     _wrap("describe_key", _describe_guard)
     # Any other KMS call still checks the caller's credentials.
+    _wrap("create_key", _create_key_defaults)
     for name in ("disable_key", "enable_key", "schedule_key_deletion", "cancel_key_deletion",
-                 "create_key", "put_key_policy", "rotate_key_on_demand", "create_alias"):
+                 "put_key_policy", "rotate_key_on_demand", "create_alias"):
         _wrap(name, lambda self: None)
 
 

@@ -228,6 +228,10 @@ impl VaultBackend {
 fn build_client(uri: &VaultUri, token: &Token) -> Result<VaultClient, String> {
     // Every setting is given explicitly so that VAULT_ADDR, VAULT_TOKEN, VAULT_CACERT,
     // VAULT_SKIP_VERIFY or VAULT_CLIENT_CERT in the daemon's environment change nothing.
+    // reqwest (built with `rustls-no-provider`) panics without a process-wide crypto
+    // provider. The daemon installs aws-lc-rs at start; this makes the backend safe in any
+    // other embedding (tools, tests). A no-op when one is installed already.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let address = uri.address();
     url::Url::parse(&address).map_err(|_| "cannot form the Vault address".to_string())?;
     let mut b = VaultClientSettingsBuilder::default();

@@ -118,9 +118,10 @@ pub(super) fn key_metadata(meta: &KeyMetadata) -> Result<(), BackendError> {
     let state = meta.key_state();
     let (class, why) = match state {
         Some(KeyState::Enabled) if meta.enabled() => {
-            if meta.key_usage() != Some(&KeyUsageType::EncryptDecrypt)
-                || meta.key_spec() != Some(&KeySpec::SymmetricDefault)
-            {
+            // Absent fields are not held against the key: Encrypt will tell.
+            let usage_ok = meta.key_usage().is_none_or(|u| *u == KeyUsageType::EncryptDecrypt);
+            let spec_ok = meta.key_spec().is_none_or(|s| *s == KeySpec::SymmetricDefault);
+            if !(usage_ok && spec_ok) {
                 return Err(BackendError::new(
                     Disabled,
                     "not a symmetric ENCRYPT_DECRYPT key (KeySpec SYMMETRIC_DEFAULT)",
