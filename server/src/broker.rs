@@ -64,8 +64,9 @@ impl Broker {
             keys.insert(name.clone(), uris);
         }
         let tracker = Tracker::new(
-            keys.iter()
-                .map(|(n, u): (&String, &Vec<UriBackend>)| (n.as_str(), u.iter().map(|u| u.uri.redacted()).collect())),
+            keys.iter().map(|(n, u): (&String, &Vec<UriBackend>)| {
+                (n.as_str(), u.iter().map(|u| u.uri.redacted()).collect())
+            }),
             config.revocation.grace_period,
         );
         Ok(Self { keys, tracker })
@@ -162,11 +163,19 @@ impl Broker {
         candidates.sort_by_key(|(i, _)| self.tracker.uri_state(key, *i));
         let mut failure: Option<BackendError> = None;
         for (i, entry) in candidates {
-            if self.tracker.uri_state(key, i).is_some_and(|s| s.is_revoked_kind()) {
+            if self
+                .tracker
+                .uri_state(key, i)
+                .is_some_and(|s| s.is_revoked_kind())
+            {
                 continue;
             }
             let u = &uris[i];
-            match u.backend.decrypt(&entry.ciphertext, &entry.key_version, &aad).await {
+            match u
+                .backend
+                .decrypt(&entry.ciphertext, &entry.key_version, &aad)
+                .await
+            {
                 Ok(plaintext) => {
                     self.tracker.record(key, i, Ok(&entry.key_version));
                     return Ok(Unwrapped {
@@ -230,12 +239,13 @@ fn worse(prev: Option<BackendError>, e: BackendError) -> BackendError {
 /// A classified KMS failure as the caller sees it.
 pub fn kms_error(key: &str, e: BackendError) -> Error {
     match e.class {
-        FailureClass::InvalidCiphertext => {
-            Error::invalid("wrapped does not authenticate (tampered, another key, or another context)")
-        }
-        FailureClass::Unreachable => {
-            Error::Unavailable(format!("the KMS for key {key:?} did not answer: {}", e.detail))
-        }
+        FailureClass::InvalidCiphertext => Error::invalid(
+            "wrapped does not authenticate (tampered, another key, or another context)",
+        ),
+        FailureClass::Unreachable => Error::Unavailable(format!(
+            "the KMS for key {key:?} did not answer: {}",
+            e.detail
+        )),
         c => Error::KeyNotUsable {
             key: key.to_owned(),
             state: c.key_state().expect("revoked kinds have a state"),

@@ -55,8 +55,8 @@ pub fn make_ca(name: &str) -> Result<Pem, String> {
 pub fn issue(ca: &Pem, cn: Option<&str>, sans: &[&str], server: bool) -> Result<Pem, String> {
     let ca_key = KeyPair::from_pem(&ca.key).map_err(err)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert, ca_key).map_err(err)?;
-    let mut params =
-        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).map_err(err)?;
+    let mut params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .map_err(err)?;
     params.distinguished_name = DistinguishedName::new();
     if let Some(cn) = cn {
         params.distinguished_name.push(DnType::CommonName, cn);
@@ -80,8 +80,18 @@ pub fn issue(ca: &Pem, cn: Option<&str>, sans: &[&str], server: bool) -> Result<
 pub fn write_dev_certs(out: &Path) -> Result<(), String> {
     std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let ca = make_ca("kms-broker dev CA (DEV ONLY)")?;
-    let server = issue(&ca, Some("localhost"), &["localhost", "127.0.0.1", "::1"], true)?;
-    let client = issue(&ca, Some(DEV_CLIENT_IDENTITY), &[DEV_CLIENT_IDENTITY], false)?;
+    let server = issue(
+        &ca,
+        Some("localhost"),
+        &["localhost", "127.0.0.1", "::1"],
+        true,
+    )?;
+    let client = issue(
+        &ca,
+        Some(DEV_CLIENT_IDENTITY),
+        &[DEV_CLIENT_IDENTITY],
+        false,
+    )?;
     for (name, text) in FILES.iter().zip([
         &ca.cert,
         &ca.key,
@@ -91,7 +101,8 @@ pub fn write_dev_certs(out: &Path) -> Result<(), String> {
         &client.key,
     ]) {
         let path = out.join(name);
-        write_atomic(&path, text.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        write_atomic(&path, text.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     Ok(())
 }
@@ -108,16 +119,24 @@ mod tests {
     use rustls::pki_types::CertificateDer;
 
     fn der(pem: &str) -> Vec<u8> {
-        CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
     }
 
     #[test]
     fn identities_come_from_san_then_cn() {
         let ca = make_ca("t").unwrap();
         let c = issue(&ca, Some("the-cn"), &["the-san"], false).unwrap();
-        assert_eq!(crate::peer::cert_identity(&der(&c.cert)).as_deref(), Some("the-san"));
+        assert_eq!(
+            crate::peer::cert_identity(&der(&c.cert)).as_deref(),
+            Some("the-san")
+        );
         let c = issue(&ca, Some("only-cn"), &[], false).unwrap();
-        assert_eq!(crate::peer::cert_identity(&der(&c.cert)).as_deref(), Some("only-cn"));
+        assert_eq!(
+            crate::peer::cert_identity(&der(&c.cert)).as_deref(),
+            Some("only-cn")
+        );
         let c = issue(&ca, None, &[], false).unwrap();
         assert_eq!(crate::peer::cert_identity(&der(&c.cert)), None);
     }

@@ -171,8 +171,7 @@ struct RawPolicy {
 /// Key names follow the store id alphabet, so they are safe in logs and file names.
 pub fn valid_name(s: &str) -> bool {
     (1..=128).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
@@ -202,7 +201,11 @@ impl Config {
                 .unwrap_or(0)
         };
         let de = toml::Deserializer::parse(text).map_err(|e| {
-            err(&format!("line {}", line_of(&e)), e.message().trim().to_owned(), "fix the TOML syntax")
+            err(
+                &format!("line {}", line_of(&e)),
+                e.message().trim().to_owned(),
+                "fix the TOML syntax",
+            )
         })?;
         // serde_path_to_error names the field (`revocation.poll_interval`) without echoing
         // its value, which could be a secret URI.
@@ -235,7 +238,8 @@ impl Config {
         if tcp_listen.is_some() && raw.tls.is_none() {
             return Err(err(
                 "tls",
-                "server.tcp_listen is set but [tls] is missing: TCP is served with mutual TLS only".into(),
+                "server.tcp_listen is set but [tls] is missing: TCP is served with mutual TLS only"
+                    .into(),
                 "add [tls] with ca, cert and key, or remove server.tcp_listen",
             ));
         }
@@ -255,19 +259,35 @@ impl Config {
         for (name, k) in raw.keys {
             let field = format!("keys.{name}");
             if !valid_name(&name) {
-                return Err(err(&field, "key names use [A-Za-z0-9._-], 1 to 128 characters".into(), "rename the key"));
+                return Err(err(
+                    &field,
+                    "key names use [A-Za-z0-9._-], 1 to 128 characters".into(),
+                    "rename the key",
+                ));
             }
             if k.uris.is_empty() {
-                return Err(err(&format!("{field}.uris"), "no URIs".into(), "list at least one KMS key URI"));
+                return Err(err(
+                    &format!("{field}.uris"),
+                    "no URIs".into(),
+                    "list at least one KMS key URI",
+                ));
             }
             let mut uris = Vec::with_capacity(k.uris.len());
             for (i, u) in k.uris.iter().enumerate() {
                 let mut parsed = KeyUri::parse(u).map_err(|problem| {
-                    err(&format!("{field}.uris[{i}]"), problem, "see the README's key URI forms")
+                    err(
+                        &format!("{field}.uris[{i}]"),
+                        problem,
+                        "see the README's key URI forms",
+                    )
                 })?;
                 parsed.resolve_relative(&base);
                 if uris.iter().any(|p: &KeyUri| p.id() == parsed.id()) {
-                    return Err(err(&format!("{field}.uris[{i}]"), "the same KMS key is listed twice".into(), "remove the duplicate"));
+                    return Err(err(
+                        &format!("{field}.uris[{i}]"),
+                        "the same KMS key is listed twice".into(),
+                        "remove the duplicate",
+                    ));
                 }
                 uris.push(parsed);
             }
@@ -277,25 +297,50 @@ impl Config {
         let mut stores = BTreeMap::new();
         for (id, s) in raw.stores {
             let field = format!("stores.{id}");
-            let store_id = StoreId::parse(&id).map_err(|problem| err(&field, problem, "rename the store"))?;
+            let store_id =
+                StoreId::parse(&id).map_err(|problem| err(&field, problem, "rename the store"))?;
             if !keys.contains_key(&s.key) {
-                return Err(err(&format!("{field}.key"), format!("no key named {:?} under [keys]", s.key), "name a key defined under [keys.NAME]"));
+                return Err(err(
+                    &format!("{field}.key"),
+                    format!("no key named {:?} under [keys]", s.key),
+                    "name a key defined under [keys.NAME]",
+                ));
             }
             let algorithm = match s.algorithm.as_deref() {
                 None => Algorithm::Aes256,
                 Some(a) => Algorithm::parse(a).ok_or_else(|| {
-                    err(&format!("{field}.algorithm"), format!("{a:?} is not an algorithm"), "use \"AES-128\", \"AES-192\" or \"AES-256\"")
+                    err(
+                        &format!("{field}.algorithm"),
+                        format!("{a:?} is not an algorithm"),
+                        "use \"AES-128\", \"AES-192\" or \"AES-256\"",
+                    )
                 })?,
             };
-            stores.insert(store_id, StoreConfig { key: s.key, algorithm });
+            stores.insert(
+                store_id,
+                StoreConfig {
+                    key: s.key,
+                    algorithm,
+                },
+            );
         }
 
         let revocation = RevocationConfig {
-            poll_interval: raw.revocation.poll_interval.unwrap_or(Duration::from_secs(30)),
-            grace_period: raw.revocation.grace_period.unwrap_or(Duration::from_secs(15 * 60)),
+            poll_interval: raw
+                .revocation
+                .poll_interval
+                .unwrap_or(Duration::from_secs(30)),
+            grace_period: raw
+                .revocation
+                .grace_period
+                .unwrap_or(Duration::from_secs(15 * 60)),
         };
         if revocation.poll_interval < Duration::from_millis(100) {
-            return Err(err("revocation.poll_interval", "shorter than 100ms".into(), "use e.g. \"30s\""));
+            return Err(err(
+                "revocation.poll_interval",
+                "shorter than 100ms".into(),
+                "use e.g. \"30s\"",
+            ));
         }
 
         let defaults = RetryPolicy::default();
@@ -306,7 +351,11 @@ impl Config {
             ..defaults
         };
         if kms.max_attempts == 0 || kms.attempt_timeout.is_zero() || kms.deadline.is_zero() {
-            return Err(err("kms", "timeouts and max_attempts must be above zero".into(), "e.g. attempt_timeout = \"5s\", deadline = \"15s\", max_attempts = 4"));
+            return Err(err(
+                "kms",
+                "timeouts and max_attempts must be above zero".into(),
+                "e.g. attempt_timeout = \"5s\", deadline = \"15s\", max_attempts = 4",
+            ));
         }
 
         let mut rules = Vec::with_capacity(raw.policy.len());
@@ -316,12 +365,20 @@ impl Config {
                 .map_err(|(sub, problem, fix)| err(&format!("{field}.{sub}"), problem, &fix))?;
             if let Some(ks) = &rule.keys {
                 if let Some(k) = ks.iter().find(|k| !keys.contains_key(*k)) {
-                    return Err(err(&format!("{field}.keys"), format!("no key named {k:?} under [keys]"), "name keys defined under [keys.NAME]"));
+                    return Err(err(
+                        &format!("{field}.keys"),
+                        format!("no key named {k:?} under [keys]"),
+                        "name keys defined under [keys.NAME]",
+                    ));
                 }
             }
             if let Some(ss) = &rule.stores {
                 if let Some(s) = ss.iter().find(|s| !stores.contains_key(*s)) {
-                    return Err(err(&format!("{field}.stores"), format!("no store named {:?} under [stores]", s.as_str()), "name stores defined under [stores.ID]"));
+                    return Err(err(
+                        &format!("{field}.stores"),
+                        format!("no store named {:?} under [stores]", s.as_str()),
+                        "name stores defined under [stores.ID]",
+                    ));
                 }
             }
             rules.push(rule);
@@ -367,7 +424,10 @@ allow = ["WrapKey", "GetStoreKey"]
     #[test]
     fn good_config_and_relative_paths() {
         let c = parse(GOOD).unwrap();
-        assert_eq!(c.server.unix_socket, Path::new("/etc/kms-broker/broker.sock"));
+        assert_eq!(
+            c.server.unix_socket,
+            Path::new("/etc/kms-broker/broker.sock")
+        );
         assert_eq!(c.stores.len(), 1);
         assert_eq!(c.revocation.grace_period, Duration::from_secs(900));
     }
@@ -395,7 +455,8 @@ allow = ["WrapKey", "GetStoreKey"]
 
     #[test]
     fn tcp_needs_tls() {
-        let e = parse(&GOOD.replace("state_dir", "tcp_listen = \"127.0.0.1:7443\"\nstate_dir")).unwrap_err();
+        let e = parse(&GOOD.replace("state_dir", "tcp_listen = \"127.0.0.1:7443\"\nstate_dir"))
+            .unwrap_err();
         assert_eq!(e.field, "tls");
     }
 }

@@ -177,6 +177,9 @@ mod tests {
         assert!(Envelope::decode(&blob).is_err());
         let mut blob = sample().encode();
         blob[4] = 9;
-        assert!(Envelope::decode(&blob).unwrap_err().to_string().contains("version 9"));
+        assert!(Envelope::decode(&blob)
+            .unwrap_err()
+            .to_string()
+            .contains("version 9"));
     }
 }

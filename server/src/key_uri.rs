@@ -139,7 +139,14 @@ pub fn redact_query(url: &Url, public: &[&str]) -> String {
         .query_pairs()
         .map(|(k, v)| {
             let keep = public.iter().any(|p| p.eq_ignore_ascii_case(&k));
-            (k.into_owned(), if keep { v.into_owned() } else { "redacted".into() })
+            (
+                k.into_owned(),
+                if keep {
+                    v.into_owned()
+                } else {
+                    "redacted".into()
+                },
+            )
         })
         .collect();
     if pairs.is_empty() {
@@ -221,7 +228,8 @@ mod tests {
 
     #[test]
     fn redaction_is_an_allow_list() {
-        let url = Url::parse("aws:///k?REGION=us-east-1&AWS_SECRET_ACCESS_KEY=s3cr3t&NEW=x").unwrap();
+        let url =
+            Url::parse("aws:///k?REGION=us-east-1&AWS_SECRET_ACCESS_KEY=s3cr3t&NEW=x").unwrap();
         let r = redact_query(&url, &["REGION"]);
         assert!(r.contains("REGION=us-east-1"));
         assert!(!r.contains("s3cr3t"));

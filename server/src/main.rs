@@ -12,7 +12,11 @@ use tracing_subscriber::EnvFilter;
 const EX_USAGE: u8 = 64;
 
 #[derive(Parser, Debug)]
-#[command(name = "kms-broker", version, about = "gRPC key-management sidecar: the one process on a node that talks to the KMS")]
+#[command(
+    name = "kms-broker",
+    version,
+    about = "gRPC key-management sidecar: the one process on a node that talks to the KMS"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,7 +45,9 @@ enum Command {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("KMS_BROKER_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("KMS_BROKER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -53,7 +59,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::DevCerts { out } => match kms_broker::certs::write_dev_certs(&out) {
             Ok(()) => {
-                println!("wrote {} (DEV ONLY) to {}", kms_broker::certs::FILES.join(", "), out.display());
+                println!(
+                    "wrote {} (DEV ONLY) to {}",
+                    kms_broker::certs::FILES.join(", "),
+                    out.display()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -61,7 +71,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Serve { config, dev, dev_dir } => {
+        Command::Serve {
+            config,
+            dev,
+            dev_dir,
+        } => {
             let (config, banner) = if dev {
                 match kms_broker::dev::prepare(&dev_dir) {
                     Ok(c) => {
@@ -116,7 +130,10 @@ async fn serve(config: Config, banner: Option<String>) -> Result<(), ServeError>
 /// SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
         return std::future::pending().await;
     };

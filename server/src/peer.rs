@@ -14,7 +14,11 @@ use crate::error::Error;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Peer {
     /// From the kernel, not from anything the caller said.
-    Unix { uid: u32, gid: u32, pid: Option<i32> },
+    Unix {
+        uid: u32,
+        gid: u32,
+        pid: Option<i32>,
+    },
     /// The client certificate's first DNS/URI SAN, else its CN. The chain was already
     /// verified against `[tls].ca` by rustls during the handshake.
     Tls { identity: String },

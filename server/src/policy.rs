@@ -129,21 +129,28 @@ impl PolicyRule {
             None => None,
             Some(ks) => {
                 if let Some(bad) = ks.iter().find(|k| !valid_name(k)) {
-                    return Err(("keys", format!("{bad:?} is not a key name"), "list key names from [keys]".into()));
+                    return Err((
+                        "keys",
+                        format!("{bad:?} is not a key name"),
+                        "list key names from [keys]".into(),
+                    ));
                 }
                 Some(ks.iter().cloned().collect())
             }
         };
-        let stores = match stores {
-            None => None,
-            Some(ss) => {
-                let mut set = BTreeSet::new();
-                for s in ss {
-                    set.insert(StoreId::parse(s).map_err(|p| ("stores", p, "list store ids from [stores]".to_string()))?);
+        let stores =
+            match stores {
+                None => None,
+                Some(ss) => {
+                    let mut set = BTreeSet::new();
+                    for s in ss {
+                        set.insert(StoreId::parse(s).map_err(|p| {
+                            ("stores", p, "list store ids from [stores]".to_string())
+                        })?);
+                    }
+                    Some(set)
                 }
-                Some(set)
-            }
-        };
+            };
         Ok(Self {
             peer,
             allow: ops,
@@ -152,7 +159,13 @@ impl PolicyRule {
         })
     }
 
-    fn allows(&self, peer: &Peer, op: Operation, key: Option<&str>, store: Option<&StoreId>) -> bool {
+    fn allows(
+        &self,
+        peer: &Peer,
+        op: Operation,
+        key: Option<&str>,
+        store: Option<&StoreId>,
+    ) -> bool {
         self.peer.matches(peer)
             && self.allow.contains(&op)
             && key.is_none_or(|k| self.keys.as_ref().is_none_or(|ks| ks.contains(k)))
@@ -189,13 +202,16 @@ impl Policy {
             Ok(())
         } else {
             // The same words whether or not the key/store exists.
-            Err(Error::PermissionDenied(format!("{peer} may not call {op} here")))
+            Err(Error::PermissionDenied(format!(
+                "{peer} may not call {op} here"
+            )))
         }
     }
 
     /// Whether `peer` may see `key` in RevokeStatus.
     pub fn may_see(&self, peer: &Peer, key: &str) -> bool {
-        self.authorize(peer, Operation::RevokeStatus, Some(key), None).is_ok()
+        self.authorize(peer, Operation::RevokeStatus, Some(key), None)
+            .is_ok()
     }
 }
 
@@ -210,13 +226,19 @@ mod tests {
     }
 
     fn unix(uid: u32, gid: u32) -> Peer {
-        Peer::Unix { uid, gid, pid: None }
+        Peer::Unix {
+            uid,
+            gid,
+            pid: None,
+        }
     }
 
     #[test]
     fn default_deny() {
         let p = Policy::default();
-        let e = p.authorize(&unix(0, 0), Operation::WrapKey, Some("k"), None).unwrap_err();
+        let e = p
+            .authorize(&unix(0, 0), Operation::WrapKey, Some("k"), None)
+            .unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
     }
 
@@ -226,18 +248,32 @@ mod tests {
             rule("uid:1000", &["WrapKey"], Some(&["a"])),
             rule("gid:50", &["UnwrapKey"], None),
         ]);
-        assert!(p.authorize(&unix(1000, 1), Operation::WrapKey, Some("a"), None).is_ok());
-        assert!(p.authorize(&unix(1000, 1), Operation::WrapKey, Some("b"), None).is_err());
-        assert!(p.authorize(&unix(1000, 1), Operation::UnwrapKey, Some("a"), None).is_err());
-        assert!(p.authorize(&unix(7, 50), Operation::UnwrapKey, Some("zzz"), None).is_ok());
+        assert!(p
+            .authorize(&unix(1000, 1), Operation::WrapKey, Some("a"), None)
+            .is_ok());
+        assert!(p
+            .authorize(&unix(1000, 1), Operation::WrapKey, Some("b"), None)
+            .is_err());
+        assert!(p
+            .authorize(&unix(1000, 1), Operation::UnwrapKey, Some("a"), None)
+            .is_err());
+        assert!(p
+            .authorize(&unix(7, 50), Operation::UnwrapKey, Some("zzz"), None)
+            .is_ok());
     }
 
     #[test]
     fn cert_peers_and_store_keys() {
         let p = Policy::new(vec![rule("cert:backup", &["UnwrapKey"], None)]);
-        let tls = Peer::Tls { identity: "backup".into() };
-        assert!(p.authorize(&tls, Operation::UnwrapKey, Some("k"), None).is_ok());
-        assert!(p.authorize(&tls, Operation::WrapKey, Some("k"), None).is_err());
+        let tls = Peer::Tls {
+            identity: "backup".into(),
+        };
+        assert!(p
+            .authorize(&tls, Operation::UnwrapKey, Some("k"), None)
+            .is_ok());
+        assert!(p
+            .authorize(&tls, Operation::WrapKey, Some("k"), None)
+            .is_err());
         let e = PolicyRule::parse("cert:x", &["GetStoreKey".into()], None, None).unwrap_err();
         assert_eq!(e.0, "allow");
         assert!(PolicyRule::parse("user:x", &[], None, None).is_err());

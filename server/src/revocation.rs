@@ -54,7 +54,10 @@ pub struct Tracker {
 impl Tracker {
     /// Every URI starts UNREACHABLE ("not checked yet") with no grace: a fresh start with
     /// the KMS down hands out nothing.
-    pub fn new<'a>(keys: impl IntoIterator<Item = (&'a str, Vec<String>)>, grace: Duration) -> Self {
+    pub fn new<'a>(
+        keys: impl IntoIterator<Item = (&'a str, Vec<String>)>,
+        grace: Duration,
+    ) -> Self {
         let keys = keys
             .into_iter()
             .map(|(name, uris)| {
@@ -137,7 +140,8 @@ impl Tracker {
 
     /// The state of one URI.
     pub fn uri_state(&self, key: &str, uri_index: usize) -> Option<KeyState> {
-        self.with(key, |uris| uris.get(uri_index).map(|u| u.state)).flatten()
+        self.with(key, |uris| uris.get(uri_index).map(|u| u.state))
+            .flatten()
     }
 
     /// Before WrapKey: every URI must be usable. UNREACHABLE URIs are tried anyway (the KMS
@@ -185,12 +189,15 @@ impl Tracker {
                 (uris.clone(), last)
             })
             .ok_or_else(|| Error::NotFound(format!("no key named {key:?}")))?;
-        let best = status.iter().min_by_key(|u| u.state).expect("at least one URI");
+        let best = status
+            .iter()
+            .min_by_key(|u| u.state)
+            .expect("at least one URI");
         match best.state {
             KeyState::Active => Ok(()),
             KeyState::Unreachable => {
-                let within = last_active
-                    .is_some_and(|t| !self.grace.is_zero() && t.elapsed() <= self.grace);
+                let within =
+                    last_active.is_some_and(|t| !self.grace.is_zero() && t.elapsed() <= self.grace);
                 if within {
                     Ok(())
                 } else {
@@ -214,7 +221,10 @@ mod tests {
     use crate::backend::FailureClass;
 
     fn tracker(grace: Duration) -> Tracker {
-        Tracker::new([("k", vec!["mock://a".to_string(), "mock://b".to_string()])], grace)
+        Tracker::new(
+            [("k", vec!["mock://a".to_string(), "mock://b".to_string()])],
+            grace,
+        )
     }
 
     #[test]
@@ -228,7 +238,11 @@ mod tests {
     fn best_of_uris_and_wrap_needs_all() {
         let t = tracker(Duration::from_secs(900));
         t.record("k", 0, Ok("v1"));
-        t.record("k", 1, Err(&BackendError::new(FailureClass::Disabled, "off")));
+        t.record(
+            "k",
+            1,
+            Err(&BackendError::new(FailureClass::Disabled, "off")),
+        );
         let s = t.status("k").unwrap();
         assert_eq!(s.state, KeyState::Active);
         assert_eq!(s.uris[1].state, KeyState::Disabled);
@@ -242,8 +256,16 @@ mod tests {
     fn revoked_kinds_have_no_grace() {
         let t = tracker(Duration::from_secs(900));
         t.record("k", 0, Ok(""));
-        t.record("k", 0, Err(&BackendError::new(FailureClass::Revoked, "403")));
-        t.record("k", 1, Err(&BackendError::new(FailureClass::Destroyed, "gone")));
+        t.record(
+            "k",
+            0,
+            Err(&BackendError::new(FailureClass::Revoked, "403")),
+        );
+        t.record(
+            "k",
+            1,
+            Err(&BackendError::new(FailureClass::Destroyed, "gone")),
+        );
         let e = t.may_hand_out_held("k").unwrap_err();
         assert_eq!(e.code(), tonic::Code::FailedPrecondition);
         assert!(e.to_string().contains("REVOKED"), "{e}");
@@ -257,7 +279,10 @@ mod tests {
         t.record("k", 1, Err(&BackendError::unreachable("timeout")));
         assert!(t.may_hand_out_held("k").is_ok());
         tokio::time::advance(Duration::from_secs(61)).await;
-        assert_eq!(t.may_hand_out_held("k").unwrap_err().code(), tonic::Code::Unavailable);
+        assert_eq!(
+            t.may_hand_out_held("k").unwrap_err().code(),
+            tonic::Code::Unavailable
+        );
     }
 
     #[test]

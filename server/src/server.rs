@@ -48,7 +48,9 @@ pub struct Server {
 /// renamed into place, so no caller ever sees it with the umask's mode. A stale socket from
 /// a crash is replaced; a live one (another daemon answers) is an error.
 async fn bind_unix(path: &Path) -> Result<UnixListener, ServeError> {
-    let fail = |what: &str, e: std::io::Error| ServeError::Startup(format!("unix socket {}: {what}: {e}", path.display()));
+    let fail = |what: &str, e: std::io::Error| {
+        ServeError::Startup(format!("unix socket {}: {what}: {e}", path.display()))
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| fail("cannot create its folder", e))?;
     }
@@ -73,12 +75,15 @@ async fn bind_unix(path: &Path) -> Result<UnixListener, ServeError> {
     }
     let tmp = path.with_file_name(format!(
         ".{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("broker.sock"),
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("broker.sock"),
         std::process::id()
     ));
     let _ = std::fs::remove_file(&tmp);
     let listener = UnixListener::bind(&tmp).map_err(|e| fail("cannot bind", e))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660)).map_err(|e| fail("cannot chmod", e))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| fail("cannot chmod", e))?;
     std::fs::rename(&tmp, path).map_err(|e| fail("cannot move into place", e))?;
     Ok(listener)
 }
@@ -124,7 +129,14 @@ impl Server {
     /// Serves until `shutdown` completes, then: health NOT_SERVING, listeners closed,
     /// in-flight calls given `shutdown_grace` to finish.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-        let Server { config, unix, unix_path, tcp, broker, stores } = self;
+        let Server {
+            config,
+            unix,
+            unix_path,
+            tcp,
+            broker,
+            stores,
+        } = self;
         let (health, health_svc) = tonic_health::server::health_reporter();
         health.set_serving::<KeyBrokerServer<Service>>().await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -136,10 +148,16 @@ impl Server {
         let reflection_v1alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
             .build_v1alpha()
             .map_err(|e| ServeError::Startup(format!("reflection: {e}")))?;
-        let service = KeyBrokerServer::new(Service::new(broker.clone(), stores.clone(), config.policy.clone()));
+        let service = KeyBrokerServer::new(Service::new(
+            broker.clone(),
+            stores.clone(),
+            config.policy.clone(),
+        ));
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -147,7 +165,12 @@ impl Server {
             let _ = rx.wait_for(|s| *s).await.map(|_| ());
         };
 
-        let poller = tokio::spawn(poll_loop(broker.clone(), stores.clone(), config.revocation.poll_interval, stop_rx.clone()));
+        let poller = tokio::spawn(poll_loop(
+            broker.clone(),
+            stores.clone(),
+            config.revocation.poll_interval,
+            stop_rx.clone(),
+        ));
 
         let unix_server = TonicServer::builder()
             .add_service(health_svc.clone())
@@ -167,7 +190,10 @@ impl Server {
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
                 .add_service(service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(tcp), stopped(stop_rx.clone()));
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(tcp),
+                    stopped(stop_rx.clone()),
+                );
             servers.push(tokio::spawn(tcp_server));
             tracing::info!(addr = ?addr, "serving mutual TLS on TCP");
         }
@@ -175,7 +201,9 @@ impl Server {
         shutdown.await;
         tracing::info!("shutting down: health NOT_SERVING, draining");
         health.set_not_serving::<KeyBrokerServer<Service>>().await;
-        health.set_service_status("", ServingStatus::NotServing).await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
         let _ = stop_tx.send(true);
         let grace = config.server.shutdown_grace;
         let drain = futures_util::future::join_all(servers.iter_mut());
@@ -189,7 +217,10 @@ impl Server {
                 .collect::<Result<Vec<()>, _>>()
                 .map(|_| ()),
             Err(_) => {
-                tracing::warn!(?grace, "in-flight calls did not finish within the grace period; cutting them");
+                tracing::warn!(
+                    ?grace,
+                    "in-flight calls did not finish within the grace period; cutting them"
+                );
                 for s in &servers {
                     s.abort();
                 }
@@ -204,7 +235,12 @@ impl Server {
 
 /// Checks every key at once (so a fresh start learns states quickly), then every
 /// `interval`; after each round drops held material that may no longer be handed out.
-async fn poll_loop(broker: Arc<Broker>, stores: Arc<Stores>, interval: Duration, mut stop: watch::Receiver<bool>) {
+async fn poll_loop(
+    broker: Arc<Broker>,
+    stores: Arc<Stores>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -47,31 +47,45 @@ struct Inner {
 impl Service {
     pub fn new(broker: Arc<Broker>, stores: Arc<Stores>, policy: Policy) -> Self {
         Self {
-            inner: Arc::new(Inner { broker, stores, policy }),
+            inner: Arc::new(Inner {
+                broker,
+                stores,
+                policy,
+            }),
         }
     }
 }
 
 fn parse_context(ctx: HashMap<String, String>) -> Result<BTreeMap<String, String>, Error> {
     if ctx.len() > MAX_CONTEXT_ENTRIES {
-        return Err(Error::invalid(format!("context has more than {MAX_CONTEXT_ENTRIES} entries")));
+        return Err(Error::invalid(format!(
+            "context has more than {MAX_CONTEXT_ENTRIES} entries"
+        )));
     }
     let size: usize = ctx.iter().map(|(k, v)| k.len() + v.len()).sum();
     if size > MAX_CONTEXT_BYTES {
-        return Err(Error::invalid(format!("context is larger than {MAX_CONTEXT_BYTES} bytes")));
+        return Err(Error::invalid(format!(
+            "context is larger than {MAX_CONTEXT_BYTES} bytes"
+        )));
     }
     if ctx.keys().any(|k| k.starts_with(RESERVED_CONTEXT_PREFIX)) {
-        return Err(Error::invalid(format!("context keys starting with {RESERVED_CONTEXT_PREFIX:?} are reserved")));
+        return Err(Error::invalid(format!(
+            "context keys starting with {RESERVED_CONTEXT_PREFIX:?} are reserved"
+        )));
     }
     Ok(ctx.into_iter().collect())
 }
 
 fn parse_key_name(key: &str) -> Result<(), Error> {
     if key.is_empty() {
-        return Err(Error::invalid("key is required: the name of a configured key"));
+        return Err(Error::invalid(
+            "key is required: the name of a configured key",
+        ));
     }
     if !valid_name(key) {
-        return Err(Error::invalid("key must be a configured key's name ([A-Za-z0-9._-], 1 to 128)"));
+        return Err(Error::invalid(
+            "key must be a configured key's name ([A-Za-z0-9._-], 1 to 128)",
+        ));
     }
     Ok(())
 }
@@ -127,7 +141,9 @@ fn finish<T>(
     result: Result<T, Error>,
 ) -> Result<Response<T>, Status> {
     let latency_ms = started.elapsed().as_secs_f64() * 1e3;
-    let peer = peer.map(|p| p.to_string()).unwrap_or_else(|| "unidentified".into());
+    let peer = peer
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "unidentified".into());
     match result {
         Ok(v) => {
             tracing::info!(op = op.as_str(), target, %peer, outcome = "OK", latency_ms, "key operation");
@@ -147,7 +163,10 @@ fn finish<T>(
 
 #[tonic::async_trait]
 impl pb::key_broker_server::KeyBroker for Service {
-    async fn wrap_key(&self, req: Request<pb::WrapKeyRequest>) -> Result<Response<pb::WrapKeyResponse>, Status> {
+    async fn wrap_key(
+        &self,
+        req: Request<pb::WrapKeyRequest>,
+    ) -> Result<Response<pb::WrapKeyResponse>, Status> {
         let started = Instant::now();
         let peer = Peer::from_request(&req);
         let mut body = req.into_inner();
@@ -157,11 +176,15 @@ impl pb::key_broker_server::KeyBroker for Service {
         let result = async {
             parse_key_name(&key)?;
             if plaintext.is_empty() || plaintext.len() > MAX_PLAINTEXT {
-                return Err(Error::invalid(format!("plaintext must be 1 to {MAX_PLAINTEXT} bytes")));
+                return Err(Error::invalid(format!(
+                    "plaintext must be 1 to {MAX_PLAINTEXT} bytes"
+                )));
             }
             let context = parse_context(body.context)?;
             let peer = peer.as_ref().map_err(Clone::clone)?;
-            self.inner.policy.authorize(peer, Operation::WrapKey, Some(&key), None)?;
+            self.inner
+                .policy
+                .authorize(peer, Operation::WrapKey, Some(&key), None)?;
             let w = self.inner.broker.wrap(&key, &plaintext, context).await?;
             Ok(pb::WrapKeyResponse {
                 wrapped: w.blob,
@@ -170,10 +193,19 @@ impl pb::key_broker_server::KeyBroker for Service {
             })
         }
         .await;
-        finish(Operation::WrapKey, &key, peer.as_ref().ok(), started, result)
+        finish(
+            Operation::WrapKey,
+            &key,
+            peer.as_ref().ok(),
+            started,
+            result,
+        )
     }
 
-    async fn unwrap_key(&self, req: Request<pb::UnwrapKeyRequest>) -> Result<Response<pb::UnwrapKeyResponse>, Status> {
+    async fn unwrap_key(
+        &self,
+        req: Request<pb::UnwrapKeyRequest>,
+    ) -> Result<Response<pb::UnwrapKeyResponse>, Status> {
         let started = Instant::now();
         let peer = Peer::from_request(&req);
         let body = req.into_inner();
@@ -183,7 +215,9 @@ impl pb::key_broker_server::KeyBroker for Service {
             target.clone_from(&env.key_name);
             let context = parse_context(body.context)?;
             let peer = peer.as_ref().map_err(Clone::clone)?;
-            self.inner.policy.authorize(peer, Operation::UnwrapKey, Some(&env.key_name), None)?;
+            self.inner
+                .policy
+                .authorize(peer, Operation::UnwrapKey, Some(&env.key_name), None)?;
             let out = self.inner.broker.unwrap(&env, context).await?;
             Ok(pb::UnwrapKeyResponse {
                 plaintext: out.plaintext.into_response_bytes(),
@@ -192,7 +226,13 @@ impl pb::key_broker_server::KeyBroker for Service {
             })
         }
         .await;
-        finish(Operation::UnwrapKey, &target, peer.as_ref().ok(), started, result)
+        finish(
+            Operation::UnwrapKey,
+            &target,
+            peer.as_ref().ok(),
+            started,
+            result,
+        )
     }
 
     async fn get_store_key(
@@ -205,15 +245,27 @@ impl pb::key_broker_server::KeyBroker for Service {
         let result = async {
             let id = StoreId::parse(&body.store_id).map_err(Error::InvalidArgument)?;
             let peer = peer.as_ref().map_err(Clone::clone)?;
-            self.inner.policy.authorize(peer, Operation::GetStoreKey, None, Some(&id))?;
-            let keys = self.inner.stores.get(&self.inner.broker, &id, body.create).await?;
+            self.inner
+                .policy
+                .authorize(peer, Operation::GetStoreKey, None, Some(&id))?;
+            let keys = self
+                .inner
+                .stores
+                .get(&self.inner.broker, &id, body.create)
+                .await?;
             Ok(pb::GetStoreKeyResponse {
                 active: Some(pb_store_key(keys.active)),
                 previous: keys.previous.into_iter().map(pb_store_key).collect(),
             })
         }
         .await;
-        finish(Operation::GetStoreKey, &body.store_id, peer.as_ref().ok(), started, result)
+        finish(
+            Operation::GetStoreKey,
+            &body.store_id,
+            peer.as_ref().ok(),
+            started,
+            result,
+        )
     }
 
     async fn revoke_status(
@@ -238,18 +290,30 @@ impl pb::key_broker_server::KeyBroker for Service {
                     .collect();
                 if visible.is_empty() {
                     // Same answer as a named key the caller may not see.
-                    self.inner.policy.authorize(peer, Operation::RevokeStatus, Some(""), None)?;
+                    self.inner
+                        .policy
+                        .authorize(peer, Operation::RevokeStatus, Some(""), None)?;
                 }
                 visible
             } else {
-                self.inner.policy.authorize(peer, Operation::RevokeStatus, Some(&key), None)?;
-                vec![broker.status(&key).ok_or_else(|| Error::NotFound(format!("no key named {key:?}")))?]
+                self.inner
+                    .policy
+                    .authorize(peer, Operation::RevokeStatus, Some(&key), None)?;
+                vec![broker
+                    .status(&key)
+                    .ok_or_else(|| Error::NotFound(format!("no key named {key:?}")))?]
             };
             Ok(pb::RevokeStatusResponse {
                 keys: keys.into_iter().map(pb_key_status).collect(),
             })
         }
         .await;
-        finish(Operation::RevokeStatus, &key, peer.as_ref().ok(), started, result)
+        finish(
+            Operation::RevokeStatus,
+            &key,
+            peer.as_ref().ok(),
+            started,
+            result,
+        )
     }
 }

@@ -96,7 +96,12 @@ impl Stores {
     }
 
     /// GetStoreKey after authorization.
-    pub async fn get(&self, broker: &Broker, id: &StoreId, create: bool) -> Result<StoreKeys, Error> {
+    pub async fn get(
+        &self,
+        broker: &Broker,
+        id: &StoreId,
+        create: bool,
+    ) -> Result<StoreKeys, Error> {
         let cfg = self
             .configs
             .get(id)
@@ -104,13 +109,21 @@ impl Stores {
         if let Some(r) = self.hand_out_held(broker, id) {
             return r;
         }
-        let _guard = self.locks.get(id).expect("a lock per configured store").lock().await;
+        let _guard = self
+            .locks
+            .get(id)
+            .expect("a lock per configured store")
+            .lock()
+            .await;
         if let Some(r) = self.hand_out_held(broker, id) {
             return r;
         }
         let file = store_key::read_store_file(&self.state_dir, id).map_err(|e| {
             tracing::error!(store = %id, error = %e, "cannot read the store's key file");
-            Error::internal(format!("the key file of store {:?} is unreadable; see the daemon log", id.as_str()))
+            Error::internal(format!(
+                "the key file of store {:?} is unreadable; see the daemon log",
+                id.as_str()
+            ))
         })?;
         let (key_name, keys) = match file {
             Some(file) => (file.key_name.clone(), self.unwrap_file(broker, id, &file).await?),
@@ -123,19 +136,32 @@ impl Stores {
             None => (cfg.key.clone(), self.create(broker, id, cfg).await?),
         };
         let out = keys.duplicate();
-        self.held().insert(id.clone(), Arc::new(Held { key_name, keys }));
+        self.held()
+            .insert(id.clone(), Arc::new(Held { key_name, keys }));
         Ok(out)
     }
 
-    async fn create(&self, broker: &Broker, id: &StoreId, cfg: &StoreConfig) -> Result<StoreKeys, Error> {
+    async fn create(
+        &self,
+        broker: &Broker,
+        id: &StoreId,
+        cfg: &StoreConfig,
+    ) -> Result<StoreKeys, Error> {
         let key = StoreKey::generate(cfg.algorithm);
         let wrapped = broker
             .wrap(&cfg.key, &key.to_key_file_bytes(), context(id))
             .await?;
-        let file = StoreKeyFile::new(id.clone(), &cfg.key, WrappedStoreKey::new(&key, wrapped.blob));
+        let file = StoreKeyFile::new(
+            id.clone(),
+            &cfg.key,
+            WrappedStoreKey::new(&key, wrapped.blob),
+        );
         store_key::write_store_file(&self.state_dir, &file).map_err(|e| {
             tracing::error!(store = %id, error = %e, "cannot persist the store key");
-            Error::internal(format!("cannot persist the key of store {:?}; see the daemon log", id.as_str()))
+            Error::internal(format!(
+                "cannot persist the key of store {:?}; see the daemon log",
+                id.as_str()
+            ))
         })?;
         tracing::info!(store = %id, key = %cfg.key, algorithm = cfg.algorithm.as_str(), "created store key");
         Ok(StoreKeys {
@@ -144,7 +170,12 @@ impl Stores {
         })
     }
 
-    async fn unwrap_file(&self, broker: &Broker, id: &StoreId, file: &StoreKeyFile) -> Result<StoreKeys, Error> {
+    async fn unwrap_file(
+        &self,
+        broker: &Broker,
+        id: &StoreId,
+        file: &StoreKeyFile,
+    ) -> Result<StoreKeys, Error> {
         if !broker.has_key(&file.key_name) {
             return Err(Error::internal(format!(
                 "store {:?} is wrapped under key {:?}, which is no longer configured",
@@ -169,16 +200,22 @@ impl Stores {
     ) -> Result<StoreKey, Error> {
         let corrupt = |why: &str| {
             tracing::error!(store = %id, why, "store key file does not match its wrapped key");
-            Error::internal(format!("the key file of store {:?} is corrupt; see the daemon log", id.as_str()))
+            Error::internal(format!(
+                "the key file of store {:?} is corrupt; see the daemon log",
+                id.as_str()
+            ))
         };
         let env = Envelope::decode(&w.wrapped).map_err(|_| corrupt("envelope does not parse"))?;
         if env.key_name != file.key_name {
             return Err(corrupt("envelope names another key"));
         }
-        let out = broker.unwrap(&env, context(id)).await.map_err(|e| match e {
-            Error::InvalidArgument(_) => corrupt("wrapped key does not authenticate"),
-            e => e,
-        })?;
+        let out = broker
+            .unwrap(&env, context(id))
+            .await
+            .map_err(|e| match e {
+                Error::InvalidArgument(_) => corrupt("wrapped key does not authenticate"),
+                e => e,
+            })?;
         w.open(out.plaintext)
             .map_err(|_| corrupt("unwrapped key has the wrong size or id"))
     }

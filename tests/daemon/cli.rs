@@ -14,8 +14,15 @@ const BIN: &str = env!("CARGO_BIN_EXE_kms-broker");
 fn run_with_config(dir: &Path, text: &str) -> (i32, String) {
     let path = dir.join("bad.toml");
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(BIN).args(["serve", "--config"]).arg(&path).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -26,24 +33,61 @@ fn bad_configs_exit_64_naming_file_field_and_fix() {
     kms_broker::backend::file::create_key_file(&key).unwrap();
     let good_keys = format!("[keys.k]\nuris = [\"file://{}\"]\n", key.display());
     let cases: Vec<(&str, String, &str)> = vec![
-        ("unknown field", format!("{good_keys}[stores.s]\nkey = \"k\"\ncolour = \"red\"\n"), "colour"),
-        ("unknown key in store", format!("{good_keys}[stores.s]\nkey = \"nope\"\n"), "stores.s.key"),
-        ("bad URI scheme", "[keys.k]\nuris = [\"ftp://x/y\"]\n".into(), "keys.k.uris[0]"),
-        ("GetStoreKey for a cert peer", format!("{good_keys}[[policy]]\npeer = \"cert:x\"\nallow = [\"GetStoreKey\"]\n"), "GetStoreKey"),
-        ("bad algorithm", format!("{good_keys}[stores.s]\nkey = \"k\"\nalgorithm = \"DES\"\n"), "algorithm"),
-        ("bad peer", format!("{good_keys}[[policy]]\npeer = \"root\"\nallow = [\"WrapKey\"]\n"), "peer"),
-        ("bad duration", format!("{good_keys}[revocation]\npoll_interval = \"soon\"\n"), "poll_interval"),
+        (
+            "unknown field",
+            format!("{good_keys}[stores.s]\nkey = \"k\"\ncolour = \"red\"\n"),
+            "colour",
+        ),
+        (
+            "unknown key in store",
+            format!("{good_keys}[stores.s]\nkey = \"nope\"\n"),
+            "stores.s.key",
+        ),
+        (
+            "bad URI scheme",
+            "[keys.k]\nuris = [\"ftp://x/y\"]\n".into(),
+            "keys.k.uris[0]",
+        ),
+        (
+            "GetStoreKey for a cert peer",
+            format!("{good_keys}[[policy]]\npeer = \"cert:x\"\nallow = [\"GetStoreKey\"]\n"),
+            "GetStoreKey",
+        ),
+        (
+            "bad algorithm",
+            format!("{good_keys}[stores.s]\nkey = \"k\"\nalgorithm = \"DES\"\n"),
+            "algorithm",
+        ),
+        (
+            "bad peer",
+            format!("{good_keys}[[policy]]\npeer = \"root\"\nallow = [\"WrapKey\"]\n"),
+            "peer",
+        ),
+        (
+            "bad duration",
+            format!("{good_keys}[revocation]\npoll_interval = \"soon\"\n"),
+            "poll_interval",
+        ),
     ];
     for (what, body, needle) in cases {
         let (code, stderr) = run_with_config(dir, &config_text(dir, &body));
         assert_eq!(code, 64, "{what}: {stderr}");
-        assert!(stderr.contains("bad.toml"), "{what}: names the file: {stderr}");
-        assert!(stderr.contains(needle), "{what}: names {needle:?}: {stderr}");
+        assert!(
+            stderr.contains("bad.toml"),
+            "{what}: names the file: {stderr}"
+        );
+        assert!(
+            stderr.contains(needle),
+            "{what}: names {needle:?}: {stderr}"
+        );
         assert!(stderr.contains("fix"), "{what}: says how to fix: {stderr}");
     }
     // Not TOML at all, and a missing file.
     assert_eq!(run_with_config(dir, "[server\n").0, 64);
-    let out = Command::new(BIN).args(["serve", "--config", "/nonexistent/kms.toml"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config", "/nonexistent/kms.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     // TLS files that do not exist are a config error too.
     let body = format!("{good_keys}{}", allow_me_everything());
@@ -56,7 +100,10 @@ fn bad_configs_exit_64_naming_file_field_and_fix() {
 fn wait_for_socket(path: &Path) {
     let start = Instant::now();
     while !path.exists() {
-        assert!(start.elapsed() < Duration::from_secs(20), "daemon did not create {path:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "daemon did not create {path:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -89,8 +136,17 @@ async fn store_key_survives_kill_dash_9() {
     let mut daemon = start();
     wait_for_socket(&sock);
     let mut c = unix_client(&sock).await;
-    let req = |create| GetStoreKeyRequest { store_id: "s1".into(), create };
-    let first = c.get_store_key(req(true)).await.unwrap().into_inner().active.unwrap();
+    let req = |create| GetStoreKeyRequest {
+        store_id: "s1".into(),
+        create,
+    };
+    let first = c
+        .get_store_key(req(true))
+        .await
+        .unwrap()
+        .into_inner()
+        .active
+        .unwrap();
     daemon.kill(); // SIGKILL: no drain, the socket file is left behind.
     assert!(sock.exists(), "a crash leaves a stale socket");
 
@@ -106,7 +162,9 @@ async fn store_key_survives_kill_dash_9() {
         .await
         {
             Ok(Ok(r)) => break r.into_inner().active.unwrap(),
-            _ if started.elapsed() < Duration::from_secs(20) => tokio::time::sleep(Duration::from_millis(100)).await,
+            _ if started.elapsed() < Duration::from_secs(20) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
             other => panic!("daemon did not come back: {other:?}"),
         }
     };
@@ -140,13 +198,21 @@ async fn serve_dev_needs_no_setup_and_prints_grpcurl_commands() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    for f in ["certs/ca.pem", "certs/client.pem", "dev-key.bin", "config.toml"] {
+    for f in [
+        "certs/ca.pem",
+        "certs/client.pem",
+        "dev-key.bin",
+        "config.toml",
+    ] {
         assert!(dev.join(f).exists(), "{f} made by serve --dev");
     }
     if sock.exists() {
         let mut c = unix_client(&sock).await;
         let k = c
-            .get_store_key(GetStoreKeyRequest { store_id: "dev-store".into(), create: true })
+            .get_store_key(GetStoreKeyRequest {
+                store_id: "dev-store".into(),
+                create: true,
+            })
             .await
             .unwrap()
             .into_inner();
@@ -154,7 +220,16 @@ async fn serve_dev_needs_no_setup_and_prints_grpcurl_commands() {
         child.kill();
         let mut out = String::new();
         use std::io::Read;
-        child.0.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-        assert!(out.contains("grpcurl -plaintext -unix -authority localhost"), "{out}");
+        child
+            .0
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        assert!(
+            out.contains("grpcurl -plaintext -unix -authority localhost"),
+            "{out}"
+        );
     }
 }

@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use kms_broker::backend::mock::{mock, MockFault};
-use kms_broker_client::pb::{GetStoreKeyRequest, KeyState, RevokeStatusRequest, UnwrapKeyRequest, WrapKeyRequest};
+use kms_broker_client::pb::{
+    GetStoreKeyRequest, KeyState, RevokeStatusRequest, UnwrapKeyRequest, WrapKeyRequest,
+};
 use tonic::Code;
 
 use crate::common::{allow_me_everything, wait_for_state, wait_for_state_within, Daemon};
@@ -19,7 +21,10 @@ fn body(name: &str, grace: &str) -> String {
 }
 
 fn store(create: bool) -> GetStoreKeyRequest {
-    GetStoreKeyRequest { store_id: "s1".into(), create }
+    GetStoreKeyRequest {
+        store_id: "s1".into(),
+        create,
+    }
 }
 
 #[tokio::test]
@@ -31,9 +36,19 @@ async fn disable_is_seen_within_a_poll_and_refuses_handouts_then_enable_restores
     assert!(st.checked_at.is_some());
     assert_eq!(st.uris.len(), 1);
     assert_eq!(st.uris[0].uri, "mock://rv-disable");
-    let held = c.get_store_key(store(true)).await.unwrap().into_inner().active.unwrap();
+    let held = c
+        .get_store_key(store(true))
+        .await
+        .unwrap()
+        .into_inner()
+        .active
+        .unwrap();
     let w = c
-        .wrap_key(WrapKeyRequest { key: "k".into(), plaintext: b"dk".to_vec(), context: HashMap::new() })
+        .wrap_key(WrapKeyRequest {
+            key: "k".into(),
+            plaintext: b"dk".to_vec(),
+            context: HashMap::new(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -42,9 +57,18 @@ async fn disable_is_seen_within_a_poll_and_refuses_handouts_then_enable_restores
     let checks = m.calls().check;
     m.disable();
     let t = Instant::now();
-    let st = wait_for_state_within(&mut c, "k", KeyState::Disabled, POLL + Duration::from_secs(1)).await;
+    let st = wait_for_state_within(
+        &mut c,
+        "k",
+        KeyState::Disabled,
+        POLL + Duration::from_secs(1),
+    )
+    .await;
     assert!(t.elapsed() <= POLL + Duration::from_secs(1));
-    assert!(m.calls().check > checks, "the poller, not a request, found it");
+    assert!(
+        m.calls().check > checks,
+        "the poller, not a request, found it"
+    );
     assert_eq!(st.uris[0].state, KeyState::Disabled as i32);
 
     // The daemon still held the store key in memory: it must not hand it out.
@@ -52,12 +76,19 @@ async fn disable_is_seen_within_a_poll_and_refuses_handouts_then_enable_restores
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     assert!(e.message().contains("DISABLED"), "{}", e.message());
     let e = c
-        .unwrap_key(UnwrapKeyRequest { wrapped: w.wrapped.clone(), context: HashMap::new() })
+        .unwrap_key(UnwrapKeyRequest {
+            wrapped: w.wrapped.clone(),
+            context: HashMap::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     let e = c
-        .wrap_key(WrapKeyRequest { key: "k".into(), plaintext: b"dk".to_vec(), context: HashMap::new() })
+        .wrap_key(WrapKeyRequest {
+            key: "k".into(),
+            plaintext: b"dk".to_vec(),
+            context: HashMap::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
@@ -65,9 +96,20 @@ async fn disable_is_seen_within_a_poll_and_refuses_handouts_then_enable_restores
     // Re-enabled: ACTIVE again, and the same store key comes back (unwrapped anew).
     m.enable();
     wait_for_state(&mut c, "k", KeyState::Active).await;
-    let again = c.get_store_key(store(false)).await.unwrap().into_inner().active.unwrap();
+    let again = c
+        .get_store_key(store(false))
+        .await
+        .unwrap()
+        .into_inner()
+        .active
+        .unwrap();
     assert_eq!(again.key, held.key);
-    c.unwrap_key(UnwrapKeyRequest { wrapped: w.wrapped, context: HashMap::new() }).await.unwrap();
+    c.unwrap_key(UnwrapKeyRequest {
+        wrapped: w.wrapped,
+        context: HashMap::new(),
+    })
+    .await
+    .unwrap();
     d.stop().await;
 }
 
@@ -95,22 +137,42 @@ async fn unreachable_kms_is_unavailable_but_held_keys_have_grace() {
     let m = mock("rv-grace");
     let d = Daemon::start(&body("rv-grace", "15m")).await;
     let mut c = d.unix().await;
-    let held = c.get_store_key(store(true)).await.unwrap().into_inner().active.unwrap();
+    let held = c
+        .get_store_key(store(true))
+        .await
+        .unwrap()
+        .into_inner()
+        .active
+        .unwrap();
     m.set_fault(Some(MockFault::Unavailable));
     wait_for_state(&mut c, "k", KeyState::Unreachable).await;
     // Anything that needs the KMS fails UNAVAILABLE…
     let e = c
-        .wrap_key(WrapKeyRequest { key: "k".into(), plaintext: b"dk".to_vec(), context: HashMap::new() })
+        .wrap_key(WrapKeyRequest {
+            key: "k".into(),
+            plaintext: b"dk".to_vec(),
+            context: HashMap::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     // …but the store key already held is still handed out within the grace period.
-    let again = c.get_store_key(store(false)).await.unwrap().into_inner().active.unwrap();
+    let again = c
+        .get_store_key(store(false))
+        .await
+        .unwrap()
+        .into_inner()
+        .active
+        .unwrap();
     assert_eq!(again.key, held.key);
     // Throttling is UNAVAILABLE too.
     m.set_fault(Some(MockFault::Throttled));
     let e = c
-        .wrap_key(WrapKeyRequest { key: "k".into(), plaintext: b"dk".to_vec(), context: HashMap::new() })
+        .wrap_key(WrapKeyRequest {
+            key: "k".into(),
+            plaintext: b"dk".to_vec(),
+            context: HashMap::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
@@ -122,7 +184,13 @@ async fn unreachable_kms_is_unavailable_but_held_keys_have_grace() {
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     m.set_fault(None);
     wait_for_state(&mut c, "k", KeyState::Active).await;
-    let back = c.get_store_key(store(false)).await.unwrap().into_inner().active.unwrap();
+    let back = c
+        .get_store_key(store(false))
+        .await
+        .unwrap()
+        .into_inner()
+        .active
+        .unwrap();
     assert_eq!(back.key, held.key);
     d.stop().await;
 }
@@ -146,9 +214,16 @@ async fn revoke_status_for_unknown_and_all_keys() {
     mock("rv-list");
     let d = Daemon::start(&body("rv-list", "15m")).await;
     let mut c = d.unix().await;
-    let e = c.revoke_status(RevokeStatusRequest { key: "nope".into() }).await.unwrap_err();
+    let e = c
+        .revoke_status(RevokeStatusRequest { key: "nope".into() })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
-    let all = c.revoke_status(RevokeStatusRequest::default()).await.unwrap().into_inner();
+    let all = c
+        .revoke_status(RevokeStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(all.keys.len(), 1);
     d.stop().await;
 }

@@ -10,7 +10,10 @@ use tonic::Code;
 use crate::common::{allow_me_everything, Daemon};
 
 fn req(id: &str, create: bool) -> GetStoreKeyRequest {
-    GetStoreKeyRequest { store_id: id.into(), create }
+    GetStoreKeyRequest {
+        store_id: id.into(),
+        create,
+    }
 }
 
 fn stores_body(uri: &str) -> String {
@@ -21,7 +24,10 @@ fn stores_body(uri: &str) -> String {
 }
 
 fn files_in(dir: &Path) -> Vec<std::path::PathBuf> {
-    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect()
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
 }
 
 #[tokio::test]
@@ -32,7 +38,10 @@ async fn create_then_get_is_stable_across_restart_and_never_plaintext_on_disk() 
 
     let e = c.get_store_key(req("s1", false)).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "no key yet and no create: {e:?}");
-    assert!(files_in(&d.state_dir()).is_empty(), "a failed get wrote nothing");
+    assert!(
+        files_in(&d.state_dir()).is_empty(),
+        "a failed get wrote nothing"
+    );
 
     let first = c.get_store_key(req("s1", true)).await.unwrap().into_inner();
     let a = first.active.unwrap();
@@ -42,25 +51,53 @@ async fn create_then_get_is_stable_across_restart_and_never_plaintext_on_disk() 
     assert!(a.created_at.is_some());
     assert!(first.previous.is_empty());
 
-    let k128 = c.get_store_key(req("s128", true)).await.unwrap().into_inner().active.unwrap();
+    let k128 = c
+        .get_store_key(req("s128", true))
+        .await
+        .unwrap()
+        .into_inner()
+        .active
+        .unwrap();
     assert_eq!((k128.key.len(), k128.algorithm.as_str()), (16, "AES-128"));
 
     // create=true again returns the same key, it does not mint another.
-    let again = c.get_store_key(req("s1", true)).await.unwrap().into_inner().active.unwrap();
-    assert_eq!((again.key_id.clone(), again.key.clone()), (a.key_id.clone(), a.key.clone()));
+    let again = c
+        .get_store_key(req("s1", true))
+        .await
+        .unwrap()
+        .into_inner()
+        .active
+        .unwrap();
+    assert_eq!(
+        (again.key_id.clone(), again.key.clone()),
+        (a.key_id.clone(), a.key.clone())
+    );
 
     // On disk: 0600 files in a 0700 dir, and neither the key nor the id||key file anywhere.
     let state = d.state_dir();
-    assert_eq!(std::fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
     let files = files_in(&state);
     assert_eq!(files.len(), 2, "{files:?}");
     for f in &files {
-        assert_eq!(std::fs::metadata(f).unwrap().permissions().mode() & 0o777, 0o600, "{f:?}");
+        assert_eq!(
+            std::fs::metadata(f).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "{f:?}"
+        );
         let bytes = std::fs::read(f).unwrap();
         for secret in [&a.key, &k128.key] {
-            assert!(!bytes.windows(secret.len()).any(|w| w == &secret[..]), "plaintext key in {f:?}");
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == &secret[..]),
+                "plaintext key in {f:?}"
+            );
             let hex = hex::encode(secret);
-            assert!(!String::from_utf8_lossy(&bytes).contains(&hex), "hex key in {f:?}");
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(&hex),
+                "hex key in {f:?}"
+            );
         }
     }
 
@@ -68,11 +105,21 @@ async fn create_then_get_is_stable_across_restart_and_never_plaintext_on_disk() 
     let decrypts = m.calls().decrypt;
     let d = d.restart().await;
     let mut c = d.unix().await;
-    let after = c.get_store_key(req("s1", false)).await.unwrap().into_inner().active.unwrap();
+    let after = c
+        .get_store_key(req("s1", false))
+        .await
+        .unwrap()
+        .into_inner()
+        .active
+        .unwrap();
     assert_eq!(after.key_id, a.key_id);
     assert_eq!(after.key, a.key);
     assert_eq!(after.algorithm, "AES-256");
-    assert_eq!(m.calls().decrypt, decrypts + 1, "one unwrap after the restart");
+    assert_eq!(
+        m.calls().decrypt,
+        decrypts + 1,
+        "one unwrap after the restart"
+    );
     d.stop().await;
 }
 
@@ -103,14 +150,22 @@ async fn concurrent_first_calls_are_coalesced() {
     let m = mock("sk-coalesce");
     let d = Daemon::start(&stores_body("mock://sk-coalesce")).await;
     let mut c = d.unix().await;
-    let created = c.get_store_key(req("s1", true)).await.unwrap().into_inner().active.unwrap();
+    let created = c
+        .get_store_key(req("s1", true))
+        .await
+        .unwrap()
+        .into_inner()
+        .active
+        .unwrap();
     let d = d.restart().await;
     m.reset_calls();
     m.set_latency(std::time::Duration::from_millis(100));
     let mut tasks = Vec::new();
     for _ in 0..16 {
         let mut c = d.unix().await;
-        tasks.push(tokio::spawn(async move { c.get_store_key(req("s1", false)).await }));
+        tasks.push(tokio::spawn(async move {
+            c.get_store_key(req("s1", false)).await
+        }));
     }
     for t in tasks {
         let k = t.await.unwrap().unwrap().into_inner().active.unwrap();
@@ -135,6 +190,10 @@ async fn a_corrupt_state_file_fails_loudly_and_is_kept() {
         let e = c.get_store_key(req("s1", create)).await.unwrap_err();
         assert_eq!(e.code(), Code::Internal, "{e:?}");
     }
-    assert_eq!(std::fs::read(&file).unwrap(), b"{ torn", "never replaced by a new key");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        b"{ torn",
+        "never replaced by a new key"
+    );
     d.stop().await;
 }

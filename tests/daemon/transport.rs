@@ -7,14 +7,20 @@ use std::process::Command;
 
 use kms_broker::backend::mock::mock;
 use kms_broker::certs;
-use kms_broker_client::pb::{GetStoreKeyRequest, RevokeStatusRequest, UnwrapKeyRequest, WrapKeyRequest};
+use kms_broker_client::pb::{
+    GetStoreKeyRequest, RevokeStatusRequest, UnwrapKeyRequest, WrapKeyRequest,
+};
 use tonic::Code;
 
 use crate::common::standins::require_bin;
 use crate::common::{my_gid, my_uid, Daemon};
 
 fn wrap(key: &str) -> WrapKeyRequest {
-    WrapKeyRequest { key: key.into(), plaintext: b"0123456789abcdef".to_vec(), context: HashMap::new() }
+    WrapKeyRequest {
+        key: key.into(),
+        plaintext: b"0123456789abcdef".to_vec(),
+        context: HashMap::new(),
+    }
 }
 
 fn body(mock_name: &str, policy: &str) -> String {
@@ -42,12 +48,25 @@ async fn socket_mode_and_uid_policy() {
     let missing = c.wrap_key(wrap("no-such-key")).await.unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
     assert_eq!(missing.code(), Code::PermissionDenied);
-    assert_eq!(denied.message().replace("secret", "X"), missing.message().replace("no-such-key", "X"));
+    assert_eq!(
+        denied.message().replace("secret", "X"),
+        missing.message().replace("no-such-key", "X")
+    );
     // Not granted at all.
-    let e = c.get_store_key(GetStoreKeyRequest { store_id: "s1".into(), create: true }).await.unwrap_err();
+    let e = c
+        .get_store_key(GetStoreKeyRequest {
+            store_id: "s1".into(),
+            create: true,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     // RevokeStatus with no key lists only what the caller may see.
-    let all = c.revoke_status(RevokeStatusRequest { key: String::new() }).await.unwrap().into_inner();
+    let all = c
+        .revoke_status(RevokeStatusRequest { key: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
     let names: Vec<_> = all.keys.iter().map(|k| k.key.as_str()).collect();
     assert_eq!(names, ["open"]);
     d.stop().await;
@@ -64,8 +83,14 @@ async fn gid_policy_and_another_uid_denied() {
     let d = Daemon::start(&body("tp-gid", &policy)).await;
     let mut c = d.unix().await;
     let e = c.wrap_key(wrap("open")).await.unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied, "the uid rule is for someone else");
-    c.revoke_status(RevokeStatusRequest { key: "open".into() }).await.unwrap();
+    assert_eq!(
+        e.code(),
+        Code::PermissionDenied,
+        "the uid rule is for someone else"
+    );
+    c.revoke_status(RevokeStatusRequest { key: "open".into() })
+        .await
+        .unwrap();
     d.stop().await;
 }
 
@@ -82,35 +107,56 @@ async fn mutual_tls_identities_and_refusals() {
     let mut ok = d.tls("backup-job").await;
     let w = ok.wrap_key(wrap("open")).await.unwrap().into_inner();
     let u = ok
-        .unwrap_key(UnwrapKeyRequest { wrapped: w.wrapped, context: HashMap::new() })
+        .unwrap_key(UnwrapKeyRequest {
+            wrapped: w.wrapped,
+            context: HashMap::new(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(u.plaintext, b"0123456789abcdef");
     // GetStoreKey is never served over TCP, whatever the policy.
-    let e = ok.get_store_key(GetStoreKeyRequest { store_id: "s1".into(), create: true }).await.unwrap_err();
+    let e = ok
+        .get_store_key(GetStoreKeyRequest {
+            store_id: "s1".into(),
+            create: true,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
 
     // Another certificate from the same CA: known, but not allowed.
     let mut other = d.tls("someone-else").await;
-    assert_eq!(other.wrap_key(wrap("open")).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(
+        other.wrap_key(wrap("open")).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
 
     // A certificate with neither SAN nor CN: no identity.
     let anon = certs::issue(&d.ca, None, &[], false).unwrap();
     let mut anon = d.tls_with(Some(&anon), &d.ca.cert).await.unwrap();
-    assert_eq!(anon.wrap_key(wrap("open")).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(
+        anon.wrap_key(wrap("open")).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
 
     // No certificate, or one from another CA: the handshake fails; nothing is served.
     let before = m.calls().encrypt;
     match d.tls_with(None, &d.ca.cert).await {
         Err(_) => {}
-        Ok(mut c) => assert!(c.wrap_key(wrap("open")).await.is_err(), "a client without a certificate was served"),
+        Ok(mut c) => assert!(
+            c.wrap_key(wrap("open")).await.is_err(),
+            "a client without a certificate was served"
+        ),
     }
     let rogue_ca = certs::make_ca("rogue").unwrap();
     let rogue = certs::issue(&rogue_ca, Some("backup-job"), &["backup-job"], false).unwrap();
     match d.tls_with(Some(&rogue), &d.ca.cert).await {
         Err(_) => {}
-        Ok(mut c) => assert!(c.wrap_key(wrap("open")).await.is_err(), "a wrong-CA client was served"),
+        Ok(mut c) => assert!(
+            c.wrap_key(wrap("open")).await.is_err(),
+            "a wrong-CA client was served"
+        ),
     }
     assert_eq!(m.calls().encrypt, before);
     d.stop().await;
@@ -121,7 +167,11 @@ fn grpcurl(args: &[&str]) -> (bool, String) {
     let out = Command::new(bin).args(args).output().expect("run grpcurl");
     (
         out.status.success(),
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
     )
 }
 
@@ -151,8 +201,18 @@ async fn reflection_and_health_through_grpcurl_on_both_transports() {
     let addr = format!("127.0.0.1:{}", d.tcp.port());
 
     let unix_flags = ["-plaintext", "-unix", "-authority", "localhost"];
-    let tls_flags = ["-cacert", ca.as_str(), "-cert", cert.as_str(), "-key", key.as_str()];
-    for (flags, target) in [(&unix_flags[..], sock.as_str()), (&tls_flags[..], addr.as_str())] {
+    let tls_flags = [
+        "-cacert",
+        ca.as_str(),
+        "-cert",
+        cert.as_str(),
+        "-key",
+        key.as_str(),
+    ];
+    for (flags, target) in [
+        (&unix_flags[..], sock.as_str()),
+        (&tls_flags[..], addr.as_str()),
+    ] {
         // grpcurl [flags] [-d JSON] TARGET VERB...
         let run = |data: Option<&str>, verb: &[&str]| {
             let mut a: Vec<&str> = flags.to_vec();
@@ -169,9 +229,15 @@ async fn reflection_and_health_through_grpcurl_on_both_transports() {
         assert!(out.contains("grpc.health.v1.Health"), "{out}");
         let (ok, out) = run(None, &["describe", "kmsbroker.v1.KeyBroker"]);
         assert!(ok && out.contains("GetStoreKey"), "{out}");
-        let (ok, out) = run(Some("{\"service\":\"kmsbroker.v1.KeyBroker\"}"), &["grpc.health.v1.Health/Check"]);
+        let (ok, out) = run(
+            Some("{\"service\":\"kmsbroker.v1.KeyBroker\"}"),
+            &["grpc.health.v1.Health/Check"],
+        );
         assert!(ok && out.contains("SERVING"), "{out}");
-        let (ok, out) = run(Some("{\"key\":\"open\"}"), &["kmsbroker.v1.KeyBroker/RevokeStatus"]);
+        let (ok, out) = run(
+            Some("{\"key\":\"open\"}"),
+            &["kmsbroker.v1.KeyBroker/RevokeStatus"],
+        );
         assert!(ok && out.contains("\"key\": \"open\""), "{out}");
     }
     // Without a client certificate grpcurl gets nothing over TCP.

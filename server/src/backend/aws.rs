@@ -53,8 +53,8 @@ use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::Client;
 use tokio::time::Instant;
 
-pub use self::uri::AwsUri;
 use self::uri::Auth;
+pub use self::uri::AwsUri;
 use super::{Aad, BackendError, Ciphertext, FailureClass, KeyHealth, KmsBackend};
 use crate::secret::SecretBytes;
 
@@ -198,9 +198,9 @@ impl AwsBackend {
             .send()
             .await
             .map_err(|e| self.failed(Some(Half::Encrypt), classify::encrypt(&e)))?;
-        let blob = out
-            .ciphertext_blob
-            .ok_or_else(|| BackendError::unreachable("Encrypt answered without a CiphertextBlob"))?;
+        let blob = out.ciphertext_blob.ok_or_else(|| {
+            BackendError::unreachable("Encrypt answered without a CiphertextBlob")
+        })?;
         self.proved(Half::Encrypt);
         Ok(blob.into_inner())
     }
@@ -228,7 +228,8 @@ impl AwsBackend {
 
     /// Wraps and unwraps the canary: fails as the real calls would if we lost either right.
     async fn prove_use(&self) -> Result<(), BackendError> {
-        let context = || HashMap::from([(CANARY_CONTEXT.0.to_owned(), CANARY_CONTEXT.1.to_owned())]);
+        let context =
+            || HashMap::from([(CANARY_CONTEXT.0.to_owned(), CANARY_CONTEXT.1.to_owned())]);
         let proof = |mut e: BackendError| {
             e.detail = format!("proof of use: {}", e.detail);
             // The canary is ours and intact; failing to open it is not a caller's bad blob.
@@ -273,7 +274,11 @@ impl fmt::Debug for AwsBackend {
 
 #[async_trait]
 impl KmsBackend for AwsBackend {
-    async fn encrypt(&self, plaintext: &SecretBytes, aad: &Aad) -> Result<Ciphertext, BackendError> {
+    async fn encrypt(
+        &self,
+        plaintext: &SecretBytes,
+        aad: &Aad,
+    ) -> Result<Ciphertext, BackendError> {
         let bytes = self
             .kms_encrypt(plaintext.expose(), aad.context_map().into_iter().collect())
             .await?;

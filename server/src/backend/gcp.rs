@@ -123,8 +123,11 @@ async fn credentials(uri: &GcpUri) -> Result<Credentials, String> {
                 )
             };
             // google-cloud-auth takes a serde_json::Value; that copy is outside our zeroizing.
-            let value: serde_json::Value = serde_json::from_slice(json.expose()).map_err(|_| bad())?;
-            let creds = service_account::Builder::new(value).build().map_err(|_| bad())?;
+            let value: serde_json::Value =
+                serde_json::from_slice(json.expose()).map_err(|_| bad())?;
+            let creds = service_account::Builder::new(value)
+                .build()
+                .map_err(|_| bad())?;
             // Service-account tokens are self-signed JWTs, made locally: signing one now
             // catches a broken private key at config load instead of at the first wrap.
             creds.headers(Default::default()).await.map_err(|_| bad())?;
@@ -139,7 +142,11 @@ fn crc(bytes: &[u8]) -> i64 {
 
 #[async_trait]
 impl KmsBackend for GcpBackend {
-    async fn encrypt(&self, plaintext: &SecretBytes, aad: &Aad) -> Result<Ciphertext, BackendError> {
+    async fn encrypt(
+        &self,
+        plaintext: &SecretBytes,
+        aad: &Aad,
+    ) -> Result<Ciphertext, BackendError> {
         let aad = aad.bytes();
         let (pt_crc, aad_crc) = (crc(plaintext.expose()), crc(&aad));
         let resp = self
@@ -156,10 +163,16 @@ impl KmsBackend for GcpBackend {
             .await
             .map_err(|e| classify(Op::Encrypt, &e))?;
         if !resp.verified_plaintext_crc32c {
-            return Err(integrity(Op::Encrypt, "plaintext checksum not verified by Cloud KMS"));
+            return Err(integrity(
+                Op::Encrypt,
+                "plaintext checksum not verified by Cloud KMS",
+            ));
         }
         if !resp.verified_additional_authenticated_data_crc32c {
-            return Err(integrity(Op::Encrypt, "AAD checksum not verified by Cloud KMS"));
+            return Err(integrity(
+                Op::Encrypt,
+                "AAD checksum not verified by Cloud KMS",
+            ));
         }
         if resp.ciphertext_crc32c != Some(crc(&resp.ciphertext)) {
             return Err(integrity(Op::Encrypt, "ciphertext checksum mismatch"));
@@ -216,10 +229,15 @@ impl KmsBackend for GcpBackend {
             self.client.get_crypto_key().set_name(name).send(),
         );
         let key = key.map_err(|e| classify(Op::GetCryptoKey, &e))?;
-        let granted = perms.map_err(|e| classify(Op::TestIamPermissions, &e))?.permissions;
+        let granted = perms
+            .map_err(|e| classify(Op::TestIamPermissions, &e))?
+            .permissions;
         // Revocation usually removes the encrypter/decrypter binding and leaves the viewer
         // role, so GetCryptoKey alone would not notice it.
-        if let Some(missing) = USE_PERMISSIONS.iter().find(|p| !granted.iter().any(|g| g == *p)) {
+        if let Some(missing) = USE_PERMISSIONS
+            .iter()
+            .find(|p| !granted.iter().any(|g| g == *p))
+        {
             return Err(BackendError::new(
                 FailureClass::Revoked,
                 format!("TestIamPermissions: {missing} is not granted on the key"),
@@ -228,7 +246,10 @@ impl KmsBackend for GcpBackend {
         if key.purpose != CryptoKeyPurpose::EncryptDecrypt {
             return Err(BackendError::new(
                 FailureClass::Disabled,
-                format!("the key's purpose is {}; kms-broker needs ENCRYPT_DECRYPT", key.purpose),
+                format!(
+                    "the key's purpose is {}; kms-broker needs ENCRYPT_DECRYPT",
+                    key.purpose
+                ),
             ));
         }
         let Some(primary) = key.primary else {
@@ -257,6 +278,9 @@ impl KmsBackend for GcpBackend {
             }
             _ => FailureClass::Disabled,
         };
-        Err(BackendError::new(class, format!("primary version {id} is {state}")))
+        Err(BackendError::new(
+            class,
+            format!("primary version {id} is {state}"),
+        ))
     }
 }

@@ -67,7 +67,9 @@ pub fn classify(op: Op, err: &GaxError) -> BackendError {
         // Transient: the token source (metadata server, STS) did not answer. Otherwise the
         // credentials are unusable (bad key, deleted account): our access is gone.
         return if cred.is_transient() {
-            BackendError::unreachable(format!("{what}: could not get an access token (will retry)"))
+            BackendError::unreachable(format!(
+                "{what}: could not get an access token (will retry)"
+            ))
         } else {
             BackendError::new(
                 FailureClass::Revoked,
@@ -80,7 +82,10 @@ pub fn classify(op: Op, err: &GaxError) -> BackendError {
             401 | 403 => FailureClass::Revoked,
             _ => FailureClass::Unreachable,
         };
-        return BackendError::new(class, format!("{what}: HTTP {http} without a Cloud KMS error body"));
+        return BackendError::new(
+            class,
+            format!("{what}: HTTP {http} without a Cloud KMS error body"),
+        );
     }
     let detail = if err.is_timeout() {
         "timed out".to_owned()
@@ -167,7 +172,10 @@ fn short(message: &str) -> String {
 /// A response whose checksums do not add up: the bytes were corrupted on the way, so the
 /// call is retried (Unreachable), as Google's data-integrity guide prescribes.
 pub fn integrity(op: Op, what: &str) -> BackendError {
-    BackendError::unreachable(format!("{}: integrity check failed ({what}); retrying", op.name()))
+    BackendError::unreachable(format!(
+        "{}: integrity check failed ({what}); retrying",
+        op.name()
+    ))
 }
 
 #[cfg(test)]
@@ -215,9 +223,18 @@ mod tests {
     #[test]
     fn bare_http_statuses() {
         let http = |code| GaxError::http(code, Default::default(), "<html>".into());
-        assert_eq!(classify(Op::Encrypt, &http(403)).class, FailureClass::Revoked);
-        assert_eq!(classify(Op::Encrypt, &http(404)).class, FailureClass::Unreachable);
-        assert_eq!(classify(Op::Encrypt, &http(502)).class, FailureClass::Unreachable);
+        assert_eq!(
+            classify(Op::Encrypt, &http(403)).class,
+            FailureClass::Revoked
+        );
+        assert_eq!(
+            classify(Op::Encrypt, &http(404)).class,
+            FailureClass::Unreachable
+        );
+        assert_eq!(
+            classify(Op::Encrypt, &http(502)).class,
+            FailureClass::Unreachable
+        );
     }
 
     #[test]

@@ -191,16 +191,26 @@ fn parse_key_name(path: &str) -> Result<String, String> {
         return Err(format!("the path must name a CryptoKey: {SHAPE}"));
     }
     // Project ids may be domain-scoped (`example.com:proj`); the others are plain ids.
-    check_segment("project", project, |c| c.is_ascii_alphanumeric() || "-_.:".contains(c))?;
-    check_segment("location", location, |c| c.is_ascii_alphanumeric() || c == '-')?;
-    check_segment("key ring", ring, |c| c.is_ascii_alphanumeric() || "-_".contains(c))?;
-    check_segment("key", key, |c| c.is_ascii_alphanumeric() || "-_".contains(c))?;
+    check_segment("project", project, |c| {
+        c.is_ascii_alphanumeric() || "-_.:".contains(c)
+    })?;
+    check_segment("location", location, |c| {
+        c.is_ascii_alphanumeric() || c == '-'
+    })?;
+    check_segment("key ring", ring, |c| {
+        c.is_ascii_alphanumeric() || "-_".contains(c)
+    })?;
+    check_segment("key", key, |c| {
+        c.is_ascii_alphanumeric() || "-_".contains(c)
+    })?;
     Ok(rest.to_owned())
 }
 
 fn check_segment(what: &str, s: &str, ok: impl Fn(char) -> bool) -> Result<(), String> {
     if s.is_empty() || s.len() > 100 || !s.chars().all(ok) {
-        return Err(format!("the {what} id in the path is empty or has characters Cloud KMS does not allow"));
+        return Err(format!(
+            "the {what} id in the path is empty or has characters Cloud KMS does not allow"
+        ));
     }
     Ok(())
 }
@@ -208,7 +218,10 @@ fn check_segment(what: &str, s: &str, ok: impl Fn(char) -> bool) -> Result<(), S
 /// A query parameter name is echoed only when it looks like a name; a malformed query could
 /// otherwise put a secret in the name position (`?eyJ0eXBlIjo…`).
 fn printable_name(name: &str) -> String {
-    if !name.is_empty() && name.len() <= 32 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+    if !name.is_empty()
+        && name.len() <= 32
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
         format!("{name:?}")
     } else {
         "(name not shown)".into()
@@ -216,7 +229,9 @@ fn printable_name(name: &str) -> String {
 }
 
 fn parse_endpoint(raw: &str) -> Result<String, String> {
-    let url = Url::parse(raw).map_err(|_| "GCP_ENDPOINT is not a URL; e.g. https://cloudkms.googleapis.com".to_string())?;
+    let url = Url::parse(raw).map_err(|_| {
+        "GCP_ENDPOINT is not a URL; e.g. https://cloudkms.googleapis.com".to_string()
+    })?;
     let ok_shape = matches!(url.path(), "" | "/")
         && url.query().is_none()
         && url.fragment().is_none()
@@ -232,7 +247,10 @@ fn parse_endpoint(raw: &str) -> Result<String, String> {
         // Plain HTTP would put bearer tokens and key material on the wire; only loopback,
         // where the test fake listens, is acceptable.
         "http" if is_loopback_endpoint(&out) => Ok(out),
-        "http" => Err("GCP_ENDPOINT may use http:// only towards 127.0.0.1, [::1] or localhost; use https://".into()),
+        "http" => Err(
+            "GCP_ENDPOINT may use http:// only towards 127.0.0.1, [::1] or localhost; use https://"
+                .into(),
+        ),
         _ => Err("GCP_ENDPOINT must be an https:// URL".into()),
     }
 }
@@ -268,7 +286,12 @@ fn decode_credentials(raw: String) -> Result<SecretBytes, String> {
         .ok_or("CREDENTIALS is not base64: encode the service-account key file, e.g. `base64 -w0 key.json`")?;
     let value: serde_json::Value = serde_json::from_slice(json.expose())
         .map_err(|_| "CREDENTIALS does not decode to JSON: it must be the base64 of a service-account key file".to_string())?;
-    let field = |name: &str| value.get(name).and_then(serde_json::Value::as_str).filter(|s| !s.is_empty());
+    let field = |name: &str| {
+        value
+            .get(name)
+            .and_then(serde_json::Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
     if field("type") != Some("service_account") {
         return Err("CREDENTIALS must be a service-account key (\"type\": \"service_account\"); for other credential types use AUTH=implicit with GOOGLE_APPLICATION_CREDENTIALS".into());
     }
@@ -305,7 +328,10 @@ mod tests {
     fn implicit() {
         let u = parse(&format!("{KEY}?AUTH=implicit")).unwrap();
         assert_eq!(u.id(), KEY);
-        assert_eq!(u.key_name(), "projects/p/locations/global/keyRings/r/cryptoKeys/k");
+        assert_eq!(
+            u.key_name(),
+            "projects/p/locations/global/keyRings/r/cryptoKeys/k"
+        );
         assert!(matches!(u.auth(), GcpAuth::Implicit));
         assert!(u.redacted().contains("AUTH=implicit"));
     }
@@ -328,9 +354,14 @@ mod tests {
 
     #[test]
     fn bad_credentials_are_not_echoed() {
-        let not_sa = base64::engine::general_purpose::STANDARD
-            .encode(format!(r#"{{"type":"authorized_user","refresh_token":"{SECRET}"}}"#));
-        for bad in [format!("{SECRET}!!"), not_sa, base64::engine::general_purpose::STANDARD.encode(SECRET)] {
+        let not_sa = base64::engine::general_purpose::STANDARD.encode(format!(
+            r#"{{"type":"authorized_user","refresh_token":"{SECRET}"}}"#
+        ));
+        for bad in [
+            format!("{SECRET}!!"),
+            not_sa,
+            base64::engine::general_purpose::STANDARD.encode(SECRET),
+        ] {
             let e = parse(&format!("{KEY}?AUTH=specified&CREDENTIALS={bad}")).unwrap_err();
             assert!(!e.contains(SECRET) && !e.contains(&bad), "{e}");
         }
@@ -345,8 +376,14 @@ mod tests {
         assert!(parse(&format!("{KEY}?AUTH=implicit&CREDENTIALS={}", creds_b64())).is_err());
         assert!(parse(&format!("{KEY}?AUTH=magic")).is_err());
         assert!(parse(&format!("{KEY}?AUTH=none")).is_err());
-        assert!(parse(&format!("{KEY}?AUTH=none&GCP_ENDPOINT=https://cloudkms.googleapis.com")).is_err());
-        let u = parse(&format!("{KEY}?AUTH=none&GCP_ENDPOINT=http://127.0.0.1:8080")).unwrap();
+        assert!(parse(&format!(
+            "{KEY}?AUTH=none&GCP_ENDPOINT=https://cloudkms.googleapis.com"
+        ))
+        .is_err());
+        let u = parse(&format!(
+            "{KEY}?AUTH=none&GCP_ENDPOINT=http://127.0.0.1:8080"
+        ))
+        .unwrap();
         assert_eq!(u.endpoint(), Some("http://127.0.0.1:8080"));
         assert!(u.redacted().contains("GCP_ENDPOINT=http"));
         assert!(parse(&format!("{KEY}?AUTH=none&GCP_ENDPOINT=http://localhost:1")).is_ok());
@@ -355,17 +392,33 @@ mod tests {
 
     #[test]
     fn endpoint_rules() {
-        let ok = parse(&format!("{KEY}?AUTH=implicit&GCP_ENDPOINT=https://kms.example.com/")).unwrap();
+        let ok = parse(&format!(
+            "{KEY}?AUTH=implicit&GCP_ENDPOINT=https://kms.example.com/"
+        ))
+        .unwrap();
         assert_eq!(ok.endpoint(), Some("https://kms.example.com"));
-        for bad in ["http://kms.example.com", "https://h/x", "ftp://h", "https://u:p@h", "nope"] {
-            assert!(parse(&format!("{KEY}?AUTH=implicit&GCP_ENDPOINT={bad}")).is_err(), "{bad}");
+        for bad in [
+            "http://kms.example.com",
+            "https://h/x",
+            "ftp://h",
+            "https://u:p@h",
+            "nope",
+        ] {
+            assert!(
+                parse(&format!("{KEY}?AUTH=implicit&GCP_ENDPOINT={bad}")).is_err(),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn unknown_and_repeated_params_fail() {
-        assert!(parse(&format!("{KEY}?AUTH=implicit&REGION=x")).unwrap_err().contains("REGION"));
-        assert!(parse(&format!("{KEY}?AUTH=implicit&AUTH=implicit")).unwrap_err().contains("twice"));
+        assert!(parse(&format!("{KEY}?AUTH=implicit&REGION=x"))
+            .unwrap_err()
+            .contains("REGION"));
+        assert!(parse(&format!("{KEY}?AUTH=implicit&AUTH=implicit"))
+            .unwrap_err()
+            .contains("twice"));
     }
 
     #[test]

@@ -154,7 +154,8 @@ pub struct KeyHealth {
 #[async_trait]
 pub trait KmsBackend: Send + Sync + fmt::Debug + 'static {
     /// Wraps `plaintext` (1..=4096 bytes) binding `aad`.
-    async fn encrypt(&self, plaintext: &SecretBytes, aad: &Aad) -> Result<Ciphertext, BackendError>;
+    async fn encrypt(&self, plaintext: &SecretBytes, aad: &Aad)
+        -> Result<Ciphertext, BackendError>;
 
     /// Unwraps a ciphertext this backend made. `key_version` is what `encrypt` reported.
     async fn decrypt(

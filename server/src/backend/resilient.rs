@@ -120,7 +120,11 @@ impl fmt::Debug for Resilient {
 
 #[async_trait]
 impl KmsBackend for Resilient {
-    async fn encrypt(&self, plaintext: &SecretBytes, aad: &Aad) -> Result<Ciphertext, BackendError> {
+    async fn encrypt(
+        &self,
+        plaintext: &SecretBytes,
+        aad: &Aad,
+    ) -> Result<Ciphertext, BackendError> {
         self.policy
             .run("encrypt", || self.inner.encrypt(plaintext, aad))
             .await
@@ -133,7 +137,9 @@ impl KmsBackend for Resilient {
         aad: &Aad,
     ) -> Result<SecretBytes, BackendError> {
         self.policy
-            .run("decrypt", || self.inner.decrypt(ciphertext, key_version, aad))
+            .run("decrypt", || {
+                self.inner.decrypt(ciphertext, key_version, aad)
+            })
             .await
     }
 

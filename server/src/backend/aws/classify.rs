@@ -119,8 +119,12 @@ pub(super) fn key_metadata(meta: &KeyMetadata) -> Result<(), BackendError> {
     let (class, why) = match state {
         Some(KeyState::Enabled) if meta.enabled() => {
             // Absent fields are not held against the key: Encrypt will tell.
-            let usage_ok = meta.key_usage().is_none_or(|u| *u == KeyUsageType::EncryptDecrypt);
-            let spec_ok = meta.key_spec().is_none_or(|s| *s == KeySpec::SymmetricDefault);
+            let usage_ok = meta
+                .key_usage()
+                .is_none_or(|u| *u == KeyUsageType::EncryptDecrypt);
+            let spec_ok = meta
+                .key_spec()
+                .is_none_or(|s| *s == KeySpec::SymmetricDefault);
             if !(usage_ok && spec_ok) {
                 return Err(BackendError::new(
                     Disabled,
@@ -141,7 +145,10 @@ pub(super) fn key_metadata(meta: &KeyMetadata) -> Result<(), BackendError> {
         _ => (Disabled, "key is in a state this daemon does not know"),
     };
     let shown = state.map(KeyState::as_str).unwrap_or("none");
-    Err(BackendError::new(class, format!("DescribeKey: {why} (KeyState {shown})")))
+    Err(BackendError::new(
+        class,
+        format!("DescribeKey: {why} (KeyState {shown})"),
+    ))
 }
 
 /// The shared part: typed variant → error code → HTTP status, for a service error; the
@@ -162,7 +169,10 @@ where
             let class = typed(e)
                 .or_else(|| by_code(code, e.message().unwrap_or_default()))
                 .unwrap_or_else(|| by_status(status));
-            let message = e.message().map(|m| format!(": {}", short(m))).unwrap_or_default();
+            let message = e
+                .message()
+                .map(|m| format!(": {}", short(m)))
+                .unwrap_or_default();
             BackendError::new(class, format!("{op}: {code} (HTTP {status}){message}"))
         }
         SdkError::TimeoutError(_) => BackendError::unreachable(format!("{op}: timed out")),
@@ -261,12 +271,16 @@ mod tests {
 
     #[test]
     fn typed_variants() {
-        let e = EncryptError::DisabledException(DisabledException::builder().message("off").build());
+        let e =
+            EncryptError::DisabledException(DisabledException::builder().message("off").build());
         let got = encrypt(&SdkError::service_error(e, response(400)));
         assert_eq!(got.class, Disabled);
         assert!(got.detail.contains("DisabledException"), "{}", got.detail);
         let e = DecryptError::IncorrectKeyException(IncorrectKeyException::builder().build());
-        assert_eq!(decrypt(&SdkError::service_error(e, response(400))).class, InvalidCiphertext);
+        assert_eq!(
+            decrypt(&SdkError::service_error(e, response(400))).class,
+            InvalidCiphertext
+        );
     }
 
     #[test]
@@ -288,15 +302,27 @@ mod tests {
             assert_eq!(enc(code, status), want, "{code} {status}");
         }
         let e = DecryptError::generic(generic("ValidationException", "too long"));
-        assert_eq!(decrypt(&SdkError::service_error(e, response(400))).class, InvalidCiphertext);
+        assert_eq!(
+            decrypt(&SdkError::service_error(e, response(400))).class,
+            InvalidCiphertext
+        );
         let e = DescribeKeyError::generic(generic("AccessDeniedException", "no"));
-        assert_eq!(describe_key(&SdkError::service_error(e, response(400))).class, Revoked);
+        assert_eq!(
+            describe_key(&SdkError::service_error(e, response(400))).class,
+            Revoked
+        );
     }
 
     #[test]
     fn clock_skew_is_not_revocation() {
-        let e = EncryptError::generic(generic("InvalidSignatureException", "Signature expired: 2020 is now earlier than 2021"));
-        assert_eq!(encrypt(&SdkError::service_error(e, response(400))).class, Unreachable);
+        let e = EncryptError::generic(generic(
+            "InvalidSignatureException",
+            "Signature expired: 2020 is now earlier than 2021",
+        ));
+        assert_eq!(
+            encrypt(&SdkError::service_error(e, response(400))).class,
+            Unreachable
+        );
     }
 
     #[test]
@@ -307,7 +333,10 @@ mod tests {
         assert_eq!(encrypt(&refused).class, Unreachable);
         // STS refusing AssumeRole surfaces as a dispatch failure carrying its ErrorMetadata.
         let sts = SdkError::<EncryptError, HttpResponse>::dispatch_failure(ConnectorError::other(
-            Box::new(generic("AccessDenied", "not authorized to perform sts:AssumeRole")),
+            Box::new(generic(
+                "AccessDenied",
+                "not authorized to perform sts:AssumeRole",
+            )),
             None,
         ));
         assert_eq!(encrypt(&sts).class, Revoked);

@@ -132,8 +132,13 @@ impl AwsUri {
         let region = p
             .take("REGION")
             .ok_or_else(|| format!("REGION is required: {SHAPE}"))?;
-        if !region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-            return Err(format!("REGION {region:?} is not an AWS region name (like us-east-1)"));
+        if !region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(format!(
+                "REGION {region:?} is not an AWS region name (like us-east-1)"
+            ));
         }
         check_key(&key, &region)?;
 
@@ -157,7 +162,10 @@ impl AwsUri {
             },
             Some(_) => return Err("AUTH must be `implicit` or `specified`".into()),
         };
-        let endpoint = p.take("AWS_ENDPOINT").map(|e| check_endpoint(&e)).transpose()?;
+        let endpoint = p
+            .take("AWS_ENDPOINT")
+            .map(|e| check_endpoint(&e))
+            .transpose()?;
         let assume_role = match p.take("ASSUME_ROLE") {
             Some(v) => parse_roles(&v)?,
             None => Vec::new(),
@@ -238,7 +246,8 @@ fn check_key(key: &str, region: &str) -> Result<(), String> {
     let name_ok = |s: &str| {
         !s.is_empty()
             && s.len() <= 2048
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_-".contains(&b))
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/_-".contains(&b))
     };
     if key.is_empty() {
         return Err(format!("the URI names no key: {SHAPE}"));
@@ -273,12 +282,15 @@ fn check_key(key: &str, region: &str) -> Result<(), String> {
     if key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') && key.len() <= 128 {
         Ok(())
     } else {
-        Err(format!("{key:?} is not a key id, key ARN or alias/NAME: {SHAPE}"))
+        Err(format!(
+            "{key:?} is not a key id, key ARN or alias/NAME: {SHAPE}"
+        ))
     }
 }
 
 fn check_endpoint(raw: &str) -> Result<String, String> {
-    let bad = || "AWS_ENDPOINT must be http(s)://host[:port] with no user, query or fragment".to_string();
+    let bad =
+        || "AWS_ENDPOINT must be http(s)://host[:port] with no user, query or fragment".to_string();
     let u = Url::parse(raw).map_err(|_| bad())?;
     if !matches!(u.scheme(), "http" | "https")
         || u.host_str().is_none_or(str::is_empty)
@@ -330,13 +342,21 @@ mod tests {
 
     #[test]
     fn key_forms() {
-        for key in [ARN, "1234abcd-12ab-34cd-56ef-1234567890ab", "alias/my-key", "mrk-1234"] {
+        for key in [
+            ARN,
+            "1234abcd-12ab-34cd-56ef-1234567890ab",
+            "alias/my-key",
+            "mrk-1234",
+        ] {
             let u = parse(&format!("aws:///{key}?REGION=us-east-1&AUTH=implicit")).unwrap();
             assert_eq!(u.key, key);
             assert_eq!(u.id(), format!("aws:///{key}"));
         }
         let alias_arn = "arn:aws:kms:us-east-1:123456789012:alias/prod";
-        assert!(parse(&format!("aws:///{alias_arn}?REGION=us-east-1&AUTH=implicit")).is_ok());
+        assert!(parse(&format!(
+            "aws:///{alias_arn}?REGION=us-east-1&AUTH=implicit"
+        ))
+        .is_ok());
     }
 
     #[test]
@@ -351,7 +371,10 @@ mod tests {
         for shown in [u.redacted(), format!("{u:?}")] {
             assert!(shown.contains("AWS_ACCESS_KEY_ID=AKIDPUBLIC"), "{shown}");
             assert!(shown.contains("REGION=us-east-1"), "{shown}");
-            assert!(!shown.contains("s3cr3t") && !shown.contains("t0ken"), "{shown}");
+            assert!(
+                !shown.contains("s3cr3t") && !shown.contains("t0ken"),
+                "{shown}"
+            );
         }
     }
 
@@ -359,7 +382,10 @@ mod tests {
     fn auth_defaults_to_specified() {
         let e = parse(&format!("aws:///{ARN}?REGION=us-east-1")).unwrap_err();
         assert!(e.contains("AWS_SECRET_ACCESS_KEY"), "{e}");
-        let e = parse(&format!("aws:///{ARN}?REGION=us-east-1&AUTH=specified&AWS_ACCESS_KEY_ID=a")).unwrap_err();
+        let e = parse(&format!(
+            "aws:///{ARN}?REGION=us-east-1&AUTH=specified&AWS_ACCESS_KEY_ID=a"
+        ))
+        .unwrap_err();
         assert!(e.contains("AUTH=specified"), "{e}");
         let e = parse(&format!(
             "aws:///{ARN}?REGION=us-east-1&AUTH=implicit&AWS_SECRET_ACCESS_KEY=s3cr3t"
@@ -372,19 +398,49 @@ mod tests {
     fn refusals_never_echo_values() {
         let cases = [
             ("aws:///k?AUTH=implicit", "REGION is required"),
-            ("aws:///k?REGION=us-east-1&AUTH=implicit&REGON=s3cr3t", "unknown parameter \"REGON\""),
-            ("aws:///k?REGION=us-east-1&AUTH=implicit&region=s3cr3t", "unknown parameter"),
-            ("aws:///k?REGION=us-east-1&REGION=us-east-1&AUTH=implicit", "twice"),
+            (
+                "aws:///k?REGION=us-east-1&AUTH=implicit&REGON=s3cr3t",
+                "unknown parameter \"REGON\"",
+            ),
+            (
+                "aws:///k?REGION=us-east-1&AUTH=implicit&region=s3cr3t",
+                "unknown parameter",
+            ),
+            (
+                "aws:///k?REGION=us-east-1&REGION=us-east-1&AUTH=implicit",
+                "twice",
+            ),
             ("aws:///k?REGION=us-east-1&AUTH=maybe", "AUTH must be"),
             ("aws:///?REGION=us-east-1&AUTH=implicit", "names no key"),
             ("aws://host/k?REGION=us-east-1&AUTH=implicit", "no host"),
-            ("aws:///k?REGION=us-east-1&AUTH=implicit&AWS_ENDPOINT=ftp://x", "AWS_ENDPOINT"),
-            ("aws:///k?REGION=us-east-1&AUTH=implicit&AWS_ENDPOINT=http://u:s3cr3t@x", "AWS_ENDPOINT"),
-            ("aws:///k?REGION=us-east-1&AUTH=implicit&ASSUME_ROLE=s3cr3t", "ASSUME_ROLE"),
-            ("aws:///k?REGION=us-east-1&AUTH=implicit&AWS_SESSION_TOKEN=s3cr3t", "AUTH=implicit"),
-            ("aws:///arn:aws:kms:eu-west-1:1:key/k?REGION=us-east-1&AUTH=implicit", "region"),
-            ("aws:///arn:aws:s3:us-east-1:1:key/k?REGION=us-east-1&AUTH=implicit", "not a KMS key"),
-            ("aws:///a%20b?REGION=us-east-1&AUTH=implicit", "not a key id"),
+            (
+                "aws:///k?REGION=us-east-1&AUTH=implicit&AWS_ENDPOINT=ftp://x",
+                "AWS_ENDPOINT",
+            ),
+            (
+                "aws:///k?REGION=us-east-1&AUTH=implicit&AWS_ENDPOINT=http://u:s3cr3t@x",
+                "AWS_ENDPOINT",
+            ),
+            (
+                "aws:///k?REGION=us-east-1&AUTH=implicit&ASSUME_ROLE=s3cr3t",
+                "ASSUME_ROLE",
+            ),
+            (
+                "aws:///k?REGION=us-east-1&AUTH=implicit&AWS_SESSION_TOKEN=s3cr3t",
+                "AUTH=implicit",
+            ),
+            (
+                "aws:///arn:aws:kms:eu-west-1:1:key/k?REGION=us-east-1&AUTH=implicit",
+                "region",
+            ),
+            (
+                "aws:///arn:aws:s3:us-east-1:1:key/k?REGION=us-east-1&AUTH=implicit",
+                "not a KMS key",
+            ),
+            (
+                "aws:///a%20b?REGION=us-east-1&AUTH=implicit",
+                "not a key id",
+            ),
         ];
         for (uri, want) in cases {
             let e = parse(uri).unwrap_err();
