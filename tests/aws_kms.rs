@@ -24,13 +24,20 @@ use moto::{Moto, SECRET, TOKEN};
 use FailureClass::{Destroyed, Disabled, InvalidCiphertext, Revoked, Unreachable};
 
 async fn backend(uri: &str) -> Arc<dyn KmsBackend> {
-    connect(&KeyUri::parse(uri).expect("uri parses")).await.expect("backend builds")
+    connect(&KeyUri::parse(uri).expect("uri parses"))
+        .await
+        .expect("backend builds")
 }
 
 /// A backend that proves Encrypt+Decrypt on every check (the default is every 10 minutes).
 async fn always_proving(uri: &str) -> AwsBackend {
-    let KeyUri::Aws(u) = KeyUri::parse(uri).expect("uri parses") else { panic!("not aws") };
-    AwsBackend::new(u).await.expect("builds").with_proof_interval(Duration::ZERO)
+    let KeyUri::Aws(u) = KeyUri::parse(uri).expect("uri parses") else {
+        panic!("not aws")
+    };
+    AwsBackend::new(u)
+        .await
+        .expect("builds")
+        .with_proof_interval(Duration::ZERO)
 }
 
 fn aad(ctx: &str) -> Aad {
@@ -49,7 +56,10 @@ async fn unwrap(b: &dyn KmsBackend, ct: &Ciphertext) -> Result<SecretBytes, Back
 fn class<T: std::fmt::Debug>(r: Result<T, BackendError>) -> FailureClass {
     let e = r.expect_err("should fail");
     let shown = format!("{e} {e:?}");
-    assert!(!shown.contains(SECRET) && !shown.contains(TOKEN), "a secret leaked: {shown}");
+    assert!(
+        !shown.contains(SECRET) && !shown.contains(TOKEN),
+        "a secret leaked: {shown}"
+    );
     e.class
 }
 
@@ -59,7 +69,11 @@ async fn round_trip() {
     let (id, arn) = moto.create_key().await;
     let b = backend(&moto.uri(&id)).await;
     let health = b.check().await.expect("key is usable");
-    assert!(health.detail.contains("Enabled") && health.detail.contains(&arn), "{}", health.detail);
+    assert!(
+        health.detail.contains("Enabled") && health.detail.contains(&arn),
+        "{}",
+        health.detail
+    );
     let ct = wrap(&*b, &[7u8; 32]).await.expect("wrap");
     assert_eq!(ct.key_version, "", "AWS rotates transparently: no versions");
     assert!(unwrap(&*b, &ct).await.expect("unwrap").ct_eq(&[7u8; 32]));
@@ -77,7 +91,10 @@ async fn key_arn_and_alias_name_the_same_key() {
     by_arn.check().await.expect("ARN form");
     by_alias.check().await.expect("alias form");
     let ct = wrap(&*by_alias, b"payload").await.expect("wrap via alias");
-    assert!(unwrap(&*by_arn, &ct).await.expect("unwrap via ARN").ct_eq(b"payload"));
+    assert!(unwrap(&*by_arn, &ct)
+        .await
+        .expect("unwrap via ARN")
+        .ct_eq(b"payload"));
     let missing = backend(&moto.uri("alias/nobody")).await;
     assert_eq!(class(missing.check().await), Destroyed);
 }
@@ -90,14 +107,29 @@ async fn wrong_context_other_key_or_tampering_is_invalid_ciphertext() {
     let b = backend(&moto.uri(&id)).await;
     let other = backend(&moto.uri(&other_id)).await;
     let ct = wrap(&*b, b"secret key bytes").await.expect("wrap");
-    assert_eq!(class(b.decrypt(&ct.bytes, "", &aad("n2")).await), InvalidCiphertext);
-    let other_name = Aad::new("other", BTreeMap::from([("node".to_owned(), "n1".to_owned())]));
-    assert_eq!(class(b.decrypt(&ct.bytes, "", &other_name).await), InvalidCiphertext);
+    assert_eq!(
+        class(b.decrypt(&ct.bytes, "", &aad("n2")).await),
+        InvalidCiphertext
+    );
+    let other_name = Aad::new(
+        "other",
+        BTreeMap::from([("node".to_owned(), "n1".to_owned())]),
+    );
+    assert_eq!(
+        class(b.decrypt(&ct.bytes, "", &other_name).await),
+        InvalidCiphertext
+    );
     let mut tampered = ct.bytes.clone();
     let last = tampered.len() - 1;
     tampered[last] ^= 1;
-    assert_eq!(class(b.decrypt(&tampered, "", &aad("n1")).await), InvalidCiphertext);
-    assert_eq!(class(b.decrypt(b"garbage", "", &aad("n1")).await), InvalidCiphertext);
+    assert_eq!(
+        class(b.decrypt(&tampered, "", &aad("n1")).await),
+        InvalidCiphertext
+    );
+    assert_eq!(
+        class(b.decrypt(b"garbage", "", &aad("n1")).await),
+        InvalidCiphertext
+    );
     // The ciphertext does not choose the key: another key's backend refuses it.
     assert_eq!(class(unwrap(&*other, &ct).await), InvalidCiphertext);
     // None of that is a key-state change.
@@ -187,7 +219,9 @@ async fn unknown_credentials_are_revoked() {
 
 #[tokio::test]
 async fn stopped_kms_is_unreachable_quickly() {
-    let Some(mut moto) = Moto::start() else { return };
+    let Some(mut moto) = Moto::start() else {
+        return;
+    };
     let (id, _) = moto.create_key().await;
     let b = backend(&moto.uri(&id)).await;
     let ct = wrap(&*b, b"payload").await.expect("wrap");
@@ -196,7 +230,11 @@ async fn stopped_kms_is_unreachable_quickly() {
     assert_eq!(class(b.check().await), Unreachable);
     assert_eq!(class(wrap(&*b, b"x").await), Unreachable);
     assert_eq!(class(unwrap(&*b, &ct).await), Unreachable);
-    assert!(start.elapsed() < Duration::from_secs(3), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -211,7 +249,10 @@ async fn a_silent_kms_is_cut_at_the_attempt_timeout() {
     let start = Instant::now();
     assert_eq!(class(b.check().await), Unreachable);
     let took = start.elapsed();
-    assert!(took >= Duration::from_secs(4) && took < Duration::from_secs(7), "took {took:?}");
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(7),
+        "took {took:?}"
+    );
 }
 
 #[tokio::test]
@@ -222,8 +263,14 @@ async fn rotation_is_transparent() {
     let before = wrap(&*b, b"before").await.expect("wrap");
     moto.rotate(&id).await;
     let after = wrap(&*b, b"after").await.expect("wrap after rotation");
-    assert_eq!((before.key_version.as_str(), after.key_version.as_str()), ("", ""));
-    assert!(unwrap(&*b, &before).await.expect("old blob").ct_eq(b"before"));
+    assert_eq!(
+        (before.key_version.as_str(), after.key_version.as_str()),
+        ("", "")
+    );
+    assert!(unwrap(&*b, &before)
+        .await
+        .expect("old blob")
+        .ct_eq(b"before"));
     assert!(unwrap(&*b, &after).await.expect("new blob").ct_eq(b"after"));
 }
 
@@ -232,10 +279,22 @@ fn uri_errors_are_caught_at_parse_and_never_echo_secrets() {
     let k = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
     for (uri, want) in [
         (format!("aws:///{k}?AUTH=implicit"), "REGION"),
-        (format!("aws:///{k}?REGION=us-east-1&AUTH=specified&AWS_SECRET_ACCESS_KEY={SECRET}"), "AWS_ACCESS_KEY_ID"),
-        (format!("aws:///{k}?REGION=us-east-1&AUTH=specified"), "AWS_SECRET_ACCESS_KEY"),
-        (format!("aws:///{k}?REGION=us-east-1&AUTH=implicit&AWS_SECRET_KEY={SECRET}"), "unknown parameter"),
-        (format!("aws:///{k}?REGION=us-west-2&AUTH=implicit"), "region"),
+        (
+            format!("aws:///{k}?REGION=us-east-1&AUTH=specified&AWS_SECRET_ACCESS_KEY={SECRET}"),
+            "AWS_ACCESS_KEY_ID",
+        ),
+        (
+            format!("aws:///{k}?REGION=us-east-1&AUTH=specified"),
+            "AWS_SECRET_ACCESS_KEY",
+        ),
+        (
+            format!("aws:///{k}?REGION=us-east-1&AUTH=implicit&AWS_SECRET_KEY={SECRET}"),
+            "unknown parameter",
+        ),
+        (
+            format!("aws:///{k}?REGION=us-west-2&AUTH=implicit"),
+            "region",
+        ),
     ] {
         let e = KeyUri::parse(&uri).expect_err(&uri);
         assert!(e.contains(want), "{uri}: {e}");
@@ -251,11 +310,17 @@ async fn secrets_never_show_in_debug_or_redacted_forms() {
     );
     let parsed = KeyUri::parse(&uri).expect("parses");
     assert_eq!(parsed.id(), "aws:///alias/k");
-    let b = connect(&parsed).await.expect("builds without contacting AWS");
+    let b = connect(&parsed)
+        .await
+        .expect("builds without contacting AWS");
     let shown = format!("{parsed:?} {} {b:?}", parsed.redacted());
     assert!(!shown.contains(SECRET) && !shown.contains(TOKEN), "{shown}");
     // Public parameters stay visible (query-encoded: `http%3A%2F%2F127.0.0.1%3APORT`).
-    assert!(shown.contains("AKIDSHOWN") && shown.contains(&format!("AWS_ENDPOINT=http%3A%2F%2F127.0.0.1%3A{port}")), "{shown}");
+    assert!(
+        shown.contains("AKIDSHOWN")
+            && shown.contains(&format!("AWS_ENDPOINT=http%3A%2F%2F127.0.0.1%3A{port}")),
+        "{shown}"
+    );
     // Nothing listens there: the failure's detail is checked by `class`.
     assert_eq!(class(b.check().await), Unreachable);
 }
@@ -273,6 +338,9 @@ async fn assume_role_goes_through_sts() {
     );
     let b = backend(&uri).await;
     let ct = wrap(&*b, b"payload").await.expect("wrap as the role");
-    assert!(unwrap(&*b, &ct).await.expect("unwrap as the role").ct_eq(b"payload"));
+    assert!(unwrap(&*b, &ct)
+        .await
+        .expect("unwrap as the role")
+        .ct_eq(b"payload"));
     b.check().await.expect("check as the role");
 }

@@ -14,7 +14,11 @@ use crate::moto::{Moto, SECRET, TOKEN};
 
 /// Fast polling and short KMS timeouts, so state changes show within a second or two.
 fn body(uris: &[&str]) -> String {
-    let list = uris.iter().map(|u| format!("\"{u}\"")).collect::<Vec<_>>().join(", ");
+    let list = uris
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         "[keys.k]\nuris = [{list}]\n\n[stores.s]\nkey = \"k\"\n\n[revocation]\npoll_interval = \"300ms\"\ngrace_period = \"0s\"\n\n\
          [kms]\nattempt_timeout = \"1s\"\ndeadline = \"2s\"\nmax_attempts = 2\n{}",
@@ -27,22 +31,32 @@ fn ctx() -> HashMap<String, String> {
 }
 
 async fn wrap(c: &mut Client, pt: &[u8]) -> Result<WrapKeyResponse, tonic::Status> {
-    c.wrap_key(WrapKeyRequest { key: "k".into(), plaintext: pt.to_vec(), context: ctx() })
-        .await
-        .map(|r| r.into_inner())
+    c.wrap_key(WrapKeyRequest {
+        key: "k".into(),
+        plaintext: pt.to_vec(),
+        context: ctx(),
+    })
+    .await
+    .map(|r| r.into_inner())
 }
 
 async fn unwrap(c: &mut Client, wrapped: &[u8]) -> Result<Vec<u8>, tonic::Status> {
-    c.unwrap_key(UnwrapKeyRequest { wrapped: wrapped.to_vec(), context: ctx() })
-        .await
-        .map(|r| r.into_inner().plaintext)
+    c.unwrap_key(UnwrapKeyRequest {
+        wrapped: wrapped.to_vec(),
+        context: ctx(),
+    })
+    .await
+    .map(|r| r.into_inner().plaintext)
 }
 
 /// The failure's code and message, after checking the message leaks no credential.
 fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> (Code, String) {
     let s = r.expect_err("should fail");
     let m = s.message().to_owned();
-    assert!(!m.contains(SECRET) && !m.contains(TOKEN), "a secret leaked: {m}");
+    assert!(
+        !m.contains(SECRET) && !m.contains(TOKEN),
+        "a secret leaked: {m}"
+    );
     (s.code(), m)
 }
 
@@ -61,7 +75,10 @@ async fn status_text(c: &mut Client) -> String {
         .expect("status")
         .into_inner();
     let text = format!("{all:?}");
-    assert!(!text.contains(SECRET) && !text.contains(TOKEN), "a secret leaked: {text}");
+    assert!(
+        !text.contains(SECRET) && !text.contains(TOKEN),
+        "a secret leaked: {text}"
+    );
     text
 }
 
@@ -72,27 +89,56 @@ async fn daemon_round_trip_rotation_and_store_key() {
     let (d, mut c) = start(&[&moto.uri(&id)]).await;
     let w1 = wrap(&mut c, &[1u8; 32]).await.expect("wrap");
     assert_eq!((w1.key.as_str(), w1.key_version.as_str()), ("k", ""));
-    assert_eq!(unwrap(&mut c, &w1.wrapped).await.expect("unwrap"), vec![1u8; 32]);
+    assert_eq!(
+        unwrap(&mut c, &w1.wrapped).await.expect("unwrap"),
+        vec![1u8; 32]
+    );
 
     moto.rotate(&id).await;
     let w2 = wrap(&mut c, &[2u8; 32]).await.expect("wrap after rotation");
     assert_eq!(w2.key_version, "", "AWS hides its versions");
-    assert_eq!(unwrap(&mut c, &w1.wrapped).await.expect("old blob"), vec![1u8; 32]);
-    assert_eq!(unwrap(&mut c, &w2.wrapped).await.expect("new blob"), vec![2u8; 32]);
+    assert_eq!(
+        unwrap(&mut c, &w1.wrapped).await.expect("old blob"),
+        vec![1u8; 32]
+    );
+    assert_eq!(
+        unwrap(&mut c, &w2.wrapped).await.expect("new blob"),
+        vec![2u8; 32]
+    );
 
-    let other = UnwrapKeyRequest { wrapped: w1.wrapped.clone(), context: HashMap::new() };
+    let other = UnwrapKeyRequest {
+        wrapped: w1.wrapped.clone(),
+        context: HashMap::new(),
+    };
     assert_eq!(code(c.unwrap_key(other).await).0, Code::InvalidArgument);
 
     // A store key wrapped under AWS survives a restart (it is unwrapped again from disk).
-    let get = |create| GetStoreKeyRequest { store_id: "s".into(), create };
-    let made = c.get_store_key(get(true)).await.expect("create").into_inner();
+    let get = |create| GetStoreKeyRequest {
+        store_id: "s".into(),
+        create,
+    };
+    let made = c
+        .get_store_key(get(true))
+        .await
+        .expect("create")
+        .into_inner();
     let d = d.restart().await;
     let mut c = d.unix().await;
     wait_for_state(&mut c, "k", KeyState::Active).await;
-    let again = c.get_store_key(get(false)).await.expect("after restart").into_inner();
-    assert_eq!(made.active.expect("key").key, again.active.expect("key").key);
+    let again = c
+        .get_store_key(get(false))
+        .await
+        .expect("after restart")
+        .into_inner();
+    assert_eq!(
+        made.active.expect("key").key,
+        again.active.expect("key").key
+    );
     let text = status_text(&mut c).await;
-    assert!(text.contains("REGION=us-east-1"), "the redacted URI is shown: {text}");
+    assert!(
+        text.contains("REGION=us-east-1"),
+        "the redacted URI is shown: {text}"
+    );
     d.stop().await;
 }
 
@@ -108,11 +154,17 @@ async fn daemon_disabled_then_enabled() {
     let (wc, wm) = code(wrap(&mut c, b"x").await);
     assert_eq!(wc, Code::FailedPrecondition);
     assert!(wm.contains("DISABLED"), "{wm}");
-    assert_eq!(code(unwrap(&mut c, &w.wrapped).await).0, Code::FailedPrecondition);
+    assert_eq!(
+        code(unwrap(&mut c, &w.wrapped).await).0,
+        Code::FailedPrecondition
+    );
 
     moto.enable(&id).await;
     wait_for_state(&mut c, "k", KeyState::Active).await;
-    assert_eq!(unwrap(&mut c, &w.wrapped).await.expect("works again"), b"payload");
+    assert_eq!(
+        unwrap(&mut c, &w.wrapped).await.expect("works again"),
+        b"payload"
+    );
     assert!(wrap(&mut c, b"x").await.is_ok());
     d.stop().await;
 }
@@ -126,17 +178,30 @@ async fn daemon_policy_deny_is_revoked_and_secrets_never_show() {
 
     moto.deny(&id, "kms:*").await;
     let s = wait_for_state(&mut c, "k", KeyState::Revoked).await;
-    assert!(s.detail.contains("AccessDenied") || s.uris.iter().any(|u| u.detail.contains("AccessDenied")), "{s:?}");
+    assert!(
+        s.detail.contains("AccessDenied")
+            || s.uris.iter().any(|u| u.detail.contains("AccessDenied")),
+        "{s:?}"
+    );
     let (wc, wm) = code(wrap(&mut c, b"x").await);
     assert_eq!(wc, Code::FailedPrecondition);
     assert!(wm.contains("REVOKED"), "{wm}");
-    assert_eq!(code(unwrap(&mut c, &w.wrapped).await).0, Code::FailedPrecondition);
+    assert_eq!(
+        code(unwrap(&mut c, &w.wrapped).await).0,
+        Code::FailedPrecondition
+    );
     let text = status_text(&mut c).await;
-    assert!(text.contains("AWS_ACCESS_KEY_ID=AKIDDAEMON"), "the redacted URI is shown: {text}");
+    assert!(
+        text.contains("AWS_ACCESS_KEY_ID=AKIDDAEMON"),
+        "the redacted URI is shown: {text}"
+    );
 
     moto.allow(&id).await;
     wait_for_state(&mut c, "k", KeyState::Active).await;
-    assert_eq!(unwrap(&mut c, &w.wrapped).await.expect("access restored"), b"payload");
+    assert_eq!(
+        unwrap(&mut c, &w.wrapped).await.expect("access restored"),
+        b"payload"
+    );
     d.stop().await;
 }
 
@@ -151,13 +216,18 @@ async fn daemon_scheduled_deletion_is_destroyed() {
     let (wc, wm) = code(wrap(&mut c, b"x").await);
     assert_eq!(wc, Code::FailedPrecondition);
     assert!(wm.contains("DESTROYED"), "{wm}");
-    assert_eq!(code(unwrap(&mut c, &w.wrapped).await).0, Code::FailedPrecondition);
+    assert_eq!(
+        code(unwrap(&mut c, &w.wrapped).await).0,
+        Code::FailedPrecondition
+    );
     d.stop().await;
 }
 
 #[tokio::test]
 async fn daemon_stopped_moto_is_unreachable_and_unavailable() {
-    let Some(mut moto) = Moto::start() else { return };
+    let Some(mut moto) = Moto::start() else {
+        return;
+    };
     let (id, _) = moto.create_key().await;
     let (d, mut c) = start(&[&moto.uri(&id)]).await;
     let w = wrap(&mut c, b"payload").await.expect("wrap");
@@ -172,7 +242,9 @@ async fn daemon_stopped_moto_is_unreachable_and_unavailable() {
 #[tokio::test]
 async fn daemon_aws_plus_mock_survives_the_loss_of_either() {
     use kms_broker::backend::mock::mock;
-    let Some(mut moto) = Moto::start() else { return };
+    let Some(mut moto) = Moto::start() else {
+        return;
+    };
     let (id, _) = moto.create_key().await;
     let name = "aws-kms-two-uris";
     let (d, mut c) = start(&[&moto.uri(&id), &format!("mock://{name}")]).await;
@@ -181,7 +253,10 @@ async fn daemon_aws_plus_mock_survives_the_loss_of_either() {
     // The mock is switched off: AWS alone unwraps.
     mock(name).disable();
     wait_for_uri_state(&mut c, "mock://", KeyState::Disabled).await;
-    assert_eq!(unwrap(&mut c, &w.wrapped).await.expect("via aws"), b"payload");
+    assert_eq!(
+        unwrap(&mut c, &w.wrapped).await.expect("via aws"),
+        b"payload"
+    );
     assert_eq!(code(wrap(&mut c, b"x").await).0, Code::FailedPrecondition);
 
     // The mock is back and AWS is gone: the mock alone unwraps.
@@ -189,7 +264,10 @@ async fn daemon_aws_plus_mock_survives_the_loss_of_either() {
     wait_for_uri_state(&mut c, "mock://", KeyState::Active).await;
     moto.kill();
     wait_for_uri_state(&mut c, "aws://", KeyState::Unreachable).await;
-    assert_eq!(unwrap(&mut c, &w.wrapped).await.expect("via the mock"), b"payload");
+    assert_eq!(
+        unwrap(&mut c, &w.wrapped).await.expect("via the mock"),
+        b"payload"
+    );
     d.stop().await;
 }
 
@@ -199,11 +277,18 @@ async fn wait_for_uri_state(c: &mut Client, prefix: &str, want: KeyState) {
     let start = std::time::Instant::now();
     loop {
         let s = wait_for_state(c, "k", KeyState::Active).await;
-        let u = s.uris.iter().find(|u| u.uri.starts_with(prefix)).expect("uri listed");
+        let u = s
+            .uris
+            .iter()
+            .find(|u| u.uri.starts_with(prefix))
+            .expect("uri listed");
         if u.state == want as i32 {
             return;
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "{prefix} never became {want:?}: {s:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{prefix} never became {want:?}: {s:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

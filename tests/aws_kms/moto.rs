@@ -8,7 +8,9 @@ use std::time::Duration;
 use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kms::Client;
 
-use crate::common::standins::{free_port, repo_root, require_bin, standins_dir, wait_for_port, ChildGuard};
+use crate::common::standins::{
+    free_port, repo_root, require_bin, standins_dir, wait_for_port, ChildGuard,
+};
 
 pub const REGION: &str = "us-east-1";
 /// The daemon's secret access key: tests assert it never shows anywhere.
@@ -47,7 +49,13 @@ impl Moto {
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(REGION))
             .endpoint_url(format!("http://127.0.0.1:{port}"))
-            .credentials_provider(Credentials::new("AKIDADMIN", "admin-secret", None, None, "test"))
+            .credentials_provider(Credentials::new(
+                "AKIDADMIN",
+                "admin-secret",
+                None,
+                None,
+                "test",
+            ))
             .build();
         Some(Moto {
             port,
@@ -93,11 +101,21 @@ impl Moto {
     }
 
     pub async fn disable(&self, key_id: &str) {
-        self.admin.disable_key().key_id(key_id).send().await.expect("DisableKey");
+        self.admin
+            .disable_key()
+            .key_id(key_id)
+            .send()
+            .await
+            .expect("DisableKey");
     }
 
     pub async fn enable(&self, key_id: &str) {
-        self.admin.enable_key().key_id(key_id).send().await.expect("EnableKey");
+        self.admin
+            .enable_key()
+            .key_id(key_id)
+            .send()
+            .await
+            .expect("EnableKey");
     }
 
     pub async fn schedule_deletion(&self, key_id: &str) {

@@ -233,3 +233,51 @@ async fn serve_dev_needs_no_setup_and_prints_grpcurl_commands() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    kms_broker::certs::write_dev_certs(&dir.join("certs")).unwrap();
+    let key = dir.join("k.bin");
+    kms_broker::backend::file::create_key_file(&key).unwrap();
+    let body = format!(
+        "[keys.k]\nuris = [\"file://{}\"]\n{}",
+        key.display(),
+        allow_me_everything()
+    );
+    let config = dir.join("kms.toml");
+    std::fs::write(&config, config_text(dir, &body)).unwrap();
+    let sock = dir.join("broker.sock");
+    let mut child = ChildGuard::spawn(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_for_socket(&sock);
+    let mut c = unix_client(&sock).await;
+    c.revoke_status(kms_broker_client::pb::RevokeStatusRequest::default())
+        .await
+        .unwrap();
+    let pid = child.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert!(!sock.exists(), "a clean stop removes its socket");
+}

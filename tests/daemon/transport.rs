@@ -245,3 +245,44 @@ async fn reflection_and_health_through_grpcurl_on_both_transports() {
     assert!(!ok);
     d.stop().await;
 }
+
+#[tokio::test]
+async fn health_goes_not_serving_on_shutdown() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    mock("tp-health-open");
+    let d = Daemon::start(&body("tp-health", "")).await;
+    let path = d.socket.clone();
+    let ch = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let p = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(p).await?,
+                ))
+            }
+        }))
+        .await
+        .unwrap();
+    let mut h = HealthClient::new(ch);
+    let mut watch = h
+        .watch(HealthCheckRequest {
+            service: "kmsbroker.v1.KeyBroker".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    let stopping = tokio::spawn(d.stop());
+    let next = tokio::time::timeout(std::time::Duration::from_secs(5), watch.message())
+        .await
+        .expect("an update before the stream closes");
+    assert_eq!(
+        next.unwrap().unwrap().status,
+        ServingStatus::NotServing as i32
+    );
+    stopping.await.unwrap();
+}

@@ -165,7 +165,13 @@ where
         SdkError::ServiceError(ctx) => {
             let e = ctx.err();
             let status = ctx.raw().status().as_u16();
-            let code = e.code().unwrap_or("unknown error");
+            // A typed error names itself in Display ("DisabledException: …") even where
+            // its metadata carries no code.
+            let shown = e.to_string();
+            let code = e
+                .code()
+                .or_else(|| shown.split(':').next().filter(|c| !c.is_empty()))
+                .unwrap_or("unknown error");
             let class = typed(e)
                 .or_else(|| by_code(code, e.message().unwrap_or_default()))
                 .unwrap_or_else(|| by_status(status));
