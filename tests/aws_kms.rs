@@ -325,13 +325,40 @@ async fn secrets_never_show_in_debug_or_redacted_forms() {
     assert_eq!(class(b.check().await), Unreachable);
 }
 
+/// Set in the child process that [`assume_role_goes_through_sts`] runs itself in.
+const STS_PORT_ENV: &str = "KMS_BROKER_TEST_STS_PORT";
+
 #[tokio::test]
 async fn assume_role_goes_through_sts() {
-    let Some(moto) = Moto::start() else { return };
+    // aws-config takes STS's endpoint only from the environment (AWS_ENDPOINT_URL_STS), and
+    // changing the environment of a threaded test process is unsound: so this test runs
+    // itself again, alone, in a child process whose environment points STS at its moto.
+    let Some(port) = std::env::var(STS_PORT_ENV)
+        .ok()
+        .and_then(|p| p.parse().ok())
+    else {
+        if common::standins::require_bin("moto_server").is_none() {
+            return;
+        }
+        let port = common::standins::free_port();
+        let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args(["--exact", "assume_role_goes_through_sts", "--nocapture"])
+            .env(STS_PORT_ENV, port.to_string())
+            .env("AWS_ENDPOINT_URL_STS", format!("http://127.0.0.1:{port}"))
+            .output()
+            .expect("run the child test");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success() && text.contains("1 passed"), "{text}");
+        return;
+    };
+    let moto = Moto::start_on(port);
     let (id, _) = moto.create_key().await;
-    // STS is moto too. The base credentials are unknown to the stand-in's KMS, so a working
-    // round trip proves the KMS calls used the assumed role's credentials.
-    std::env::set_var("AWS_ENDPOINT_URL_STS", moto.endpoint());
+    // The base credentials are unknown to the stand-in's KMS, so a working round trip
+    // proves the KMS calls used the assumed role's credentials.
     let uri = format!(
         "{}&ASSUME_ROLE=arn:aws:iam::123456789012:role/kms-broker;external_id=ext-1",
         moto.uri_as(&id, "INVALIDBASE")

@@ -72,6 +72,7 @@ pub use types::{
 
 /// Generated protobuf and gRPC client types of `kmsbroker.v1`.
 pub mod pb {
-    #![allow(missing_debug_implementations, clippy::all)]
+    // Generated code; the proto's comments use `<name>`, which rustdoc takes for HTML.
+    #![allow(missing_debug_implementations, clippy::all, rustdoc::invalid_html_tags)]
     tonic::include_proto!("kmsbroker.v1");
 }

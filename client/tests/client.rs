@@ -206,3 +206,20 @@ async fn wait_for_state(client: &Client, want: KeyState) {
         .await
         .unwrap_or_else(|_| panic!("key never became {want:?}"));
 }
+
+#[tokio::test]
+async fn a_slow_answer_is_a_timeout() {
+    let t = Setup::new("slow");
+    let daemon = t.start(ALL).await;
+    let opts = kms_broker_client::ClientOptions {
+        call_timeout: Some(Duration::from_millis(100)),
+        ..common::fast_options(LONG_STARTUP)
+    };
+    let client = Client::connect(&t.endpoint(), opts).await.expect("connect");
+    mock(&t.mock).set_latency(Duration::from_secs(1));
+    let err = client.wrap_key("k1", b"k", [("a", "b")]).await.err();
+    assert!(matches!(err, Some(ClientError::Timeout(_))), "{err:?}");
+    assert_eq!(err.map(|e| e.code()), Some(Code::DeadlineExceeded));
+    mock(&t.mock).set_latency(Duration::ZERO);
+    daemon.stop().await;
+}

@@ -11,7 +11,7 @@ use futures_util::future::join_all;
 
 use crate::backend::resilient::Resilient;
 use crate::backend::{self, Aad, BackendError, FailureClass, KmsBackend};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::envelope::{Entry, Envelope};
 use crate::error::Error;
 use crate::key_uri::KeyUri;
@@ -47,15 +47,19 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Builds a backend per URI. Contacts no KMS.
-    pub async fn new(config: &Config) -> Result<Self, String> {
+    /// Builds a backend per URI. Contacts no KMS. A backend that cannot even be built (a
+    /// token file that is missing, a CA file that does not parse) is a config error.
+    pub async fn new(config: &Config) -> Result<Self, ConfigError> {
         let mut keys = BTreeMap::new();
         for (name, k) in &config.keys {
             let mut uris = Vec::with_capacity(k.uris.len());
-            for uri in &k.uris {
-                let inner: Arc<dyn KmsBackend> = backend::connect(uri)
-                    .await
-                    .map_err(|e| format!("key {name:?}, {}: {e}", uri.redacted()))?;
+            for (i, uri) in k.uris.iter().enumerate() {
+                let inner: Arc<dyn KmsBackend> = backend::connect(uri).await.map_err(|problem| ConfigError {
+                    file: config.file.clone(),
+                    field: format!("keys.{name}.uris[{i}]"),
+                    problem: format!("{}: {problem}", uri.redacted()),
+                    fix: "correct the URI or the files and variables it names".into(),
+                })?;
                 uris.push(UriBackend {
                     uri: uri.clone(),
                     backend: Resilient::new(inner, config.kms),

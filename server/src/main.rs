@@ -11,6 +11,10 @@ use tracing_subscriber::EnvFilter;
 
 const EX_USAGE: u8 = 64;
 
+/// vaultrs logs every Vault error response at ERROR; the backend already classifies and
+/// reports them once, so its own lines would only repeat them on every poll.
+const DEFAULT_LOG: &str = "info,vaultrs=off,rustify=off";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "kms-broker",
@@ -46,7 +50,7 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("KMS_BROKER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_env("KMS_BROKER_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

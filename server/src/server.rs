@@ -92,7 +92,7 @@ impl Server {
     /// Validates what a config names on disk, builds the backends (contacting no KMS) and
     /// binds both listeners.
     pub async fn bind(config: Config) -> Result<Server, ServeError> {
-        let broker = Arc::new(Broker::new(&config).await.map_err(ServeError::Startup)?);
+        let broker = Arc::new(Broker::new(&config).await?);
         let stores = Arc::new(Stores::new(&config).map_err(ServeError::Startup)?);
         if let Some(files) = &config.tls {
             // Read now, so a bad path is a config error before anything listens.

@@ -31,11 +31,15 @@ impl Moto {
     /// Starts the stand-in, or `None` (after saying why) where it is not installed.
     pub fn start() -> Option<Moto> {
         require_bin("moto_server")?;
+        Some(Self::start_on(free_port()))
+    }
+
+    /// Starts the stand-in on `port` (the caller checked that it is installed).
+    pub fn start_on(port: u16) -> Moto {
         let python = standins_dir().join("venv/bin/python");
         let script = repo_root().join("tests/standins/aws_kms.py");
         let dir = tempfile::tempdir().expect("tempdir");
         let log = std::fs::File::create(dir.path().join("moto.log")).expect("log file");
-        let port = free_port();
         let child = ChildGuard::spawn(
             Command::new(python)
                 .arg(script)
@@ -57,12 +61,12 @@ impl Moto {
                 "test",
             ))
             .build();
-        Some(Moto {
+        Moto {
             port,
             child,
             _dir: dir,
             admin: Client::from_conf(conf),
-        })
+        }
     }
 
     pub fn endpoint(&self) -> String {

@@ -16,7 +16,9 @@ use google_cloud_kms_v1::model::crypto_key_version::CryptoKeyVersionState;
 use google_cloud_kms_v1::model::CryptoKey;
 use serde_json::json;
 
-use crate::common::standins::{free_port, repo_root, require_bin, require_file, wait_for_port, ChildGuard};
+use crate::common::standins::{
+    free_port, repo_root, require_bin, require_file, wait_for_port, ChildGuard,
+};
 
 pub const RING: &str = "projects/test-project/locations/global/keyRings/ring";
 /// The daemon's service account: its private key must never show anywhere.
@@ -42,7 +44,9 @@ fn node() -> Option<PathBuf> {
         return Some(pinned);
     }
     let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|p| p.join("node")).find(|p| p.is_file())
+        std::env::split_paths(&paths)
+            .map(|p| p.join("node"))
+            .find(|p| p.is_file())
     });
     on_path.or_else(|| require_bin("node"))
 }
@@ -51,12 +55,20 @@ impl Fake {
     /// Starts the fake, or `None` (after saying why) where node or the protos are missing.
     pub async fn start() -> Option<Fake> {
         let node = node()?;
-        require_file("npm/node_modules/@google-cloud/kms/build/protos/google/cloud/kms/v1/service.proto")?;
+        require_file(
+            "npm/node_modules/@google-cloud/kms/build/protos/google/cloud/kms/v1/service.proto",
+        )?;
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let child = spawn(&node, port, &dir);
         let admin = client(&format!("http://127.0.0.1:{port}")).await;
-        let fake = Fake { port, child, node, dir, admin };
+        let fake = Fake {
+            port,
+            child,
+            node,
+            dir,
+            admin,
+        };
         fake.admin
             .create_key_ring()
             .set_parent(RING.rsplit_once("/keyRings/").expect("ring").0)
@@ -84,7 +96,10 @@ impl Fake {
 
     /// The daemon's URI for key `id`, with no credentials (`AUTH=none`).
     pub fn uri(&self, id: &str) -> String {
-        format!("gs:///{RING}/cryptoKeys/{id}?AUTH=none&GCP_ENDPOINT={}", self.endpoint())
+        format!(
+            "gs:///{RING}/cryptoKeys/{id}?AUTH=none&GCP_ENDPOINT={}",
+            self.endpoint()
+        )
     }
 
     /// The daemon's URI for key `id` as service account [`DAEMON_SA`] (`AUTH=specified`).
@@ -98,11 +113,17 @@ impl Fake {
 
     /// A new ENCRYPT_DECRYPT key with version 1 as its primary; returns its resource name.
     pub async fn create_key(&self, id: &str) -> String {
-        self.create_key_with(id, json!({ "purpose": "ENCRYPT_DECRYPT" }), false).await
+        self.create_key_with(id, json!({ "purpose": "ENCRYPT_DECRYPT" }), false)
+            .await
     }
 
     /// A new key from a CryptoKey in proto3 JSON (e.g. a short destroyScheduledDuration).
-    pub async fn create_key_with(&self, id: &str, body: serde_json::Value, skip_version: bool) -> String {
+    pub async fn create_key_with(
+        &self,
+        id: &str,
+        body: serde_json::Value,
+        skip_version: bool,
+    ) -> String {
         let key: CryptoKey = serde_json::from_value(body).expect("CryptoKey JSON");
         let made = self
             .admin
@@ -181,7 +202,10 @@ impl Fake {
             .send()
             .await
             .expect("GetIamPolicy");
-        let list: Vec<_> = bindings.iter().map(|(role, members)| json!({ "role": role, "members": members })).collect();
+        let list: Vec<_> = bindings
+            .iter()
+            .map(|(role, members)| json!({ "role": role, "members": members }))
+            .collect();
         policy.bindings = serde_json::from_value(serde_json::Value::Array(list)).expect("bindings");
         self.admin
             .set_iam_policy()
@@ -199,7 +223,11 @@ impl Fake {
 
     pub fn disable_service_account(&self, email: &str, disabled: bool) {
         let verb = if disabled { "disable" } else { "enable" };
-        self.control("POST", &format!("/_fake/serviceAccounts:{verb}"), &json!({ "email": email }));
+        self.control(
+            "POST",
+            &format!("/_fake/serviceAccounts:{verb}"),
+            &json!({ "email": email }),
+        );
     }
 
     /// A test control call over plain HTTP/1.1 (not part of the Google API).
@@ -214,7 +242,10 @@ impl Fake {
         .expect("send control");
         let mut out = String::new();
         s.read_to_string(&mut out).expect("read control answer");
-        assert!(out.starts_with("HTTP/1.1 200"), "control {path} failed: {out}");
+        assert!(
+            out.starts_with("HTTP/1.1 200"),
+            "control {path} failed: {out}"
+        );
     }
 }
 
@@ -247,7 +278,6 @@ pub async fn client(endpoint: &str) -> KeyManagementService {
 /// A service-account key made for the test (RSA-2048, PKCS#8), as a JSON key file.
 #[derive(Debug)]
 pub struct ServiceAccount {
-    pub email: String,
     pub private_key_pem: String,
     pub json: String,
 }
@@ -266,7 +296,10 @@ impl ServiceAccount {
             "token_uri": "https://oauth2.googleapis.com/token",
         })
         .to_string();
-        ServiceAccount { email: email.to_owned(), private_key_pem: pem, json }
+        ServiceAccount {
+            private_key_pem: pem,
+            json,
+        }
     }
 
     /// `CREDENTIALS`: the base64 of the key file, URL-encoded.

@@ -18,6 +18,8 @@ as AWS KMS does (error shapes from the KMS API reference: HTTP 400, JSON `__type
   simplification: Deny statements apply to every caller (Principal and Condition are not
   evaluated), and admin calls (PutKeyPolicy, EnableKey, ...) are never denied, so a test
   can always restore the policy.
+- STS AssumeRole of a role whose name starts with `denied` -> AccessDenied (HTTP 403), as
+  when the role's trust policy no longer lets the daemon's principal assume it.
 - An access key id that starts with `INVALID` -> UnrecognizedClientException ("The security
   token included in the request is invalid."), AWS's answer for unknown or deleted keys.
 - Decrypt naming a KeyId other than the ciphertext's key -> IncorrectKeyException (moto says
@@ -34,6 +36,8 @@ import sys
 from moto.core.exceptions import JsonRESTError
 from moto.kms import utils as kms_utils
 from moto.kms.responses import KmsResponse
+from moto.sts.exceptions import STSClientError
+from moto.sts.responses import TokenResponse
 
 
 class KmsError(JsonRESTError):
@@ -161,7 +165,28 @@ def _create_key_defaults(self):
         self.body = json.dumps(body)
 
 
+class StsAccessDenied(STSClientError):
+    code = "AccessDenied"
+    http_status = 403
+
+
+def _assume_role_guard(self):
+    role_arn = self._get_param("RoleArn") or ""
+    if role_arn.split(":role/")[-1].startswith("denied"):
+        raise StsAccessDenied(
+            f"User: arn:aws:iam::123456789012:user/kms-broker is not authorized to perform: "
+            f"sts:AssumeRole on resource: {role_arn}"
+        )
+
+
 def install():
+    original_assume_role = TokenResponse.assume_role
+
+    def assume_role(self):
+        _assume_role_guard(self)
+        return original_assume_role(self)
+
+    TokenResponse.assume_role = assume_role
     _wrap("encrypt", lambda self: _guard(self, self._get_param("KeyId"), "kms:Encrypt"))
     _wrap("generate_data_key", lambda self: _guard(self, self._get_param("KeyId"), "kms:GenerateDataKey"))
     _wrap("decrypt", _decrypt_guard)

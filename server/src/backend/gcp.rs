@@ -92,11 +92,6 @@ impl GcpBackend {
         })?;
         Ok(Self { uri, client })
     }
-
-    /// The short version id ("3") of a CryptoKeyVersion name, for messages.
-    fn version_id<'a>(&self, version_name: &'a str) -> &'a str {
-        version_name.rsplit('/').next().unwrap_or(version_name)
-    }
 }
 
 async fn credentials(uri: &GcpUri) -> Result<Credentials, String> {
@@ -260,7 +255,8 @@ impl KmsBackend for GcpBackend {
                 "the key has no primary version (gcloud kms keys set-primary-version)",
             ));
         };
-        let id = self.version_id(&primary.name);
+        // The short version id ("3") reads better in RevokeStatus than the full name.
+        let id = primary.name.rsplit('/').next().unwrap_or(&primary.name);
         let state = primary.state.name().unwrap_or("UNKNOWN");
         let class = match primary.state {
             CryptoKeyVersionState::Enabled => {

@@ -104,7 +104,7 @@ pub fn classify(op: Op, err: &GaxError) -> BackendError {
 }
 
 /// The first error of type `T` in `err`'s source chain.
-fn source_of<'a, T: std::error::Error + 'static>(err: &'a GaxError) -> Option<&'a T> {
+fn source_of<T: std::error::Error + 'static>(err: &GaxError) -> Option<&T> {
     let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
     while let Some(e) = next {
         if let Some(t) = e.downcast_ref::<T>() {

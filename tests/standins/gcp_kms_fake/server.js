@@ -8,7 +8,8 @@
 // PORT 0 picks a free port. Prints `READY <port>` once it listens. --state keeps keys across
 // restarts (a JSON file holding test key material: use a temp dir). --node-modules is where
 // protobufjs, proto3-json-serializer and the protos are (default: .standins/npm/node_modules
-// at the repository root). --log prints one line per request to stderr (never bodies).
+// at the repository root). --log (or GCP_KMS_FAKE_LOG=1) prints one line per request to
+// stderr (never bodies).
 //
 // Test controls (not part of the Google API), under /_fake/:
 //   POST   /_fake/faults   {"method": "Encrypt"|"Decrypt"|"GetCryptoKey"|…|"*",
@@ -30,7 +31,7 @@ const transcode = require('./transcode');
 
 function parseArgs(argv) {
   const opts = {
-    port: null, state: null, log: false,
+    port: null, state: null, log: process.env.GCP_KMS_FAKE_LOG === '1',
     modules: path.resolve(__dirname, '../../../.standins/npm/node_modules'),
   };
   for (let i = 0; i < argv.length; i++) {

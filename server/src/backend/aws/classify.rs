@@ -13,7 +13,6 @@ use aws_sdk_kms::operation::decrypt::DecryptError;
 use aws_sdk_kms::operation::describe_key::DescribeKeyError;
 use aws_sdk_kms::operation::encrypt::EncryptError;
 use aws_sdk_kms::types::{KeyMetadata, KeySpec, KeyState, KeyUsageType};
-use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::ErrorMetadata;
 
 use crate::backend::{BackendError, FailureClass};
@@ -241,8 +240,19 @@ fn auth_refusal_in_chain(err: &(dyn StdError + 'static)) -> Option<FailureClass>
     None
 }
 
+/// Each error of the chain's Display, joined: "dispatch failure: io error: …".
 fn chain(err: &(dyn StdError + 'static)) -> String {
-    format!("{}", DisplayErrorContext(err))
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = next {
+        let shown = e.to_string();
+        // Wrappers often repeat their source's text; say each thing once.
+        if parts.last().is_none_or(|last| !last.contains(&shown)) {
+            parts.push(shown);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
 }
 
 /// Details reach RevokeStatus: keep them to one short line.

@@ -1,0 +1,279 @@
+//! Per-call overhead, coalescing and start-up of the real daemon (both transports), with the
+//! mock KMS so the KMS itself costs (almost) nothing. Prints a table; BENCHMARKS.md records
+//! it. Run: `cargo bench -p kms-broker --features mock-kms --bench daemon`
+//!
+//! The baseline, measured in the same run, is the same KMS work called in-process through
+//! the backend trait: the ratio is what the daemon (gRPC, policy, envelope, state checks,
+//! logging) adds per call.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use kms_broker::backend::mock::mock;
+use kms_broker::backend::{Aad, KmsBackend};
+use kms_broker::config::Config;
+use kms_broker::secret::SecretBytes;
+use kms_broker::server::Server;
+use kms_broker_client::pb::key_broker_client::KeyBrokerClient;
+use kms_broker_client::pb::{GetStoreKeyRequest, UnwrapKeyRequest, WrapKeyRequest};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+const N: usize = 2000;
+
+fn stats(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
+    v.sort();
+    let p = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
+    (p(0.5), p(0.99), v.iter().sum::<Duration>() / v.len() as u32)
+}
+
+fn row(name: &str, v: Vec<Duration>, base: Option<Duration>) -> Duration {
+    let (p50, p99, mean) = stats(v);
+    let ratio = base
+        .map(|b| format!("{:.1}x", mean.as_secs_f64() / b.as_secs_f64()))
+        .unwrap_or_else(|| "-".into());
+    println!(
+        "| {name:<44} | {:>9.1} | {:>9.1} | {:>9.1} | {ratio:>16} |",
+        us(p50),
+        us(p99),
+        us(mean)
+    );
+    mean
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn config(dir: &Path, mock_name: &str) -> Config {
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
+    let text = format!(
+        r#"[server]
+unix_socket = "{d}/b.sock"
+tcp_listen = "127.0.0.1:0"
+state_dir = "{d}/state"
+[tls]
+ca = "{d}/certs/ca.pem"
+cert = "{d}/certs/server.pem"
+key = "{d}/certs/server-key.pem"
+[keys.k]
+uris = ["mock://{mock_name}"]
+[stores.s]
+key = "k"
+[[policy]]
+peer = "uid:{uid}"
+allow = ["WrapKey", "UnwrapKey", "GetStoreKey", "RevokeStatus"]
+[[policy]]
+peer = "cert:dev-client"
+allow = ["WrapKey", "UnwrapKey"]
+"#,
+        d = dir.display()
+    );
+    Config::parse(&dir.join("k.toml"), &text).unwrap()
+}
+
+async fn unix(path: &Path) -> KeyBrokerClient<Channel> {
+    let path = path.to_owned();
+    let ch = Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let p = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
+            }
+        }))
+        .await
+        .unwrap();
+    KeyBrokerClient::new(ch)
+}
+
+async fn tls(dir: &Path, port: u16) -> KeyBrokerClient<Channel> {
+    let r = |f: &str| std::fs::read(dir.join("certs").join(f)).unwrap();
+    let cfg = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(r("ca.pem")))
+        .identity(Identity::from_pem(r("client.pem"), r("client-key.pem")))
+        .domain_name("localhost");
+    let ch = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(cfg)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    KeyBrokerClient::new(ch)
+}
+
+fn wrap_req() -> WrapKeyRequest {
+    WrapKeyRequest {
+        key: "k".into(),
+        plaintext: vec![7u8; 32],
+        context: HashMap::from([("backup".into(), "b1".into())]),
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // Logging on, as in production, but to nowhere: its formatting cost is part of the call.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::sink)
+        .with_max_level(tracing::Level::INFO)
+        .init();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    kms_broker::certs::write_dev_certs(&dir.join("certs")).unwrap();
+
+    println!("| operation ({N} sequential calls unless noted)  |  p50 (µs) |  p99 (µs) | mean (µs) | vs baseline      |");
+    println!("|----------------------------------------------|-----------|-----------|-----------|------------------|");
+
+    // Baseline: the KMS work alone, in-process.
+    mock("bench");
+    let backend = kms_broker::backend::mock::MockBackend::named("bench");
+    let aad = Aad::new("k", BTreeMap::from([("backup".into(), "b1".into())]));
+    let pt = SecretBytes::new(vec![7u8; 32]);
+    let mut v = Vec::with_capacity(N);
+    for _ in 0..N {
+        let t = Instant::now();
+        let ct = backend.encrypt(&pt, &aad).await.unwrap();
+        let _ = backend
+            .decrypt(&ct.bytes, &ct.key_version, &aad)
+            .await
+            .unwrap();
+        v.push(t.elapsed());
+    }
+    let base_pair = stats(v.clone()).2;
+    row("baseline: mock encrypt+decrypt, in-process", v, Some(base_pair));
+
+    // Start-up: bind (config → backends → listeners) until the first call is answered.
+    let t = Instant::now();
+    let server = Server::bind(config(dir, "bench")).await.unwrap();
+    let port = server.tcp_addr().unwrap().port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(async {
+        let _ = stopped.await;
+    }));
+    let mut c = unix(&dir.join("b.sock")).await;
+    c.revoke_status(kms_broker_client::pb::RevokeStatusRequest::default())
+        .await
+        .unwrap();
+    let startup = t.elapsed();
+
+    for (label, mut c) in [("unix", c.clone()), ("mTLS", tls(dir, port).await)] {
+        let mut wraps = Vec::with_capacity(N);
+        let mut pair = Vec::with_capacity(N);
+        for _ in 0..N {
+            let t = Instant::now();
+            let w = c.wrap_key(wrap_req()).await.unwrap().into_inner();
+            let t1 = t.elapsed();
+            c.unwrap_key(UnwrapKeyRequest {
+                wrapped: w.wrapped,
+                context: HashMap::from([("backup".into(), "b1".into())]),
+            })
+            .await
+            .unwrap();
+            wraps.push(t1);
+            pair.push(t.elapsed());
+        }
+        row(&format!("WrapKey over {label}"), wraps, None);
+        row(
+            &format!("WrapKey+UnwrapKey over {label}"),
+            pair,
+            Some(base_pair),
+        );
+    }
+
+    c.get_store_key(GetStoreKeyRequest {
+        store_id: "s".into(),
+        create: true,
+    })
+    .await
+    .unwrap();
+    let mut v = Vec::with_capacity(N);
+    for _ in 0..N {
+        let t = Instant::now();
+        c.get_store_key(GetStoreKeyRequest {
+            store_id: "s".into(),
+            create: false,
+        })
+        .await
+        .unwrap();
+        v.push(t.elapsed());
+    }
+    row("GetStoreKey, held (no KMS call), unix", v, None);
+
+    // Throughput with 16 concurrent callers.
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let mut c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..N / 16 {
+                c.wrap_key(wrap_req()).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let per_sec = (N / 16 * 16) as f64 / t.elapsed().as_secs_f64();
+    println!();
+    println!("WrapKey throughput, 16 concurrent callers on the Unix socket: {per_sec:.0} calls/s");
+    println!(
+        "Start-up (bind + backends + first answered call): {:.1} ms",
+        startup.as_secs_f64() * 1e3
+    );
+
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+
+    // Coalescing: 64 node processes ask for a store key the daemon does not hold yet, while
+    // each KMS call takes 50 ms.
+    let m = mock("bench-coalesce");
+    let tmp2 = tempfile::tempdir().unwrap();
+    let dir2 = tmp2.path();
+    kms_broker::certs::write_dev_certs(&dir2.join("certs")).unwrap();
+    for round in 0..2 {
+        let server = Server::bind(config(dir2, "bench-coalesce")).await.unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(async {
+            let _ = stopped.await;
+        }));
+        let c = unix(&dir2.join("b.sock")).await;
+        if round == 0 {
+            let mut c = c.clone();
+            c.get_store_key(GetStoreKeyRequest {
+                store_id: "s".into(),
+                create: true,
+            })
+            .await
+            .unwrap();
+        } else {
+            m.set_latency(Duration::from_millis(50));
+            m.reset_calls();
+            let t = Instant::now();
+            let mut tasks = Vec::new();
+            for _ in 0..64 {
+                let mut c = c.clone();
+                tasks.push(tokio::spawn(async move {
+                    c.get_store_key(GetStoreKeyRequest {
+                        store_id: "s".into(),
+                        create: false,
+                    })
+                    .await
+                    .unwrap();
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            println!(
+                "Coalescing: 64 concurrent first GetStoreKey calls, 50 ms KMS: {} KMS decrypt call(s), all answered in {:.1} ms",
+                m.calls().decrypt,
+                t.elapsed().as_secs_f64() * 1e3
+            );
+            m.set_latency(Duration::ZERO);
+        }
+        let _ = stop.send(());
+        task.await.unwrap().unwrap();
+    }
+}

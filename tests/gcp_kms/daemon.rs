@@ -1,0 +1,322 @@
+//! Daemon-level tests: a real daemon (tests/common) whose key is a Cloud KMS key on the fake.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use google_cloud_kms_v1::model::crypto_key_version::CryptoKeyVersionState as S;
+use kms_broker_client::pb::{
+    GetStoreKeyRequest, KeyState, RevokeStatusRequest, UnwrapKeyRequest, WrapKeyRequest,
+    WrapKeyResponse,
+};
+use tonic::Code;
+
+use crate::common::{allow_me_everything, wait_for_state, Client, Daemon};
+use crate::fake::{Fake, ServiceAccount, DAEMON_SA, ENCRYPTER, VIEWER};
+
+/// Fast polling and short KMS timeouts, so state changes show within a second or two.
+fn body(uris: &[&str]) -> String {
+    let list = uris
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "[keys.k]\nuris = [{list}]\n\n[stores.s]\nkey = \"k\"\n\n[revocation]\npoll_interval = \"300ms\"\ngrace_period = \"0s\"\n\n\
+         [kms]\nattempt_timeout = \"1s\"\ndeadline = \"2s\"\nmax_attempts = 2\n{}",
+        allow_me_everything()
+    )
+}
+
+fn ctx() -> HashMap<String, String> {
+    HashMap::from([("store".to_owned(), "s1".to_owned())])
+}
+
+async fn wrap(c: &mut Client, pt: &[u8]) -> Result<WrapKeyResponse, tonic::Status> {
+    c.wrap_key(WrapKeyRequest {
+        key: "k".into(),
+        plaintext: pt.to_vec(),
+        context: ctx(),
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+async fn unwrap(c: &mut Client, wrapped: &[u8]) -> Result<Vec<u8>, tonic::Status> {
+    c.unwrap_key(UnwrapKeyRequest {
+        wrapped: wrapped.to_vec(),
+        context: ctx(),
+    })
+    .await
+    .map(|r| r.into_inner().plaintext)
+}
+
+/// The failure's code and message, after checking the message leaks no secret.
+fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>, secrets: &[String]) -> (Code, String) {
+    let s = r.expect_err("should fail");
+    let m = s.message().to_owned();
+    for secret in secrets {
+        assert!(!m.contains(secret), "a secret leaked: {m}");
+    }
+    (s.code(), m)
+}
+
+async fn start(uris: &[&str]) -> (Daemon, Client) {
+    let d = Daemon::start(&body(uris)).await;
+    let mut c = d.unix().await;
+    wait_for_state(&mut c, "k", KeyState::Active).await;
+    (d, c)
+}
+
+/// Every status the daemon shows, as text, checked free of `secrets`.
+async fn status_text(c: &mut Client, secrets: &[String]) -> String {
+    let all = c
+        .revoke_status(RevokeStatusRequest { key: String::new() })
+        .await
+        .expect("status")
+        .into_inner();
+    let text = format!("{all:?}");
+    for secret in secrets {
+        assert!(!text.contains(secret), "a secret leaked: {text}");
+    }
+    text
+}
+
+#[tokio::test]
+async fn daemon_round_trip_rotation_and_store_key() {
+    let Some(fake) = Fake::start().await else {
+        return;
+    };
+    let key = fake.create_key("k").await;
+    let (d, mut c) = start(&[&fake.uri("k")]).await;
+    let w1 = wrap(&mut c, &[1u8; 32]).await.expect("wrap");
+    assert_eq!(w1.key, "k");
+    assert_eq!(w1.key_version, format!("{key}/cryptoKeyVersions/1"));
+    assert_eq!(
+        unwrap(&mut c, &w1.wrapped).await.expect("unwrap"),
+        vec![1u8; 32]
+    );
+
+    fake.rotate(&key).await;
+    let w2 = wrap(&mut c, &[2u8; 32]).await.expect("wrap after rotation");
+    assert_eq!(w2.key_version, format!("{key}/cryptoKeyVersions/2"));
+    assert_eq!(
+        unwrap(&mut c, &w1.wrapped).await.expect("old blob"),
+        vec![1u8; 32]
+    );
+    assert_eq!(
+        unwrap(&mut c, &w2.wrapped).await.expect("new blob"),
+        vec![2u8; 32]
+    );
+    let s = wait_for_state(&mut c, "k", KeyState::Active).await;
+    // The detail names the version in use: the last wrap's, or the poller's primary.
+    assert!(
+        s.detail.ends_with("cryptoKeyVersions/2") || s.detail == "primary version 2",
+        "{s:?}"
+    );
+
+    let other = UnwrapKeyRequest {
+        wrapped: w1.wrapped.clone(),
+        context: HashMap::new(),
+    };
+    assert_eq!(
+        code(c.unwrap_key(other).await, &[]).0,
+        Code::InvalidArgument
+    );
+
+    // A store key wrapped under Cloud KMS survives a restart (unwrapped again from disk).
+    let get = |create| GetStoreKeyRequest {
+        store_id: "s".into(),
+        create,
+    };
+    let made = c
+        .get_store_key(get(true))
+        .await
+        .expect("create")
+        .into_inner();
+    let d = d.restart().await;
+    let mut c = d.unix().await;
+    wait_for_state(&mut c, "k", KeyState::Active).await;
+    let again = c
+        .get_store_key(get(false))
+        .await
+        .expect("after restart")
+        .into_inner();
+    assert_eq!(
+        made.active.expect("key").key,
+        again.active.expect("key").key
+    );
+    let text = status_text(&mut c, &[]).await;
+    assert!(
+        text.contains("AUTH=none") && text.contains("GCP_ENDPOINT="),
+        "the redacted URI is shown: {text}"
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn daemon_disabled_then_enabled() {
+    let Some(fake) = Fake::start().await else {
+        return;
+    };
+    let key = fake.create_key("k").await;
+    let (d, mut c) = start(&[&fake.uri("k")]).await;
+    let w = wrap(&mut c, b"payload").await.expect("wrap");
+
+    fake.set_state(&key, "1", S::Disabled).await;
+    wait_for_state(&mut c, "k", KeyState::Disabled).await;
+    let (wc, wm) = code(wrap(&mut c, b"x").await, &[]);
+    assert_eq!(wc, Code::FailedPrecondition);
+    assert!(wm.contains("DISABLED"), "{wm}");
+    assert_eq!(
+        code(unwrap(&mut c, &w.wrapped).await, &[]).0,
+        Code::FailedPrecondition
+    );
+
+    fake.set_state(&key, "1", S::Enabled).await;
+    wait_for_state(&mut c, "k", KeyState::Active).await;
+    assert_eq!(
+        unwrap(&mut c, &w.wrapped).await.expect("works again"),
+        b"payload"
+    );
+    assert!(wrap(&mut c, b"x").await.is_ok());
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn daemon_permission_revoked_is_revoked_and_secrets_never_show() {
+    let Some(fake) = Fake::start().await else {
+        return;
+    };
+    let key = fake.create_key("k").await;
+    let sa = ServiceAccount::new(DAEMON_SA);
+    let secrets = sa.secret_fragments();
+    let member = format!("serviceAccount:{DAEMON_SA}");
+    fake.set_bindings(&key, &[(ENCRYPTER, &[&member]), (VIEWER, &[&member])])
+        .await;
+    let (d, mut c) = start(&[&fake.uri_as_sa("k", &sa)]).await;
+    let w = wrap(&mut c, b"payload").await.expect("wrap");
+
+    // The operator removes the daemon's encrypter/decrypter binding.
+    fake.set_bindings(&key, &[(VIEWER, &[&member])]).await;
+    let s = wait_for_state(&mut c, "k", KeyState::Revoked).await;
+    assert!(format!("{s:?}").contains("useToEncrypt"), "{s:?}");
+    let (wc, wm) = code(wrap(&mut c, b"x").await, &secrets);
+    assert_eq!(wc, Code::FailedPrecondition);
+    assert!(wm.contains("REVOKED"), "{wm}");
+    assert_eq!(
+        code(unwrap(&mut c, &w.wrapped).await, &secrets).0,
+        Code::FailedPrecondition
+    );
+    let text = status_text(&mut c, &secrets).await;
+    assert!(
+        text.contains("CREDENTIALS=redacted"),
+        "the redacted URI is shown: {text}"
+    );
+
+    fake.set_bindings(&key, &[(ENCRYPTER, &[&member]), (VIEWER, &[&member])])
+        .await;
+    wait_for_state(&mut c, "k", KeyState::Active).await;
+    assert_eq!(
+        unwrap(&mut c, &w.wrapped).await.expect("access restored"),
+        b"payload"
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn daemon_destroy_scheduled_is_destroyed() {
+    let Some(fake) = Fake::start().await else {
+        return;
+    };
+    let key = fake.create_key("k").await;
+    let (d, mut c) = start(&[&fake.uri("k")]).await;
+    let w = wrap(&mut c, b"payload").await.expect("wrap");
+    fake.destroy(&key, "1").await;
+    wait_for_state(&mut c, "k", KeyState::Destroyed).await;
+    let (wc, wm) = code(wrap(&mut c, b"x").await, &[]);
+    assert_eq!(wc, Code::FailedPrecondition);
+    assert!(wm.contains("DESTROYED"), "{wm}");
+    assert_eq!(
+        code(unwrap(&mut c, &w.wrapped).await, &[]).0,
+        Code::FailedPrecondition
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn daemon_stopped_fake_is_unreachable_and_unavailable() {
+    let Some(mut fake) = Fake::start().await else {
+        return;
+    };
+    fake.create_key("k").await;
+    let (d, mut c) = start(&[&fake.uri("k")]).await;
+    let w = wrap(&mut c, b"payload").await.expect("wrap");
+    fake.kill();
+    wait_for_state(&mut c, "k", KeyState::Unreachable).await;
+    assert_eq!(code(wrap(&mut c, b"x").await, &[]).0, Code::Unavailable);
+    assert_eq!(
+        code(unwrap(&mut c, &w.wrapped).await, &[]).0,
+        Code::Unavailable
+    );
+    fake.restart();
+    wait_for_state(&mut c, "k", KeyState::Active).await;
+    assert_eq!(unwrap(&mut c, &w.wrapped).await.expect("back"), b"payload");
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn daemon_gcp_plus_mock_survives_the_loss_of_either() {
+    use kms_broker::backend::mock::mock;
+    let Some(mut fake) = Fake::start().await else {
+        return;
+    };
+    fake.create_key("k").await;
+    let name = "gcp-kms-two-uris";
+    let (d, mut c) = start(&[&fake.uri("k"), &format!("mock://{name}")]).await;
+    let w = wrap(&mut c, b"payload").await.expect("wrap under both");
+
+    // The mock is switched off: Cloud KMS alone unwraps.
+    mock(name).disable();
+    wait_for_uri_state(&mut c, "mock://", KeyState::Disabled).await;
+    assert_eq!(
+        unwrap(&mut c, &w.wrapped).await.expect("via gcp"),
+        b"payload"
+    );
+    assert_eq!(
+        code(wrap(&mut c, b"x").await, &[]).0,
+        Code::FailedPrecondition
+    );
+
+    // The mock is back and Cloud KMS is gone: the mock alone unwraps.
+    mock(name).enable();
+    wait_for_uri_state(&mut c, "mock://", KeyState::Active).await;
+    fake.kill();
+    wait_for_uri_state(&mut c, "gs://", KeyState::Unreachable).await;
+    assert_eq!(
+        unwrap(&mut c, &w.wrapped).await.expect("via the mock"),
+        b"payload"
+    );
+    d.stop().await;
+}
+
+/// Polls RevokeStatus until key `k`'s URI starting with `prefix` is in state `want`, while
+/// the key as a whole stays ACTIVE (the other URI carries it).
+async fn wait_for_uri_state(c: &mut Client, prefix: &str, want: KeyState) {
+    let start = std::time::Instant::now();
+    loop {
+        let s = wait_for_state(c, "k", KeyState::Active).await;
+        let u = s
+            .uris
+            .iter()
+            .find(|u| u.uri.starts_with(prefix))
+            .expect("uri listed");
+        if u.state == want as i32 {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{prefix} never became {want:?}: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
