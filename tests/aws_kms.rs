@@ -325,14 +325,16 @@ async fn secrets_never_show_in_debug_or_redacted_forms() {
     assert_eq!(class(b.check().await), Unreachable);
 }
 
-/// Set in the child process that [`assume_role_goes_through_sts`] runs itself in.
+/// Set in the child process that [`implicit_auth_and_assume_role`] runs itself in.
 const STS_PORT_ENV: &str = "KMS_BROKER_TEST_STS_PORT";
 
 #[tokio::test]
-async fn assume_role_goes_through_sts() {
-    // aws-config takes STS's endpoint only from the environment (AWS_ENDPOINT_URL_STS), and
-    // changing the environment of a threaded test process is unsound: so this test runs
-    // itself again, alone, in a child process whose environment points STS at its moto.
+async fn implicit_auth_and_assume_role() {
+    // AUTH=implicit reads credentials from the environment, and aws-config takes STS's
+    // endpoint only from there (AWS_ENDPOINT_URL_STS); changing the environment of a
+    // threaded test process is unsound, so this test runs itself again, alone, in a child
+    // process whose environment holds credentials and points STS at its moto.
+    // (Only the child's output shows why it failed: the parent prints it in its panic.)
     let Some(port) = std::env::var(STS_PORT_ENV)
         .ok()
         .and_then(|p| p.parse().ok())
@@ -342,9 +344,13 @@ async fn assume_role_goes_through_sts() {
         }
         let port = common::standins::free_port();
         let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
-            .args(["--exact", "assume_role_goes_through_sts", "--nocapture"])
+            .args(["--exact", "implicit_auth_and_assume_role", "--nocapture"])
             .env(STS_PORT_ENV, port.to_string())
             .env("AWS_ENDPOINT_URL_STS", format!("http://127.0.0.1:{port}"))
+            .env("AWS_ACCESS_KEY_ID", "AKIDFROMENV")
+            .env("AWS_SECRET_ACCESS_KEY", "secret-from-env")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE")
             .output()
             .expect("run the child test");
         let text = format!(
@@ -357,6 +363,18 @@ async fn assume_role_goes_through_sts() {
     };
     let moto = Moto::start_on(port);
     let (id, _) = moto.create_key().await;
+
+    // AUTH=implicit: the SDK's default chain finds the environment's credentials.
+    let implicit = format!(
+        "aws:///{id}?REGION=us-east-1&AUTH=implicit&AWS_ENDPOINT={}",
+        moto.endpoint()
+    );
+    let b = backend(&implicit).await;
+    let ct = wrap(&*b, b"payload")
+        .await
+        .expect("wrap with implicit credentials");
+    assert!(unwrap(&*b, &ct).await.expect("unwrap").ct_eq(b"payload"));
+
     // The base credentials are unknown to the stand-in's KMS, so a working round trip
     // proves the KMS calls used the assumed role's credentials.
     let uri = format!(
@@ -370,4 +388,13 @@ async fn assume_role_goes_through_sts() {
         .expect("unwrap as the role")
         .ct_eq(b"payload"));
     b.check().await.expect("check as the role");
+
+    // The role's trust no longer admits us: STS refuses AssumeRole, which is REVOKED.
+    let denied = backend(&format!(
+        "{}&ASSUME_ROLE=arn:aws:iam::123456789012:role/denied-kms-broker",
+        moto.uri(&id)
+    ))
+    .await;
+    assert_eq!(class(denied.check().await), Revoked);
+    assert_eq!(class(wrap(&*denied, b"x").await), Revoked);
 }

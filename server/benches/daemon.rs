@@ -117,7 +117,7 @@ async fn main() {
     // Logging on, as in production, but to nowhere: its formatting cost is part of the call.
     tracing_subscriber::fmt()
         .with_writer(std::io::sink)
-        .with_max_level(tracing::Level::INFO)
+        .with_max_level(if std::env::var_os("BENCH_NO_LOG").is_some() { tracing::Level::WARN } else { tracing::Level::INFO })
         .init();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

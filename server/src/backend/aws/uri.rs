@@ -12,7 +12,7 @@
 //! | `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` | required with `AUTH=specified`, refused with `implicit` |
 //! | `AWS_SESSION_TOKEN` | optional, with `AUTH=specified` |
 //! | `ASSUME_ROLE` | optional: `ROLE_ARN[;external_id=ID]`, comma-separated for a chain (CockroachDB's form); assumed through STS |
-//! | `AWS_ENDPOINT` | optional: `http(s)://host[:port]`, e.g. a VPC endpoint or a test stand-in |
+//! | `AWS_ENDPOINT` | optional: `http(s)://host[:port]` for KMS only, e.g. a VPC endpoint or a test stand-in (STS takes `AWS_ENDPOINT_URL_STS` from the environment) |
 //!
 //! Only `REGION`, `AUTH`, `AWS_ENDPOINT`, `ASSUME_ROLE` and `AWS_ACCESS_KEY_ID` are shown in
 //! [`AwsUri::redacted`]; everything else (the secret key, the session token, anything new)
