@@ -318,6 +318,19 @@ async fn uri_parse_redaction_and_offline_construction() {
     assert!(parsed.redacted().contains("GCP_ENDPOINT=http"));
     assert_eq!(class_no_leak(b.check().await, &sa), Unreachable);
 
+    // Application Default Credentials build offline too: the universe is pinned, so no
+    // metadata-server lookup happens (on this machine ADC is a file or the metadata server).
+    let started = std::time::Instant::now();
+    let implicit = format!("{base}?AUTH=implicit&GCP_ENDPOINT=http://127.0.0.1:9");
+    connect(&KeyUri::parse(&implicit).expect("parses"))
+        .await
+        .expect("ADC builds offline");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+
     // A key file whose private key is broken fails at load, without quoting it.
     let broken = ServiceAccount {
         json: sa.json.replace("MII", "XXX"),

@@ -107,7 +107,7 @@ impl Broker {
         for (i, (u, r)) in uris.iter().zip(results).enumerate() {
             match r {
                 Ok(ct) => {
-                    self.tracker.record(key, i, Ok(&ct.key_version));
+                    self.tracker.record_use(key, i);
                     entries.push(Entry {
                         uri_id: u.uri.id(),
                         key_version: ct.key_version,
@@ -181,14 +181,20 @@ impl Broker {
                 .await
             {
                 Ok(plaintext) => {
-                    self.tracker.record(key, i, Ok(&entry.key_version));
+                    self.tracker.record_use(key, i);
                     return Ok(Unwrapped {
                         plaintext,
                         key_version: entry.key_version.clone(),
                     });
                 }
                 Err(e) => {
-                    self.tracker.record(key, i, Err(&e));
+                    // Only an unreachable KMS is news about the whole URI here. A refused
+                    // Decrypt may be about this blob's key version alone (Cloud KMS disables
+                    // versions one by one), so key states come from the status check and
+                    // from Encrypt, which always uses the primary.
+                    if e.class == FailureClass::Unreachable {
+                        self.tracker.record(key, i, Err(&e));
+                    }
                     tracing::debug!(key, uri = %u.uri.redacted(), detail = %e.detail, "unwrap attempt failed");
                     failure = Some(worse(failure, e));
                 }

@@ -117,6 +117,24 @@ impl Tracker {
         });
     }
 
+    /// Records that a real KMS call through this URI just worked: ACTIVE, and the grace
+    /// window restarts. The detail of the last status check (e.g. the primary version) is
+    /// kept; a wrap or unwrap only says which version it used.
+    pub fn record_use(&self, key: &str, uri_index: usize) {
+        let now = SystemTime::now();
+        self.with(key, |uris| {
+            if let Some(u) = uris.get_mut(uri_index) {
+                if u.state != KeyState::Active {
+                    tracing::info!(key, uri = %u.uri, from = %u.state, "KMS key is ACTIVE");
+                    u.detail.clear();
+                }
+                u.state = KeyState::Active;
+                u.checked_at = Some(now);
+                u.last_active = Some(Instant::now());
+            }
+        });
+    }
+
     /// The status of one key, or `None` if it is not configured.
     pub fn status(&self, key: &str) -> Option<KeyStatus> {
         self.with(key, |uris| {

