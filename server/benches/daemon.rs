@@ -117,7 +117,11 @@ async fn main() {
     // Logging on, as in production, but to nowhere: its formatting cost is part of the call.
     tracing_subscriber::fmt()
         .with_writer(std::io::sink)
-        .with_max_level(if std::env::var_os("BENCH_NO_LOG").is_some() { tracing::Level::WARN } else { tracing::Level::INFO })
+        .with_max_level(if std::env::var_os("BENCH_NO_LOG").is_some() {
+            tracing::Level::WARN
+        } else {
+            tracing::Level::INFO
+        })
         .init();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -142,7 +146,11 @@ async fn main() {
         v.push(t.elapsed());
     }
     let base_pair = stats(v.clone()).2;
-    row("baseline: mock encrypt+decrypt, in-process", v, Some(base_pair));
+    row(
+        "baseline: mock encrypt+decrypt, in-process",
+        v,
+        Some(base_pair),
+    );
 
     // Start-up: bind (config → backends → listeners) until the first call is answered.
     let t = Instant::now();

@@ -54,12 +54,13 @@ impl Broker {
         for (name, k) in &config.keys {
             let mut uris = Vec::with_capacity(k.uris.len());
             for (i, uri) in k.uris.iter().enumerate() {
-                let inner: Arc<dyn KmsBackend> = backend::connect(uri).await.map_err(|problem| ConfigError {
-                    file: config.file.clone(),
-                    field: format!("keys.{name}.uris[{i}]"),
-                    problem: format!("{}: {problem}", uri.redacted()),
-                    fix: "correct the URI or the files and variables it names".into(),
-                })?;
+                let inner: Arc<dyn KmsBackend> =
+                    backend::connect(uri).await.map_err(|problem| ConfigError {
+                        file: config.file.clone(),
+                        field: format!("keys.{name}.uris[{i}]"),
+                        problem: format!("{}: {problem}", uri.redacted()),
+                        fix: "correct the URI or the files and variables it names".into(),
+                    })?;
                 uris.push(UriBackend {
                     uri: uri.clone(),
                     backend: Resilient::new(inner, config.kms),

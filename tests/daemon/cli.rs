@@ -288,7 +288,11 @@ async fn sigterm_drains_and_exits_cleanly() {
 fn dev_certs_writes_a_ca_server_and_client_set() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("certs");
-    let o = Command::new(BIN).args(["dev-certs", "--out"]).arg(&out).output().unwrap();
+    let o = Command::new(BIN)
+        .args(["dev-certs", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for f in kms_broker::certs::FILES {
         let text = std::fs::read_to_string(out.join(f)).unwrap();
@@ -297,5 +301,8 @@ fn dev_certs_writes_a_ca_server_and_client_set() {
     // The client certificate's identity is what the dev policy names.
     let pem = std::fs::read(out.join("client.pem")).unwrap();
     let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
-    assert_eq!(kms_broker::peer::cert_identity(&der).as_deref(), Some("dev-client"));
+    assert_eq!(
+        kms_broker::peer::cert_identity(&der).as_deref(),
+        Some("dev-client")
+    );
 }
