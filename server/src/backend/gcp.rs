@@ -30,14 +30,11 @@ use google_cloud_kms_v1::model::crypto_key_version::CryptoKeyVersionState;
 use super::{Aad, BackendError, Ciphertext, FailureClass, KeyHealth, KmsBackend};
 use crate::secret::SecretBytes;
 
-// Kept in files of their own (`gcp_errors.rs`, `gcp_uri.rs`) to stay short, but private to
-// this backend, so `backend/mod.rs` needs no line for them.
-#[path = "gcp_errors.rs"]
-mod errors;
-#[path = "gcp_uri.rs"]
+// Private to this backend: `backend/mod.rs` needs no line for them.
+mod classify;
 mod uri;
 
-use errors::{classify, integrity, Op};
+use classify::{classify, integrity, Op};
 pub use uri::{GcpAuth, GcpUri};
 
 /// A backstop for one HTTP request (connect included). The daemon's per-attempt timeout

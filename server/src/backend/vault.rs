@@ -12,7 +12,7 @@
 //! - `TOKEN_FILE` (absolute path, not readable by other users) or `TOKEN_ENV` (a variable
 //!   of the daemon's environment): exactly one. There is no inline token parameter: a URI
 //!   travels through configs, tickets and logs. Token loading and renewal: see
-//!   `vault_token.rs` (renew-on-check at half the TTL; a Vault Agent sink file is re-read).
+//!   `vault/token.rs` (renew-on-check at half the TTL; a Vault Agent sink file is re-read).
 //! - `TLS`: default `true` (https, verified against the system roots plus `CA_FILE`, a PEM
 //!   bundle). `TLS=false` (plain http) is accepted only for a loopback host.
 //! - `NAMESPACE`: sent as `X-Vault-Namespace` (Vault Enterprise / OpenBao namespaces).
@@ -81,12 +81,9 @@
 //! The token and plaintexts live in zeroized buffers on our side; vaultrs and its HTTP
 //! client copy them into request headers and bodies we cannot wipe.
 
-#[path = "vault_classify.rs"]
-mod vault_classify;
-#[path = "vault_token.rs"]
-mod vault_token;
-#[path = "vault_uri.rs"]
-mod vault_uri;
+mod classify;
+mod token;
+mod uri;
 
 use std::fmt;
 use std::sync::{Arc, RwLock};
@@ -101,10 +98,10 @@ use zeroize::Zeroizing;
 
 use super::{Aad, BackendError, Ciphertext, FailureClass, KeyHealth, KmsBackend};
 use crate::secret::SecretBytes;
-use vault_classify::is_denied;
-use vault_classify::{classify, http_status, KeyInfo};
-use vault_token::{Lease, Token};
-pub use vault_uri::{TokenSource, VaultUri};
+use classify::is_denied;
+use classify::{classify, http_status, KeyInfo};
+use token::{Lease, Token};
+pub use uri::{TokenSource, VaultUri};
 
 /// Per-request HTTP timeout. The daemon's retry policy cuts an attempt sooner if it is
 /// configured shorter; this only keeps a hung connection from living forever.
@@ -138,7 +135,7 @@ impl VaultBackend {
     /// Loads the token and builds the client. Does not contact Vault: the daemon starts
     /// while Vault is down and reports UNREACHABLE until it answers.
     pub async fn new(uri: VaultUri) -> Result<Self, String> {
-        let token = vault_token::load(uri.token_source())?;
+        let token = token::load(uri.token_source())?;
         let client = Arc::new(build_client(&uri, &token)?);
         Ok(Self {
             uri,
@@ -162,7 +159,7 @@ impl VaultBackend {
         if !matches!(self.uri.token_source(), TokenSource::File(_)) {
             return false;
         }
-        let fresh = match vault_token::load(self.uri.token_source()) {
+        let fresh = match token::load(self.uri.token_source()) {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(uri = %self.uri.redacted(), error = %e, "keeping the current Vault token");

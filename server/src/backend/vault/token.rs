@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use vaultrs::client::VaultClient;
 use zeroize::Zeroizing;
 
-use super::vault_uri::TokenSource;
+use super::uri::TokenSource;
 
 /// Longest token file we read: tokens are ~100 bytes; anything bigger is a wrong path.
 const MAX_TOKEN_FILE: u64 = 16 * 1024;
