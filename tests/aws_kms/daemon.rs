@@ -1,86 +1,16 @@
 //! Daemon-level tests: a real daemon (tests/common) whose key is an AWS KMS key on moto.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
-use kms_broker_client::pb::{
-    GetStoreKeyRequest, KeyState, RevokeStatusRequest, UnwrapKeyRequest, WrapKeyRequest,
-    WrapKeyResponse,
-};
+use kms_broker_client::pb::{GetStoreKeyRequest, KeyState, UnwrapKeyRequest};
 use tonic::Code;
 
-use crate::common::{allow_me_everything, wait_for_state, Client, Daemon};
+use crate::common::backend_daemon::{code, start, status_text, unwrap, wait_for_uri_state, wrap};
+use crate::common::wait_for_state;
 use crate::moto::{Moto, SECRET, TOKEN};
 
-/// Fast polling and short KMS timeouts, so state changes show within a second or two.
-fn body(uris: &[&str]) -> String {
-    let list = uris
-        .iter()
-        .map(|u| format!("\"{u}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        "[keys.k]\nuris = [{list}]\n\n[stores.s]\nkey = \"k\"\n\n[revocation]\npoll_interval = \"300ms\"\ngrace_period = \"0s\"\n\n\
-         [kms]\nattempt_timeout = \"1s\"\ndeadline = \"2s\"\nmax_attempts = 2\n{}",
-        allow_me_everything()
-    )
-}
-
-fn ctx() -> HashMap<String, String> {
-    HashMap::from([("store".to_owned(), "s1".to_owned())])
-}
-
-async fn wrap(c: &mut Client, pt: &[u8]) -> Result<WrapKeyResponse, tonic::Status> {
-    c.wrap_key(WrapKeyRequest {
-        key: "k".into(),
-        plaintext: pt.to_vec(),
-        context: ctx(),
-    })
-    .await
-    .map(|r| r.into_inner())
-}
-
-async fn unwrap(c: &mut Client, wrapped: &[u8]) -> Result<Vec<u8>, tonic::Status> {
-    c.unwrap_key(UnwrapKeyRequest {
-        wrapped: wrapped.to_vec(),
-        context: ctx(),
-    })
-    .await
-    .map(|r| r.into_inner().plaintext)
-}
-
-/// The failure's code and message, after checking the message leaks no credential.
-fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> (Code, String) {
-    let s = r.expect_err("should fail");
-    let m = s.message().to_owned();
-    assert!(
-        !m.contains(SECRET) && !m.contains(TOKEN),
-        "a secret leaked: {m}"
-    );
-    (s.code(), m)
-}
-
-async fn start(uris: &[&str]) -> (Daemon, Client) {
-    let d = Daemon::start(&body(uris)).await;
-    let mut c = d.unix().await;
-    wait_for_state(&mut c, "k", KeyState::Active).await;
-    (d, c)
-}
-
-/// Every status the daemon shows, as text, checked free of credentials.
-async fn status_text(c: &mut Client) -> String {
-    let all = c
-        .revoke_status(RevokeStatusRequest { key: String::new() })
-        .await
-        .expect("status")
-        .into_inner();
-    let text = format!("{all:?}");
-    assert!(
-        !text.contains(SECRET) && !text.contains(TOKEN),
-        "a secret leaked: {text}"
-    );
-    text
-}
+/// What no error or status may show.
+const SECRETS: &[&str] = &[SECRET, TOKEN];
 
 #[tokio::test]
 async fn daemon_round_trip_rotation_and_store_key() {
@@ -110,7 +40,10 @@ async fn daemon_round_trip_rotation_and_store_key() {
         wrapped: w1.wrapped.clone(),
         context: HashMap::new(),
     };
-    assert_eq!(code(c.unwrap_key(other).await).0, Code::InvalidArgument);
+    assert_eq!(
+        code(c.unwrap_key(other).await, SECRETS).0,
+        Code::InvalidArgument
+    );
 
     // A store key wrapped under AWS survives a restart (it is unwrapped again from disk).
     let get = |create| GetStoreKeyRequest {
@@ -134,7 +67,7 @@ async fn daemon_round_trip_rotation_and_store_key() {
         made.active.expect("key").key,
         again.active.expect("key").key
     );
-    let text = status_text(&mut c).await;
+    let text = status_text(&mut c, SECRETS).await;
     assert!(
         text.contains("REGION=us-east-1"),
         "the redacted URI is shown: {text}"
@@ -151,11 +84,11 @@ async fn daemon_disabled_then_enabled() {
 
     moto.disable(&id).await;
     wait_for_state(&mut c, "k", KeyState::Disabled).await;
-    let (wc, wm) = code(wrap(&mut c, b"x").await);
+    let (wc, wm) = code(wrap(&mut c, b"x").await, SECRETS);
     assert_eq!(wc, Code::FailedPrecondition);
     assert!(wm.contains("DISABLED"), "{wm}");
     assert_eq!(
-        code(unwrap(&mut c, &w.wrapped).await).0,
+        code(unwrap(&mut c, &w.wrapped).await, SECRETS).0,
         Code::FailedPrecondition
     );
 
@@ -183,14 +116,14 @@ async fn daemon_policy_deny_is_revoked_and_secrets_never_show() {
             || s.uris.iter().any(|u| u.detail.contains("AccessDenied")),
         "{s:?}"
     );
-    let (wc, wm) = code(wrap(&mut c, b"x").await);
+    let (wc, wm) = code(wrap(&mut c, b"x").await, SECRETS);
     assert_eq!(wc, Code::FailedPrecondition);
     assert!(wm.contains("REVOKED"), "{wm}");
     assert_eq!(
-        code(unwrap(&mut c, &w.wrapped).await).0,
+        code(unwrap(&mut c, &w.wrapped).await, SECRETS).0,
         Code::FailedPrecondition
     );
-    let text = status_text(&mut c).await;
+    let text = status_text(&mut c, SECRETS).await;
     assert!(
         text.contains("AWS_ACCESS_KEY_ID=AKIDDAEMON"),
         "the redacted URI is shown: {text}"
@@ -213,11 +146,11 @@ async fn daemon_scheduled_deletion_is_destroyed() {
     let w = wrap(&mut c, b"payload").await.expect("wrap");
     moto.schedule_deletion(&id).await;
     wait_for_state(&mut c, "k", KeyState::Destroyed).await;
-    let (wc, wm) = code(wrap(&mut c, b"x").await);
+    let (wc, wm) = code(wrap(&mut c, b"x").await, SECRETS);
     assert_eq!(wc, Code::FailedPrecondition);
     assert!(wm.contains("DESTROYED"), "{wm}");
     assert_eq!(
-        code(unwrap(&mut c, &w.wrapped).await).0,
+        code(unwrap(&mut c, &w.wrapped).await, SECRETS).0,
         Code::FailedPrecondition
     );
     d.stop().await;
@@ -233,9 +166,12 @@ async fn daemon_stopped_moto_is_unreachable_and_unavailable() {
     let w = wrap(&mut c, b"payload").await.expect("wrap");
     moto.kill();
     wait_for_state(&mut c, "k", KeyState::Unreachable).await;
-    assert_eq!(code(wrap(&mut c, b"x").await).0, Code::Unavailable);
-    assert_eq!(code(unwrap(&mut c, &w.wrapped).await).0, Code::Unavailable);
-    status_text(&mut c).await;
+    assert_eq!(code(wrap(&mut c, b"x").await, SECRETS).0, Code::Unavailable);
+    assert_eq!(
+        code(unwrap(&mut c, &w.wrapped).await, SECRETS).0,
+        Code::Unavailable
+    );
+    status_text(&mut c, SECRETS).await;
     d.stop().await;
 }
 
@@ -257,7 +193,10 @@ async fn daemon_aws_plus_mock_survives_the_loss_of_either() {
         unwrap(&mut c, &w.wrapped).await.expect("via aws"),
         b"payload"
     );
-    assert_eq!(code(wrap(&mut c, b"x").await).0, Code::FailedPrecondition);
+    assert_eq!(
+        code(wrap(&mut c, b"x").await, SECRETS).0,
+        Code::FailedPrecondition
+    );
 
     // The mock is back and AWS is gone: the mock alone unwraps.
     mock(name).enable();
@@ -269,26 +208,4 @@ async fn daemon_aws_plus_mock_survives_the_loss_of_either() {
         b"payload"
     );
     d.stop().await;
-}
-
-/// Polls RevokeStatus until key `k`'s URI starting with `prefix` is in state `want`, while
-/// the key as a whole stays ACTIVE (the other URI carries it).
-async fn wait_for_uri_state(c: &mut Client, prefix: &str, want: KeyState) {
-    let start = std::time::Instant::now();
-    loop {
-        let s = wait_for_state(c, "k", KeyState::Active).await;
-        let u = s
-            .uris
-            .iter()
-            .find(|u| u.uri.starts_with(prefix))
-            .expect("uri listed");
-        if u.state == want as i32 {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "{prefix} never became {want:?}: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

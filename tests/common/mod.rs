@@ -3,6 +3,7 @@
 //! transports. Shared by every test target in `tests/`.
 #![allow(dead_code)]
 
+pub mod backend_daemon;
 pub mod standins;
 
 use std::net::SocketAddr;

@@ -1,85 +1,16 @@
 //! Daemon-level tests: a real daemon (tests/common) whose key is a Cloud KMS key on the fake.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use google_cloud_kms_v1::model::crypto_key_version::CryptoKeyVersionState as S;
-use kms_broker_client::pb::{
-    GetStoreKeyRequest, KeyState, RevokeStatusRequest, UnwrapKeyRequest, WrapKeyRequest,
-    WrapKeyResponse,
-};
+use kms_broker_client::pb::{GetStoreKeyRequest, KeyState, UnwrapKeyRequest};
 use tonic::Code;
 
-use crate::common::{allow_me_everything, wait_for_state, Client, Daemon};
+use crate::common::backend_daemon::{
+    code, start, status_text, unwrap, wait_for_uri_state, wrap, NO_SECRETS,
+};
+use crate::common::wait_for_state;
 use crate::fake::{Fake, ServiceAccount, DAEMON_SA, ENCRYPTER, VIEWER};
-
-/// Fast polling and short KMS timeouts, so state changes show within a second or two.
-fn body(uris: &[&str]) -> String {
-    let list = uris
-        .iter()
-        .map(|u| format!("\"{u}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        "[keys.k]\nuris = [{list}]\n\n[stores.s]\nkey = \"k\"\n\n[revocation]\npoll_interval = \"300ms\"\ngrace_period = \"0s\"\n\n\
-         [kms]\nattempt_timeout = \"1s\"\ndeadline = \"2s\"\nmax_attempts = 2\n{}",
-        allow_me_everything()
-    )
-}
-
-fn ctx() -> HashMap<String, String> {
-    HashMap::from([("store".to_owned(), "s1".to_owned())])
-}
-
-async fn wrap(c: &mut Client, pt: &[u8]) -> Result<WrapKeyResponse, tonic::Status> {
-    c.wrap_key(WrapKeyRequest {
-        key: "k".into(),
-        plaintext: pt.to_vec(),
-        context: ctx(),
-    })
-    .await
-    .map(|r| r.into_inner())
-}
-
-async fn unwrap(c: &mut Client, wrapped: &[u8]) -> Result<Vec<u8>, tonic::Status> {
-    c.unwrap_key(UnwrapKeyRequest {
-        wrapped: wrapped.to_vec(),
-        context: ctx(),
-    })
-    .await
-    .map(|r| r.into_inner().plaintext)
-}
-
-/// The failure's code and message, after checking the message leaks no secret.
-fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>, secrets: &[String]) -> (Code, String) {
-    let s = r.expect_err("should fail");
-    let m = s.message().to_owned();
-    for secret in secrets {
-        assert!(!m.contains(secret), "a secret leaked: {m}");
-    }
-    (s.code(), m)
-}
-
-async fn start(uris: &[&str]) -> (Daemon, Client) {
-    let d = Daemon::start(&body(uris)).await;
-    let mut c = d.unix().await;
-    wait_for_state(&mut c, "k", KeyState::Active).await;
-    (d, c)
-}
-
-/// Every status the daemon shows, as text, checked free of `secrets`.
-async fn status_text(c: &mut Client, secrets: &[String]) -> String {
-    let all = c
-        .revoke_status(RevokeStatusRequest { key: String::new() })
-        .await
-        .expect("status")
-        .into_inner();
-    let text = format!("{all:?}");
-    for secret in secrets {
-        assert!(!text.contains(secret), "a secret leaked: {text}");
-    }
-    text
-}
 
 #[tokio::test]
 async fn daemon_round_trip_rotation_and_store_key() {
@@ -123,7 +54,7 @@ async fn daemon_round_trip_rotation_and_store_key() {
         context: HashMap::new(),
     };
     assert_eq!(
-        code(c.unwrap_key(other).await, &[]).0,
+        code(c.unwrap_key(other).await, NO_SECRETS).0,
         Code::InvalidArgument
     );
 
@@ -149,7 +80,7 @@ async fn daemon_round_trip_rotation_and_store_key() {
         made.active.expect("key").key,
         again.active.expect("key").key
     );
-    let text = status_text(&mut c, &[]).await;
+    let text = status_text(&mut c, NO_SECRETS).await;
     assert!(
         text.contains("AUTH=none") && text.contains("GCP_ENDPOINT="),
         "the redacted URI is shown: {text}"
@@ -168,11 +99,11 @@ async fn daemon_disabled_then_enabled() {
 
     fake.set_state(&key, "1", S::Disabled).await;
     wait_for_state(&mut c, "k", KeyState::Disabled).await;
-    let (wc, wm) = code(wrap(&mut c, b"x").await, &[]);
+    let (wc, wm) = code(wrap(&mut c, b"x").await, NO_SECRETS);
     assert_eq!(wc, Code::FailedPrecondition);
     assert!(wm.contains("DISABLED"), "{wm}");
     assert_eq!(
-        code(unwrap(&mut c, &w.wrapped).await, &[]).0,
+        code(unwrap(&mut c, &w.wrapped).await, NO_SECRETS).0,
         Code::FailedPrecondition
     );
 
@@ -237,11 +168,11 @@ async fn daemon_destroy_scheduled_is_destroyed() {
     let w = wrap(&mut c, b"payload").await.expect("wrap");
     fake.destroy(&key, "1").await;
     wait_for_state(&mut c, "k", KeyState::Destroyed).await;
-    let (wc, wm) = code(wrap(&mut c, b"x").await, &[]);
+    let (wc, wm) = code(wrap(&mut c, b"x").await, NO_SECRETS);
     assert_eq!(wc, Code::FailedPrecondition);
     assert!(wm.contains("DESTROYED"), "{wm}");
     assert_eq!(
-        code(unwrap(&mut c, &w.wrapped).await, &[]).0,
+        code(unwrap(&mut c, &w.wrapped).await, NO_SECRETS).0,
         Code::FailedPrecondition
     );
     d.stop().await;
@@ -257,9 +188,12 @@ async fn daemon_stopped_fake_is_unreachable_and_unavailable() {
     let w = wrap(&mut c, b"payload").await.expect("wrap");
     fake.kill();
     wait_for_state(&mut c, "k", KeyState::Unreachable).await;
-    assert_eq!(code(wrap(&mut c, b"x").await, &[]).0, Code::Unavailable);
     assert_eq!(
-        code(unwrap(&mut c, &w.wrapped).await, &[]).0,
+        code(wrap(&mut c, b"x").await, NO_SECRETS).0,
+        Code::Unavailable
+    );
+    assert_eq!(
+        code(unwrap(&mut c, &w.wrapped).await, NO_SECRETS).0,
         Code::Unavailable
     );
     fake.restart();
@@ -287,7 +221,7 @@ async fn daemon_gcp_plus_mock_survives_the_loss_of_either() {
         b"payload"
     );
     assert_eq!(
-        code(wrap(&mut c, b"x").await, &[]).0,
+        code(wrap(&mut c, b"x").await, NO_SECRETS).0,
         Code::FailedPrecondition
     );
 
@@ -301,26 +235,4 @@ async fn daemon_gcp_plus_mock_survives_the_loss_of_either() {
         b"payload"
     );
     d.stop().await;
-}
-
-/// Polls RevokeStatus until key `k`'s URI starting with `prefix` is in state `want`, while
-/// the key as a whole stays ACTIVE (the other URI carries it).
-async fn wait_for_uri_state(c: &mut Client, prefix: &str, want: KeyState) {
-    let start = std::time::Instant::now();
-    loop {
-        let s = wait_for_state(c, "k", KeyState::Active).await;
-        let u = s
-            .uris
-            .iter()
-            .find(|u| u.uri.starts_with(prefix))
-            .expect("uri listed");
-        if u.state == want as i32 {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "{prefix} never became {want:?}: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

@@ -2,62 +2,12 @@
 
 use std::collections::HashMap;
 
-use kms_broker_client::pb::{
-    KeyState, RevokeStatusRequest, UnwrapKeyRequest, WrapKeyRequest, WrapKeyResponse,
-};
+use kms_broker_client::pb::{KeyState, RevokeStatusRequest, UnwrapKeyRequest};
 use tonic::Code;
 
 use crate::bao::Bao;
-use crate::common::{allow_me_everything, wait_for_state, Client, Daemon};
-
-/// Fast polling and short KMS timeouts, so state changes show within a second or two.
-fn body(uris: &[&str]) -> String {
-    let list = uris
-        .iter()
-        .map(|u| format!("\"{u}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        "[keys.k]\nuris = [{list}]\n\n[stores.s]\nkey = \"k\"\n\n[revocation]\npoll_interval = \"300ms\"\n\n\
-         [kms]\nattempt_timeout = \"1s\"\ndeadline = \"2s\"\nmax_attempts = 2\n{}",
-        allow_me_everything()
-    )
-}
-
-fn ctx() -> HashMap<String, String> {
-    HashMap::from([("store".to_owned(), "s1".to_owned())])
-}
-
-async fn wrap(c: &mut Client, pt: &[u8]) -> Result<WrapKeyResponse, tonic::Status> {
-    c.wrap_key(WrapKeyRequest {
-        key: "k".into(),
-        plaintext: pt.to_vec(),
-        context: ctx(),
-    })
-    .await
-    .map(|r| r.into_inner())
-}
-
-async fn unwrap(c: &mut Client, wrapped: &[u8]) -> Result<Vec<u8>, tonic::Status> {
-    c.unwrap_key(UnwrapKeyRequest {
-        wrapped: wrapped.to_vec(),
-        context: ctx(),
-    })
-    .await
-    .map(|r| r.into_inner().plaintext)
-}
-
-fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> (Code, String) {
-    let s = r.expect_err("should fail");
-    (s.code(), s.message().to_owned())
-}
-
-async fn start(uris: &[&str]) -> (Daemon, Client) {
-    let d = Daemon::start(&body(uris)).await;
-    let mut c = d.unix().await;
-    wait_for_state(&mut c, "k", KeyState::Active).await;
-    (d, c)
-}
+use crate::common::backend_daemon::{code, start, unwrap, wait_for_uri_state, wrap, NO_SECRETS};
+use crate::common::wait_for_state;
 
 #[tokio::test]
 async fn daemon_round_trip_and_rotation() {
@@ -105,11 +55,11 @@ async fn daemon_soft_delete_is_disabled_and_restore_is_active_again() {
     bao.soft_delete("k");
     let s = wait_for_state(&mut c, "k", KeyState::Disabled).await;
     assert!(s.detail.contains("soft-delete"), "{}", s.detail);
-    let (wc, wm) = code(wrap(&mut c, b"x").await);
+    let (wc, wm) = code(wrap(&mut c, b"x").await, NO_SECRETS);
     assert_eq!(wc, Code::FailedPrecondition);
     assert!(wm.contains("DISABLED"), "{wm}");
     assert_eq!(
-        code(unwrap(&mut c, &w.wrapped).await).0,
+        code(unwrap(&mut c, &w.wrapped).await, NO_SECRETS).0,
         Code::FailedPrecondition
     );
 
@@ -132,10 +82,10 @@ async fn daemon_revoked_token_is_revoked_and_the_token_never_shows() {
 
     bao.cli(&["token", "revoke", &token]);
     let s = wait_for_state(&mut c, "k", KeyState::Revoked).await;
-    let (wc, wm) = code(wrap(&mut c, b"x").await);
+    let (wc, wm) = code(wrap(&mut c, b"x").await, &[&token]);
     assert_eq!(wc, Code::FailedPrecondition);
     assert!(wm.contains("REVOKED"), "{wm}");
-    let (uc, um) = code(unwrap(&mut c, &w.wrapped).await);
+    let (uc, um) = code(unwrap(&mut c, &w.wrapped).await, &[&token]);
     assert_eq!(uc, Code::FailedPrecondition);
 
     let all = c
@@ -160,11 +110,11 @@ async fn daemon_deleted_key_is_destroyed() {
     let w = wrap(&mut c, b"payload").await.expect("wrap");
     bao.delete_key("k");
     wait_for_state(&mut c, "k", KeyState::Destroyed).await;
-    let (wc, wm) = code(wrap(&mut c, b"x").await);
+    let (wc, wm) = code(wrap(&mut c, b"x").await, NO_SECRETS);
     assert_eq!(wc, Code::FailedPrecondition);
     assert!(wm.contains("DESTROYED"), "{wm}");
     assert_eq!(
-        code(unwrap(&mut c, &w.wrapped).await).0,
+        code(unwrap(&mut c, &w.wrapped).await, NO_SECRETS).0,
         Code::FailedPrecondition
     );
     assert!(!bao.key_exists("k"));
@@ -175,19 +125,19 @@ async fn daemon_deleted_key_is_destroyed() {
 async fn daemon_stopped_bao_is_unreachable_and_unavailable() {
     let Some(mut bao) = Bao::start() else { return };
     let (uri, _) = bao.setup("k");
-    // A grace period of 0: nothing held is handed out while the KMS is down.
-    let d = Daemon::start(&body(&[&uri]).replace(
-        "poll_interval = \"300ms\"",
-        "poll_interval = \"300ms\"\ngrace_period = \"0s\"",
-    ))
-    .await;
-    let mut c = d.unix().await;
-    wait_for_state(&mut c, "k", KeyState::Active).await;
+    // The shared config has a grace period of 0: nothing held is handed out while the KMS is down.
+    let (d, mut c) = start(&[&uri]).await;
     let w = wrap(&mut c, b"payload").await.expect("wrap");
     bao.kill();
     wait_for_state(&mut c, "k", KeyState::Unreachable).await;
-    assert_eq!(code(wrap(&mut c, b"x").await).0, Code::Unavailable);
-    assert_eq!(code(unwrap(&mut c, &w.wrapped).await).0, Code::Unavailable);
+    assert_eq!(
+        code(wrap(&mut c, b"x").await, NO_SECRETS).0,
+        Code::Unavailable
+    );
+    assert_eq!(
+        code(unwrap(&mut c, &w.wrapped).await, NO_SECRETS).0,
+        Code::Unavailable
+    );
     d.stop().await;
 }
 
@@ -208,7 +158,10 @@ async fn daemon_vault_plus_mock_survives_the_loss_of_either() {
         unwrap(&mut c, &w.wrapped).await.expect("via vault"),
         b"payload"
     );
-    assert_eq!(code(wrap(&mut c, b"x").await).0, Code::FailedPrecondition);
+    assert_eq!(
+        code(wrap(&mut c, b"x").await, NO_SECRETS).0,
+        Code::FailedPrecondition
+    );
 
     // The mock is back and Vault is gone: the mock alone unwraps.
     mock(name).enable();
@@ -220,26 +173,4 @@ async fn daemon_vault_plus_mock_survives_the_loss_of_either() {
         b"payload"
     );
     d.stop().await;
-}
-
-/// Polls RevokeStatus until key `k`'s URI starting with `prefix` is in state `want`, while
-/// the key as a whole stays ACTIVE (the other URI carries it).
-async fn wait_for_uri_state(c: &mut Client, prefix: &str, want: KeyState) {
-    let start = std::time::Instant::now();
-    loop {
-        let s = wait_for_state(c, "k", KeyState::Active).await;
-        let u = s
-            .uris
-            .iter()
-            .find(|u| u.uri.starts_with(prefix))
-            .expect("uri listed");
-        if u.state == want as i32 {
-            return;
-        }
-        assert!(
-            start.elapsed().as_secs() < 5,
-            "{prefix} never became {want:?}: {s:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
 }

@@ -1,0 +1,110 @@
+//! What the per-backend daemon tests (AWS on moto, Cloud KMS on the fake, Vault on OpenBao)
+//! share: a daemon whose key `k` (store `s`) lives on the given URIs, with fast polling and
+//! short KMS timeouts so state changes show within a second or two.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use kms_broker_client::pb::{
+    KeyState, RevokeStatusRequest, UnwrapKeyRequest, WrapKeyRequest, WrapKeyResponse,
+};
+use tonic::Code;
+
+use super::{allow_me_everything, wait_for_state, Client, Daemon};
+
+/// For calls whose outcome carries no credential worth checking.
+pub const NO_SECRETS: &[&str] = &[];
+
+/// The config body: key `k` on `uris`, store `s` under it, everything allowed to this uid.
+pub fn body(uris: &[&str]) -> String {
+    let list = uris
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "[keys.k]\nuris = [{list}]\n\n[stores.s]\nkey = \"k\"\n\n[revocation]\npoll_interval = \"300ms\"\ngrace_period = \"0s\"\n\n\
+         [kms]\nattempt_timeout = \"1s\"\ndeadline = \"2s\"\nmax_attempts = 2\n{}",
+        allow_me_everything()
+    )
+}
+
+/// Starts the daemon on `uris` and waits until key `k` is ACTIVE.
+pub async fn start(uris: &[&str]) -> (Daemon, Client) {
+    let d = Daemon::start(&body(uris)).await;
+    let mut c = d.unix().await;
+    wait_for_state(&mut c, "k", KeyState::Active).await;
+    (d, c)
+}
+
+pub fn ctx() -> HashMap<String, String> {
+    HashMap::from([("store".to_owned(), "s1".to_owned())])
+}
+
+pub async fn wrap(c: &mut Client, pt: &[u8]) -> Result<WrapKeyResponse, tonic::Status> {
+    c.wrap_key(WrapKeyRequest {
+        key: "k".into(),
+        plaintext: pt.to_vec(),
+        context: ctx(),
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+pub async fn unwrap(c: &mut Client, wrapped: &[u8]) -> Result<Vec<u8>, tonic::Status> {
+    c.unwrap_key(UnwrapKeyRequest {
+        wrapped: wrapped.to_vec(),
+        context: ctx(),
+    })
+    .await
+    .map(|r| r.into_inner().plaintext)
+}
+
+/// The failure's code and message, after checking the message shows none of `secrets`.
+pub fn code<T: std::fmt::Debug>(
+    r: Result<T, tonic::Status>,
+    secrets: &[impl AsRef<str>],
+) -> (Code, String) {
+    let s = r.expect_err("should fail");
+    let m = s.message().to_owned();
+    for secret in secrets {
+        assert!(!m.contains(secret.as_ref()), "a secret leaked: {m}");
+    }
+    (s.code(), m)
+}
+
+/// Every status the daemon shows, as text, checked free of `secrets`.
+pub async fn status_text(c: &mut Client, secrets: &[impl AsRef<str>]) -> String {
+    let all = c
+        .revoke_status(RevokeStatusRequest { key: String::new() })
+        .await
+        .expect("status")
+        .into_inner();
+    let text = format!("{all:?}");
+    for secret in secrets {
+        assert!(!text.contains(secret.as_ref()), "a secret leaked: {text}");
+    }
+    text
+}
+
+/// Polls RevokeStatus until key `k`'s URI starting with `prefix` is in state `want`, while
+/// the key as a whole stays ACTIVE (the other URI carries it).
+pub async fn wait_for_uri_state(c: &mut Client, prefix: &str, want: KeyState) {
+    let start = Instant::now();
+    loop {
+        let s = wait_for_state(c, "k", KeyState::Active).await;
+        let u = s
+            .uris
+            .iter()
+            .find(|u| u.uri.starts_with(prefix))
+            .expect("uri listed");
+        if u.state == want as i32 {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{prefix} never became {want:?}: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
