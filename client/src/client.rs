@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 use crate::pb::key_broker_client::KeyBrokerClient;
 use crate::retry::retry_until;
 use crate::{
-    pb, ClientError, ClientOptions, KeyMaterial, KeyStatus, StoreKeys, TlsFiles, Unwrapped, Wrapped,
+    pb, ClientError, ClientOptions, KeyStatus, SecretBytes, StoreKeys, TlsFiles, Unwrapped, Wrapped,
 };
 
 /// A handle to one kms-broker daemon. Cheap to clone: clones share one HTTP/2 connection.
@@ -159,7 +159,7 @@ impl Client {
         let resp = self.grpc.clone().unwrap_key(req).await;
         let mut resp = resp.map_err(|s| self.error(s))?.into_inner();
         Ok(Unwrapped {
-            plaintext: KeyMaterial::take(&mut resp.plaintext),
+            plaintext: SecretBytes::take(&mut resp.plaintext),
             key: resp.key,
             key_version: resp.key_version,
         })

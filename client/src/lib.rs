@@ -14,8 +14,9 @@
 //!   `Unavailable`, up to [`ClientOptions::startup_deadline`]; real answers such as
 //!   `NotFound` or `PermissionDenied` return at once.
 //! - **Typed results**: store keys are checked against the contract (32-byte id, key length
-//!   matching its [`Algorithm`]) and key bytes arrive as [`KeyMaterial`]: zeroized on drop,
-//!   `REDACTED` in `Debug`, never `Clone`.
+//!   matching its [`Algorithm`]) and key bytes arrive as [`SecretBytes`]: zeroized on drop,
+//!   `REDACTED` in `Debug`, never `Clone`. The type is the daemon's own (from
+//!   `kms-broker-api`, as are [`pb`] and [`Algorithm`]): one secret type on both sides.
 //! - **Errors keep the gRPC code** ([`ClientError::code`]) and never contain key bytes.
 //!
 //! # Layout
@@ -24,9 +25,8 @@
 //! - `options.rs`: [`ClientOptions`], [`TlsFiles`].
 //! - `retry.rs`: [`Backoff`] and the start-up retry loop.
 //! - `types.rs`: typed responses ([`StoreKeys`], [`KeyStatus`], ...).
-//! - `secret.rs`: [`KeyMaterial`], the one type for key bytes.
 //! - `error.rs`: [`ClientError`] and which failures are retryable.
-//! - [`pb`]: the generated protobuf types and raw gRPC client.
+//! - [`pb`]: the generated protobuf types and raw gRPC client (from `kms-broker-api`).
 //!
 //! # Example
 //!
@@ -57,22 +57,12 @@ mod client;
 mod error;
 mod options;
 mod retry;
-mod secret;
 mod types;
 
 pub use client::Client;
 pub use error::{retryable_code, ClientError};
+pub use kms_broker_api::{pb, Algorithm, SecretBytes, KEY_ID_LEN};
 pub use options::{ClientOptions, TlsFiles};
 pub use retry::Backoff;
-pub use secret::KeyMaterial;
 pub use tonic::Code;
-pub use types::{
-    Algorithm, KeyState, KeyStatus, StoreKey, StoreKeys, Unwrapped, UriStatus, Wrapped, KEY_ID_LEN,
-};
-
-/// Generated protobuf and gRPC client types of `kmsbroker.v1`.
-pub mod pb {
-    // Generated code; the proto's comments use `<name>`, which rustdoc takes for HTML.
-    #![allow(missing_debug_implementations, clippy::all, rustdoc::invalid_html_tags)]
-    tonic::include_proto!("kmsbroker.v1");
-}
+pub use types::{KeyState, KeyStatus, StoreKey, StoreKeys, Unwrapped, UriStatus, Wrapped};

@@ -3,10 +3,9 @@
 //! Store keys are checked against the contract here (32-byte id, 16/24/32-byte key that
 //! matches its algorithm), so a caller writing a CockroachDB key file never re-checks.
 
-use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use crate::{pb, ClientError, KeyMaterial};
+use crate::{pb, Algorithm, ClientError, SecretBytes, KEY_ID_LEN};
 
 /// Result of [`Client::wrap_key`](crate::Client::wrap_key). Nothing here is secret: the
 /// blob is only useful to a caller the daemon lets unwrap it.
@@ -24,62 +23,12 @@ pub struct Wrapped {
 #[derive(Debug)]
 pub struct Unwrapped {
     /// The plaintext given to `wrap_key`.
-    pub plaintext: KeyMaterial,
+    pub plaintext: SecretBytes,
     /// Name of the configured key, read from the blob.
     pub key: String,
     /// The KMS key version that unwrapped it (may be empty).
     pub key_version: String,
 }
-
-/// A store key's cipher, which fixes its length: CockroachDB reads the key length from the
-/// key file, so a mismatch would silently select another cipher.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    /// 16-byte key.
-    Aes128,
-    /// 24-byte key.
-    Aes192,
-    /// 32-byte key.
-    Aes256,
-}
-
-impl Algorithm {
-    /// The contract's name (`AES-256`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Algorithm::Aes128 => "AES-128",
-            Algorithm::Aes192 => "AES-192",
-            Algorithm::Aes256 => "AES-256",
-        }
-    }
-
-    /// Key length in bytes.
-    pub fn key_len(self) -> usize {
-        match self {
-            Algorithm::Aes128 => 16,
-            Algorithm::Aes192 => 24,
-            Algorithm::Aes256 => 32,
-        }
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        match s {
-            "AES-128" => Some(Algorithm::Aes128),
-            "AES-192" => Some(Algorithm::Aes192),
-            "AES-256" => Some(Algorithm::Aes256),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Algorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Length of a store key id.
-pub const KEY_ID_LEN: usize = 32;
 
 /// One store key, CockroachDB-shaped.
 #[derive(Debug)]
@@ -87,7 +36,7 @@ pub struct StoreKey {
     /// 32 random bytes naming the key. Not secret: CockroachDB logs key ids.
     pub key_id: [u8; KEY_ID_LEN],
     /// The key itself.
-    pub key: KeyMaterial,
+    pub key: SecretBytes,
     /// The cipher; `key.len() == algorithm.key_len()`.
     pub algorithm: Algorithm,
     /// When the daemon created the key.
@@ -98,11 +47,11 @@ impl StoreKey {
     /// `key_id || key`: the contents of a valid CockroachDB store key file
     /// (`--enterprise-encryption=...,key=FILE`). Built in a buffer of the final size, so no
     /// reallocation leaves a partial copy behind.
-    pub fn key_file_bytes(&self) -> KeyMaterial {
+    pub fn key_file_bytes(&self) -> SecretBytes {
         let mut buf = Vec::with_capacity(KEY_ID_LEN + self.key.len());
         buf.extend_from_slice(&self.key_id);
         buf.extend_from_slice(self.key.expose());
-        KeyMaterial::from_vec(buf)
+        SecretBytes::new(buf)
     }
 
     /// The key id in lower-case hex, as CockroachDB prints it.
@@ -119,7 +68,7 @@ impl StoreKey {
             ))
         })?;
         // Take the key bytes first, so that every early return below still zeroizes them.
-        let key = KeyMaterial::take(&mut pb.key);
+        let key = SecretBytes::take(&mut pb.key);
         let algorithm = Algorithm::parse(&pb.algorithm)
             .ok_or_else(|| invalid(format!("unknown algorithm {:?}", pb.algorithm)))?;
         if key.len() != algorithm.key_len() {

@@ -16,7 +16,7 @@
 //! - [`envelope`]: the versioned wrapped-key format.
 //! - [`store_key`]: store keys on disk: atomic, durable, never plaintext.
 //! - [`revocation`]: the key-state tracker and its poller.
-//! - [`secret`]: the one type for key bytes.
+//! - [`secret`]: the one type for key bytes (from `kms-broker-api`, shared with the client).
 //! - [`error`]: the error enum and the one conversion into `tonic::Status`.
 //! - [`backend`]: `trait KmsBackend`, retries, and one module per KMS.
 //! - [`tls`] / [`certs`] / [`dev`]: mTLS set-up, rcgen certificates, `serve --dev`.
@@ -32,7 +32,6 @@ pub mod key_uri;
 pub mod peer;
 pub mod policy;
 pub mod revocation;
-pub mod secret;
 pub mod server;
 pub mod service;
 pub mod state;
@@ -40,12 +39,7 @@ pub mod store_key;
 pub mod stores;
 pub mod tls;
 
-/// Generated protobuf and gRPC types of `kmsbroker.v1`.
-pub mod pb {
-    #![allow(missing_debug_implementations, clippy::all)]
-    tonic::include_proto!("kmsbroker.v1");
-
-    /// For reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("kmsbroker_descriptor");
-}
+/// Generated protobuf and gRPC types of `kmsbroker.v1`, and the descriptor set for reflection.
+pub use kms_broker_api::pb;
+/// The one type for key bytes.
+pub use kms_broker_api::secret;

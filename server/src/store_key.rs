@@ -37,6 +37,7 @@ mod format;
 
 pub use atomic::{write_atomic, write_new_atomic};
 pub use format::{FormatError, StoreKeyFile, WrappedStoreKey, FORMAT};
+pub use kms_broker_api::{Algorithm, KEY_ID_LEN};
 
 /// A store id: `[A-Za-z0-9._-]{1,128}`, and not `.` or `..`, so it is safe as part of a
 /// file name.
@@ -68,44 +69,6 @@ impl fmt::Display for StoreId {
         f.write_str(&self.0)
     }
 }
-
-/// A store key's cipher, by key length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    Aes128,
-    Aes192,
-    Aes256,
-}
-
-impl Algorithm {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "AES-128" => Some(Algorithm::Aes128),
-            "AES-192" => Some(Algorithm::Aes192),
-            "AES-256" => Some(Algorithm::Aes256),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Algorithm::Aes128 => "AES-128",
-            Algorithm::Aes192 => "AES-192",
-            Algorithm::Aes256 => "AES-256",
-        }
-    }
-
-    pub fn key_len(self) -> usize {
-        match self {
-            Algorithm::Aes128 => 16,
-            Algorithm::Aes192 => 24,
-            Algorithm::Aes256 => 32,
-        }
-    }
-}
-
-/// Length of a store key id.
-pub const KEY_ID_LEN: usize = 32;
 
 /// A store key in plaintext: in memory only, the key bytes in [`SecretBytes`]. No `Clone`.
 pub struct StoreKey {

@@ -1,9 +1,9 @@
 //! The one type for key bytes.
 //!
 //! Every plaintext key the daemon touches (store keys, data keys a caller asked to wrap,
-//! key files) lives in a [`SecretBytes`]: zeroized on drop, `REDACTED` in `Debug`, and
-//! deliberately without `Clone`, `Display` or `Serialize`, so a copy or a log line is a
-//! compile error rather than a review finding.
+//! key files), and every key a client receives, lives in a [`SecretBytes`]: zeroized on
+//! drop, `REDACTED` in `Debug`, and deliberately without `Clone`, `Display` or `Serialize`,
+//! so a copy or a log line is a compile error rather than a review finding.
 
 use std::fmt;
 

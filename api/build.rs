@@ -1,10 +1,9 @@
-//! Compiles the contract's proto with a vendored `protoc`, so no system install is needed,
-//! and emits the descriptor set that reflection serves.
+//! Compiles the contract's proto (client and server side) with a vendored `protoc`, so no
+//! system install is needed, and emits the descriptor set that reflection serves.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
-        .build_client(false)
         .file_descriptor_set_path(out.join("kmsbroker_descriptor.bin"))
         .compile_protos(&["../proto/kmsbroker/v1/broker.proto"], &["../proto"])?;
     println!("cargo:rerun-if-changed=../proto/kmsbroker/v1/broker.proto");
