@@ -4,15 +4,16 @@
 //! Every `mock://NAME` URI in the process shares one mock key, found by name in a
 //! process-global registry, so a test scripts the KMS the daemon under test is using:
 //!
-//! ```ignore
+//! ```
+//! # use std::time::Duration;
 //! use kms_broker::backend::mock::{mock, MockFault};
-//! let kms = mock("t-revoke-1");        // get-or-create; use a fresh name per test
+//! let kms = mock("doc-example");       // get-or-create; use a fresh name per test
 //! kms.disable();                       // every call now fails FailureClass::Disabled
 //! kms.enable();
 //! kms.fail_next(2, MockFault::Throttled); // the next 2 calls are Unreachable
-//! kms.set_latency(Duration::from_secs(3)); // tokio::time::sleep, so paused time works
-//! let v2 = kms.rotate();               // new primary version "2"; "1" still decrypts
-//! assert_eq!(kms.calls().check, 1);
+//! kms.set_latency(Duration::from_millis(5)); // tokio::time::sleep, so paused time works
+//! assert_eq!(kms.rotate(), "2");       // new primary version; "1" still decrypts
+//! assert_eq!(kms.calls().check, 0);    // calls are counted per kind
 //! ```
 //!
 //! A call runs: count it, sleep the latency, then answer in this order, like a real KMS:
