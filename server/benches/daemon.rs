@@ -1,10 +1,15 @@
 //! Per-call overhead, coalescing and start-up of the real daemon (both transports), with the
 //! mock KMS so the KMS itself costs (almost) nothing. Prints a table; BENCHMARKS.md records
-//! it. Run: `cargo bench -p kms-broker --features mock-kms --bench daemon`
+//! it.
 //!
-//! The baseline, measured in the same run, is the same KMS work called in-process through
-//! the backend trait: the ratio is what the daemon (gRPC, policy, envelope, state checks,
-//! logging) adds per call.
+//! Two baselines, measured in the same run:
+//! - the same KMS work called in-process through the backend trait: the ratio is all the
+//!   daemon adds per call (gRPC, policy, envelope, state checks, logging);
+//! - `grpc.health.v1.Health/Check` on the same transport and connection: the gRPC floor,
+//!   so the ratio is what the daemon's own work adds over an empty call.
+//!
+//! Run (without the cloud SDKs, which the mock path never touches, so it builds in minutes):
+//! `cargo bench -p kms-broker --no-default-features --features mock-kms --bench daemon`
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -19,6 +24,8 @@ use kms_broker::server::Server;
 use kms_broker_client::pb::key_broker_client::KeyBrokerClient;
 use kms_broker_client::pb::{GetStoreKeyRequest, UnwrapKeyRequest, WrapKeyRequest};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 const N: usize = 2000;
 
@@ -28,13 +35,14 @@ fn stats(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
     (p(0.5), p(0.99), v.iter().sum::<Duration>() / v.len() as u32)
 }
 
-fn row(name: &str, v: Vec<Duration>, base: Option<Duration>) -> Duration {
+/// One table row; `base` is a baseline's mean and its short name, for the ratio column.
+fn row(name: &str, v: Vec<Duration>, base: Option<(Duration, &str)>) -> Duration {
     let (p50, p99, mean) = stats(v);
     let ratio = base
-        .map(|b| format!("{:.1}x", mean.as_secs_f64() / b.as_secs_f64()))
+        .map(|(b, what)| format!("{:.1}x {what}", mean.as_secs_f64() / b.as_secs_f64()))
         .unwrap_or_else(|| "-".into());
     println!(
-        "| {name:<44} | {:>9.1} | {:>9.1} | {:>9.1} | {ratio:>16} |",
+        "| {name:<44} | {:>9.1} | {:>9.1} | {:>9.1} | {ratio:<16} |",
         us(p50),
         us(p99),
         us(mean)
@@ -73,9 +81,9 @@ allow = ["WrapKey", "UnwrapKey"]
     Config::parse(&dir.join("k.toml"), &text).unwrap()
 }
 
-async fn unix(path: &Path) -> KeyBrokerClient<Channel> {
+async fn unix(path: &Path) -> Channel {
     let path = path.to_owned();
-    let ch = Endpoint::from_static("http://localhost")
+    Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_| {
             let p = path.clone();
             async move {
@@ -83,24 +91,22 @@ async fn unix(path: &Path) -> KeyBrokerClient<Channel> {
             }
         }))
         .await
-        .unwrap();
-    KeyBrokerClient::new(ch)
+        .unwrap()
 }
 
-async fn tls(dir: &Path, port: u16) -> KeyBrokerClient<Channel> {
+async fn tls(dir: &Path, port: u16) -> Channel {
     let r = |f: &str| std::fs::read(dir.join("certs").join(f)).unwrap();
     let cfg = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(r("ca.pem")))
         .identity(Identity::from_pem(r("client.pem"), r("client-key.pem")))
         .domain_name("localhost");
-    let ch = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+    Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
         .unwrap()
         .tls_config(cfg)
         .unwrap()
         .connect()
         .await
-        .unwrap();
-    KeyBrokerClient::new(ch)
+        .unwrap()
 }
 
 fn wrap_req() -> WrapKeyRequest {
@@ -146,11 +152,7 @@ async fn main() {
         v.push(t.elapsed());
     }
     let base_pair = stats(v.clone()).2;
-    row(
-        "baseline: mock encrypt+decrypt, in-process",
-        v,
-        Some(base_pair),
-    );
+    row("baseline: mock encrypt+decrypt, in-process", v, None);
 
     // Start-up: bind (config → backends → listeners) until the first call is answered.
     let t = Instant::now();
@@ -160,13 +162,24 @@ async fn main() {
     let task = tokio::spawn(server.serve(async {
         let _ = stopped.await;
     }));
-    let mut c = unix(&dir.join("b.sock")).await;
+    let unix_channel = unix(&dir.join("b.sock")).await;
+    let mut c = KeyBrokerClient::new(unix_channel.clone());
     c.revoke_status(kms_broker_client::pb::RevokeStatusRequest::default())
         .await
         .unwrap();
     let startup = t.elapsed();
 
-    for (label, mut c) in [("unix", c.clone()), ("mTLS", tls(dir, port).await)] {
+    for (label, channel) in [("unix", unix_channel), ("mTLS", tls(dir, port).await)] {
+        let mut c = KeyBrokerClient::new(channel.clone());
+        // The gRPC floor: an empty call on the same connection.
+        let mut health = HealthClient::new(channel);
+        let mut v = Vec::with_capacity(N);
+        for _ in 0..N {
+            let t = Instant::now();
+            health.check(HealthCheckRequest::default()).await.unwrap();
+            v.push(t.elapsed());
+        }
+        let floor = row(&format!("baseline: Health/Check over {label}"), v, None);
         let mut wraps = Vec::with_capacity(N);
         let mut pair = Vec::with_capacity(N);
         for _ in 0..N {
@@ -182,11 +195,26 @@ async fn main() {
             wraps.push(t1);
             pair.push(t.elapsed());
         }
-        row(&format!("WrapKey over {label}"), wraps, None);
         row(
+            &format!("WrapKey over {label}"),
+            wraps,
+            Some((floor, "gRPC floor")),
+        );
+        let both = row(
             &format!("WrapKey+UnwrapKey over {label}"),
             pair,
-            Some(base_pair),
+            Some((base_pair, "in-process")),
+        );
+        println!(
+            "| {:<44} | {:>9} | {:>9} | {:>9} | {:<16} |",
+            "",
+            "",
+            "",
+            "",
+            format!(
+                "{:.1}x 2 gRPC floors",
+                both.as_secs_f64() / (2.0 * floor.as_secs_f64())
+            )
         );
     }
 
@@ -246,7 +274,7 @@ async fn main() {
         let task = tokio::spawn(server.serve(async {
             let _ = stopped.await;
         }));
-        let c = unix(&dir2.join("b.sock")).await;
+        let c = KeyBrokerClient::new(unix(&dir2.join("b.sock")).await);
         if round == 0 {
             let mut c = c.clone();
             c.get_store_key(GetStoreKeyRequest {
