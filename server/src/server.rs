@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server as TonicServer;
 use tonic_health::ServingStatus;
 
@@ -191,7 +192,9 @@ impl Server {
                 .add_service(reflection_v1alpha)
                 .add_service(service)
                 .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(tcp),
+                    // Without TCP_NODELAY, a response's HEADERS, DATA and trailers frames
+                    // wait on the peer's delayed ACK: ~40 ms per call (measured with k6).
+                    TcpIncoming::from(tcp).with_nodelay(Some(true)),
                     stopped(stop_rx.clone()),
                 );
             servers.push(tokio::spawn(tcp_server));
