@@ -14,7 +14,20 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use url::Url;
+
+/// Characters escaped in a shown query's names and values: the ones that delimit or encode.
+const QUERY_VALUE: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'&')
+    .add(b'=')
+    .add(b'+')
+    .add(b'%');
 
 /// A parsed, validated key URI.
 #[derive(Clone, PartialEq, Eq)]
@@ -152,7 +165,15 @@ pub fn redact_query(url: &Url, public: &[&str]) -> String {
     if pairs.is_empty() {
         shown.set_query(None);
     } else {
-        shown.query_pairs_mut().clear().extend_pairs(pairs);
+        // Encode only what would change the query's meaning, so an operator reads
+        // `AWS_ENDPOINT=http://127.0.0.1:4566`, not `http%3A%2F%2F127.0.0.1%3A4566`.
+        let enc = |s: &str| utf8_percent_encode(s, QUERY_VALUE).to_string();
+        let query = pairs
+            .iter()
+            .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        shown.set_query(Some(&query));
     }
     shown.set_fragment(None);
     let _ = shown.set_password(None);
@@ -234,5 +255,22 @@ mod tests {
         assert!(r.contains("REGION=us-east-1"));
         assert!(!r.contains("s3cr3t"));
         assert!(!r.contains("NEW=x"));
+    }
+
+    #[test]
+    fn shown_values_read_as_written_but_cannot_forge_parameters() {
+        let url = Url::parse(
+            "aws:///k?AWS_ENDPOINT=http://127.0.0.1:4566/x&NOTE=a%26SECRET%3Dx%25&TOKEN=t0k",
+        )
+        .unwrap();
+        let r = redact_query(&url, &["AWS_ENDPOINT", "NOTE"]);
+        assert_eq!(
+            r,
+            "aws:///k?AWS_ENDPOINT=http://127.0.0.1:4566/x&NOTE=a%26SECRET%3Dx%25&TOKEN=redacted"
+        );
+        // What is shown parses back to the same public values.
+        let back = Url::parse(&r).unwrap();
+        let note = back.query_pairs().find(|(k, _)| k == "NOTE").unwrap().1;
+        assert_eq!(note, "a&SECRET=x%");
     }
 }

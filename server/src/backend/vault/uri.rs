@@ -316,8 +316,7 @@ mod tests {
         );
         let r = u.redacted();
         assert!(
-            r.contains("TOKEN_FILE=%2Frun%2Fvault%2Ftoken")
-                || r.contains("TOKEN_FILE=/run/vault/token"),
+            r.contains("TOKEN_FILE=/run/vault/token") || r.contains("TOKEN_FILE=/run/vault/token"),
             "{r}"
         );
     }
