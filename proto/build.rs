@@ -5,7 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("kmsbroker_descriptor.bin"))
-        .compile_protos(&["../proto/kmsbroker/v1/broker.proto"], &["../proto"])?;
-    println!("cargo:rerun-if-changed=../proto/kmsbroker/v1/broker.proto");
+        .compile_protos(&["kmsbroker/v1/broker.proto"], &["."])?;
+    println!("cargo:rerun-if-changed=kmsbroker/v1/broker.proto");
     Ok(())
 }
