@@ -44,6 +44,17 @@ pub struct KeyStatus {
     pub uris: Vec<UriStatus>,
 }
 
+impl UriStatus {
+    /// The state a change is logged as coming from: the first answer is not a recovery.
+    fn was(&self) -> &'static str {
+        if self.checked_at.is_none() && self.last_active.is_none() {
+            "UNCHECKED"
+        } else {
+            self.state.as_str()
+        }
+    }
+}
+
 /// All keys' states. Locks are held only to copy or update a few fields.
 #[derive(Debug)]
 pub struct Tracker {
@@ -96,7 +107,7 @@ impl Tracker {
             match result {
                 Ok(detail) => {
                     if u.state != KeyState::Active {
-                        tracing::info!(key, uri = %u.uri, from = %u.state, "KMS key is ACTIVE");
+                        tracing::info!(key, uri = %u.uri, from = %u.was(), "KMS key is ACTIVE");
                     }
                     u.state = KeyState::Active;
                     u.detail = detail.to_owned();
@@ -106,7 +117,7 @@ impl Tracker {
                 Err(e) => {
                     if let Some(state) = e.class.key_state() {
                         if u.state != state {
-                            tracing::warn!(key, uri = %u.uri, from = %u.state, to = %state, detail = %e.detail, "KMS key state changed");
+                            tracing::warn!(key, uri = %u.uri, from = %u.was(), to = %state, detail = %e.detail, "KMS key state changed");
                         }
                         u.state = state;
                         u.detail = e.detail.clone();
@@ -125,7 +136,7 @@ impl Tracker {
         self.with(key, |uris| {
             if let Some(u) = uris.get_mut(uri_index) {
                 if u.state != KeyState::Active {
-                    tracing::info!(key, uri = %u.uri, from = %u.state, "KMS key is ACTIVE");
+                    tracing::info!(key, uri = %u.uri, from = %u.was(), "KMS key is ACTIVE");
                     u.detail.clear();
                 }
                 u.state = KeyState::Active;
