@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use kms_broker_client::pb::{GetStoreKeyRequest, KeyState, UnwrapKeyRequest};
 use tonic::Code;
 
-use crate::common::backend_daemon::{code, start, status_text, unwrap, wait_for_uri_state, wrap};
+use crate::common::backend_daemon::{
+    code, start, status_text, survives_the_loss_of_either, unwrap, wrap,
+};
 use crate::common::wait_for_state;
 use crate::moto::{Moto, SECRET, TOKEN};
 
@@ -177,35 +179,10 @@ async fn daemon_stopped_moto_is_unreachable_and_unavailable() {
 
 #[tokio::test]
 async fn daemon_aws_plus_mock_survives_the_loss_of_either() {
-    use kms_broker::backend::mock::mock;
     let Some(mut moto) = Moto::start() else {
         return;
     };
     let (id, _) = moto.create_key().await;
-    let name = "aws-kms-two-uris";
-    let (d, mut c) = start(&[&moto.uri(&id), &format!("mock://{name}")]).await;
-    let w = wrap(&mut c, b"payload").await.expect("wrap under both");
-
-    // The mock is switched off: AWS alone unwraps.
-    mock(name).disable();
-    wait_for_uri_state(&mut c, "mock://", KeyState::Disabled).await;
-    assert_eq!(
-        unwrap(&mut c, &w.wrapped).await.expect("via aws"),
-        b"payload"
-    );
-    assert_eq!(
-        code(wrap(&mut c, b"x").await, SECRETS).0,
-        Code::FailedPrecondition
-    );
-
-    // The mock is back and AWS is gone: the mock alone unwraps.
-    mock(name).enable();
-    wait_for_uri_state(&mut c, "mock://", KeyState::Active).await;
-    moto.kill();
-    wait_for_uri_state(&mut c, "aws://", KeyState::Unreachable).await;
-    assert_eq!(
-        unwrap(&mut c, &w.wrapped).await.expect("via the mock"),
-        b"payload"
-    );
-    d.stop().await;
+    let uri = moto.uri(&id);
+    survives_the_loss_of_either(&uri, "aws-kms-two-uris", move || moto.kill()).await;
 }

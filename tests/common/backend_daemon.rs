@@ -108,3 +108,42 @@ pub async fn wait_for_uri_state(c: &mut Client, prefix: &str, want: KeyState) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A key on `uri` and on `mock://{mock_name}` survives the loss of either: it wraps under
+/// both; with the mock disabled, `uri` alone unwraps (and wrapping, which needs every URI, is
+/// refused); with the mock back and `uri`'s peer stopped by `kill`, the mock alone unwraps.
+/// Returns the first wrap, for backend-specific checks of its versions.
+pub async fn survives_the_loss_of_either(
+    uri: &str,
+    mock_name: &str,
+    kill: impl FnOnce(),
+) -> WrapKeyResponse {
+    use kms_broker::backend::mock::mock;
+    let scheme = &uri[..uri.find("://").expect("a URI") + 3];
+    let (d, mut c) = start(&[uri, &format!("mock://{mock_name}")]).await;
+    let w = wrap(&mut c, b"payload").await.expect("wrap under both");
+
+    mock(mock_name).disable();
+    wait_for_uri_state(&mut c, "mock://", KeyState::Disabled).await;
+    assert_eq!(
+        unwrap(&mut c, &w.wrapped)
+            .await
+            .unwrap_or_else(|e| panic!("via {scheme}: {e}")),
+        b"payload"
+    );
+    assert_eq!(
+        code(wrap(&mut c, b"x").await, NO_SECRETS).0,
+        Code::FailedPrecondition
+    );
+
+    mock(mock_name).enable();
+    wait_for_uri_state(&mut c, "mock://", KeyState::Active).await;
+    kill();
+    wait_for_uri_state(&mut c, scheme, KeyState::Unreachable).await;
+    assert_eq!(
+        unwrap(&mut c, &w.wrapped).await.expect("via the mock"),
+        b"payload"
+    );
+    d.stop().await;
+    w
+}

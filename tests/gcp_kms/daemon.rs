@@ -7,7 +7,7 @@ use kms_broker_client::pb::{GetStoreKeyRequest, KeyState, UnwrapKeyRequest};
 use tonic::Code;
 
 use crate::common::backend_daemon::{
-    code, start, status_text, unwrap, wait_for_uri_state, wrap, NO_SECRETS,
+    code, start, status_text, survives_the_loss_of_either, unwrap, wrap, NO_SECRETS,
 };
 use crate::common::wait_for_state;
 use crate::fake::{Fake, ServiceAccount, DAEMON_SA, ENCRYPTER, VIEWER};
@@ -204,35 +204,10 @@ async fn daemon_stopped_fake_is_unreachable_and_unavailable() {
 
 #[tokio::test]
 async fn daemon_gcp_plus_mock_survives_the_loss_of_either() {
-    use kms_broker::backend::mock::mock;
     let Some(mut fake) = Fake::start().await else {
         return;
     };
     fake.create_key("k").await;
-    let name = "gcp-kms-two-uris";
-    let (d, mut c) = start(&[&fake.uri("k"), &format!("mock://{name}")]).await;
-    let w = wrap(&mut c, b"payload").await.expect("wrap under both");
-
-    // The mock is switched off: Cloud KMS alone unwraps.
-    mock(name).disable();
-    wait_for_uri_state(&mut c, "mock://", KeyState::Disabled).await;
-    assert_eq!(
-        unwrap(&mut c, &w.wrapped).await.expect("via gcp"),
-        b"payload"
-    );
-    assert_eq!(
-        code(wrap(&mut c, b"x").await, NO_SECRETS).0,
-        Code::FailedPrecondition
-    );
-
-    // The mock is back and Cloud KMS is gone: the mock alone unwraps.
-    mock(name).enable();
-    wait_for_uri_state(&mut c, "mock://", KeyState::Active).await;
-    fake.kill();
-    wait_for_uri_state(&mut c, "gs://", KeyState::Unreachable).await;
-    assert_eq!(
-        unwrap(&mut c, &w.wrapped).await.expect("via the mock"),
-        b"payload"
-    );
-    d.stop().await;
+    let uri = fake.uri("k");
+    survives_the_loss_of_either(&uri, "gcp-kms-two-uris", move || fake.kill()).await;
 }

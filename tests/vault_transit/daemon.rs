@@ -6,7 +6,9 @@ use kms_broker_client::pb::{KeyState, RevokeStatusRequest, UnwrapKeyRequest};
 use tonic::Code;
 
 use crate::bao::Bao;
-use crate::common::backend_daemon::{code, start, unwrap, wait_for_uri_state, wrap, NO_SECRETS};
+use crate::common::backend_daemon::{
+    code, start, survives_the_loss_of_either, unwrap, wrap, NO_SECRETS,
+};
 use crate::common::wait_for_state;
 
 #[tokio::test]
@@ -143,34 +145,8 @@ async fn daemon_stopped_bao_is_unreachable_and_unavailable() {
 
 #[tokio::test]
 async fn daemon_vault_plus_mock_survives_the_loss_of_either() {
-    use kms_broker::backend::mock::mock;
     let Some(mut bao) = Bao::start() else { return };
     let (uri, _) = bao.setup("k");
-    let name = "vault-transit-two-uris";
-    let (d, mut c) = start(&[&uri, &format!("mock://{name}")]).await;
-    let w = wrap(&mut c, b"payload").await.expect("wrap under both");
+    let w = survives_the_loss_of_either(&uri, "vault-transit-two-uris", move || bao.kill()).await;
     assert!(w.key_version.contains("v1"), "{}", w.key_version);
-
-    // The mock is switched off: Vault alone unwraps.
-    mock(name).disable();
-    wait_for_uri_state(&mut c, "mock://", KeyState::Disabled).await;
-    assert_eq!(
-        unwrap(&mut c, &w.wrapped).await.expect("via vault"),
-        b"payload"
-    );
-    assert_eq!(
-        code(wrap(&mut c, b"x").await, NO_SECRETS).0,
-        Code::FailedPrecondition
-    );
-
-    // The mock is back and Vault is gone: the mock alone unwraps.
-    mock(name).enable();
-    wait_for_uri_state(&mut c, "mock://", KeyState::Active).await;
-    bao.kill();
-    wait_for_uri_state(&mut c, "vault://", KeyState::Unreachable).await;
-    assert_eq!(
-        unwrap(&mut c, &w.wrapped).await.expect("via the mock"),
-        b"payload"
-    );
-    d.stop().await;
 }
