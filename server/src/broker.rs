@@ -22,6 +22,8 @@ use crate::secret::SecretBytes;
 #[derive(Debug)]
 pub struct UriBackend {
     pub uri: KeyUri,
+    /// `uri.id()`, which envelopes record; computed once, as every call compares it.
+    pub id: String,
     pub backend: Resilient,
 }
 
@@ -63,6 +65,7 @@ impl Broker {
                     })?;
                 uris.push(UriBackend {
                     uri: uri.clone(),
+                    id: uri.id(),
                     backend: Resilient::new(inner, config.kms),
                 });
             }
@@ -110,7 +113,7 @@ impl Broker {
                 Ok(ct) => {
                     self.tracker.record_use(key, i);
                     entries.push(Entry {
-                        uri_id: u.uri.id(),
+                        uri_id: u.id.clone(),
                         key_version: ct.key_version,
                         ciphertext: ct.bytes,
                     });
@@ -156,7 +159,7 @@ impl Broker {
             .iter()
             .filter_map(|e| {
                 uris.iter()
-                    .position(|u| u.uri.id() == e.uri_id)
+                    .position(|u| u.id == e.uri_id)
                     .map(|i| (i, e))
             })
             .collect();
