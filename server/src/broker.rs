@@ -157,11 +157,7 @@ impl Broker {
         let mut candidates: Vec<(usize, &Entry)> = envelope
             .entries
             .iter()
-            .filter_map(|e| {
-                uris.iter()
-                    .position(|u| u.id == e.uri_id)
-                    .map(|i| (i, e))
-            })
+            .filter_map(|e| uris.iter().position(|u| u.id == e.uri_id).map(|i| (i, e)))
             .collect();
         if candidates.is_empty() {
             return Err(Error::invalid(format!(

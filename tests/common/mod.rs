@@ -123,6 +123,13 @@ impl Daemon {
         unix_client(&self.socket).await
     }
 
+    /// A raw channel on the Unix socket, for the health and reflection services.
+    pub async fn unix_channel(&self) -> Channel {
+        try_unix_channel(&self.socket)
+            .await
+            .expect("connect to the unix socket")
+    }
+
     /// A client over mutual TLS with a fresh certificate whose SAN and CN are `identity`.
     pub async fn tls(&self, identity: &str) -> Client {
         let pem = certs::issue(&self.ca, Some(identity), &[identity], false).expect("client cert");
@@ -198,14 +205,18 @@ pub async fn unix_client(path: &Path) -> Client {
 }
 
 pub async fn try_unix_client(path: &Path) -> Result<Client, tonic::transport::Error> {
+    Ok(KeyBrokerClient::new(try_unix_channel(path).await?))
+}
+
+/// A channel on a Unix socket path, for any service's client (health, reflection).
+pub async fn try_unix_channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
     let path = path.to_owned();
-    let ch = Endpoint::from_static("http://localhost")
+    Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_| {
             let p = path.clone();
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(p).await?)) }
         }))
-        .await?;
-    Ok(KeyBrokerClient::new(ch))
+        .await
 }
 
 /// Polls RevokeStatus until `key` is in state `want`; panics after 5 s with the last state.

@@ -254,18 +254,7 @@ async fn health_goes_not_serving_on_shutdown() {
 
     mock("tp-health-open");
     let d = Daemon::start(&body("tp-health", "")).await;
-    let path = d.socket.clone();
-    let ch = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let p = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(p).await?,
-                ))
-            }
-        }))
-        .await
-        .unwrap();
+    let ch = d.unix_channel().await;
     let mut h = HealthClient::new(ch);
     let mut watch = h
         .watch(HealthCheckRequest {
@@ -285,4 +274,68 @@ async fn health_goes_not_serving_on_shutdown() {
         ServingStatus::NotServing as i32
     );
     stopping.await.unwrap();
+}
+
+/// Lists the services and fetches the KeyBroker's file descriptor through one reflection
+/// version (`v1` or `v1alpha`, whose generated types have the same shape).
+macro_rules! reflect {
+    ($version:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::$version::ServerReflectionRequest;
+        let ask = |m| ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(m),
+        };
+        let requests = vec![
+            ask(MessageRequest::ListServices(String::new())),
+            ask(MessageRequest::FileContainingSymbol(
+                "kmsbroker.v1.KeyBroker".into(),
+            )),
+        ];
+        let mut answers = ServerReflectionClient::new($channel)
+            .server_reflection_info(tokio_stream::iter(requests))
+            .await
+            .expect(stringify!($version))
+            .into_inner();
+        let services = match answers.message().await.unwrap().unwrap().message_response {
+            Some(MessageResponse::ListServicesResponse(l)) => {
+                l.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+            }
+            other => panic!("{}: {other:?}", stringify!($version)),
+        };
+        let files = match answers.message().await.unwrap().unwrap().message_response {
+            Some(MessageResponse::FileDescriptorResponse(f)) => f.file_descriptor_proto,
+            other => panic!("{}: {other:?}", stringify!($version)),
+        };
+        (services, files)
+    }};
+}
+
+#[tokio::test]
+async fn reflection_v1_and_v1alpha_both_describe_the_service() {
+    mock("tp-reflect-open");
+    let d = Daemon::start(&body("tp-reflect", "")).await;
+    let (v1_services, v1_files) = reflect!(v1, d.unix_channel().await);
+    let (alpha_services, alpha_files) = reflect!(v1alpha, d.unix_channel().await);
+    for (services, files) in [(&v1_services, &v1_files), (&alpha_services, &alpha_files)] {
+        for want in ["kmsbroker.v1.KeyBroker", "grpc.health.v1.Health"] {
+            assert!(services.iter().any(|s| s == want), "{want}: {services:?}");
+        }
+        // A serialized FileDescriptorProto carries its names as UTF-8.
+        let text = String::from_utf8_lossy(&files.concat()).into_owned();
+        for want in [
+            "kmsbroker/v1/broker.proto",
+            "GetStoreKey",
+            "RevokeStatusResponse",
+        ] {
+            assert!(text.contains(want), "{want} not described");
+        }
+    }
+    assert_eq!(
+        v1_files, alpha_files,
+        "both versions serve the same descriptor"
+    );
+    d.stop().await;
 }
