@@ -13,8 +13,9 @@ mod moto;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::must_return;
 use kms_broker::backend::aws::AwsBackend;
 use kms_broker::backend::{connect, Aad, BackendError, Ciphertext, FailureClass, KmsBackend};
 use kms_broker::key_uri::KeyUri;
@@ -218,7 +219,7 @@ async fn unknown_credentials_are_revoked() {
 }
 
 #[tokio::test]
-async fn stopped_kms_is_unreachable_quickly() {
+async fn stopped_kms_is_unreachable() {
     let Some(mut moto) = Moto::start() else {
         return;
     };
@@ -226,14 +227,18 @@ async fn stopped_kms_is_unreachable_quickly() {
     let b = backend(&moto.uri(&id)).await;
     let ct = wrap(&*b, b"payload").await.expect("wrap");
     moto.kill();
-    let start = Instant::now();
-    assert_eq!(class(b.check().await), Unreachable);
-    assert_eq!(class(wrap(&*b, b"x").await), Unreachable);
-    assert_eq!(class(unwrap(&*b, &ct).await), Unreachable);
-    assert!(
-        start.elapsed() < Duration::from_secs(3),
-        "took {:?}",
-        start.elapsed()
+    let guard = Duration::from_secs(30);
+    assert_eq!(
+        class(must_return("DescribeKey", guard, b.check()).await),
+        Unreachable
+    );
+    assert_eq!(
+        class(must_return("Encrypt", guard, wrap(&*b, b"x")).await),
+        Unreachable
+    );
+    assert_eq!(
+        class(must_return("Decrypt", guard, unwrap(&*b, &ct)).await),
+        Unreachable
     );
 }
 
@@ -246,13 +251,12 @@ async fn a_silent_kms_is_cut_at_the_attempt_timeout() {
         "aws:///alias/x?REGION=us-east-1&AUTH=specified&AWS_ACCESS_KEY_ID=a&AWS_SECRET_ACCESS_KEY={SECRET}&AWS_ENDPOINT=http://127.0.0.1:{port}"
     );
     let b = backend(&uri).await;
-    let start = Instant::now();
-    assert_eq!(class(b.check().await), Unreachable);
-    let took = start.elapsed();
-    assert!(
-        took >= Duration::from_secs(4) && took < Duration::from_secs(7),
-        "took {took:?}"
-    );
+    // The SDK's own attempt timeout (5 s) ends it, not a connection error.
+    let e = must_return("DescribeKey", Duration::from_secs(60), b.check())
+        .await
+        .expect_err("silent");
+    assert_eq!(e.class, Unreachable);
+    assert!(e.detail.contains("timed out"), "{}", e.detail);
 }
 
 #[tokio::test]

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::must_return;
 use fake::{Fake, ServiceAccount, DAEMON_SA, ENCRYPTER, VIEWER};
 use google_cloud_kms_v1::model::crypto_key_version::CryptoKeyVersionState as S;
 use kms_broker::backend::{connect, Aad, BackendError, Ciphertext, FailureClass, KmsBackend};
@@ -320,16 +321,11 @@ async fn uri_parse_redaction_and_offline_construction() {
 
     // Application Default Credentials build offline too: the universe is pinned, so no
     // metadata-server lookup happens (on this machine ADC is a file or the metadata server).
-    let started = std::time::Instant::now();
     let implicit = format!("{base}?AUTH=implicit&GCP_ENDPOINT=http://127.0.0.1:9");
-    connect(&KeyUri::parse(&implicit).expect("parses"))
+    let parsed = KeyUri::parse(&implicit).expect("parses");
+    must_return("building ADC", Duration::from_secs(10), connect(&parsed))
         .await
         .expect("ADC builds offline");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        started.elapsed()
-    );
 
     // A key file whose private key is broken fails at load, without quoting it.
     let broken = ServiceAccount {

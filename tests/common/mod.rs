@@ -219,6 +219,19 @@ pub async fn try_unix_channel(path: &Path) -> Result<Channel, tonic::transport::
         .await
 }
 
+/// Awaits `f`, failing the test if it has not returned after `limit`. A guard against a
+/// hang (a missing timeout or deadline), with a limit far above the expected time: not a
+/// latency measurement, which belongs in the benchmarks.
+pub async fn must_return<T>(
+    what: &str,
+    limit: Duration,
+    f: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} hung for {limit:?}: a timeout is missing"))
+}
+
 /// Polls RevokeStatus until `key` is in state `want`; panics after 5 s with the last state.
 pub async fn wait_for_state(c: &mut Client, key: &str, want: KeyState) -> KeyStatus {
     wait_for_state_within(c, key, want, Duration::from_secs(5)).await

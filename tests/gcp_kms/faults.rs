@@ -1,7 +1,7 @@
 //! Failure modes through the backend: a stopped or hung Cloud KMS, server errors, and
 //! corrupted responses (CRC32C checks), each Unreachable so that the daemon retries.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kms_broker::backend::resilient::{Resilient, RetryPolicy};
 use kms_broker::backend::FailureClass::Unreachable;
@@ -9,11 +9,12 @@ use kms_broker::backend::KmsBackend;
 use kms_broker::secret::SecretBytes;
 use serde_json::json;
 
+use crate::common::must_return;
 use crate::fake::Fake;
 use crate::{aad, backend, class, unwrap, wrap};
 
 #[tokio::test]
-async fn a_stopped_or_hung_kms_is_unreachable_within_the_attempt_timeout() {
+async fn a_stopped_or_hung_kms_is_unreachable_and_a_hang_is_cut_at_the_attempt_timeout() {
     let Some(mut fake) = Fake::start().await else {
         return;
     };
@@ -31,26 +32,27 @@ async fn a_stopped_or_hung_kms_is_unreachable_within_the_attempt_timeout() {
     };
     let r = Resilient::new(b.clone(), policy);
     fake.fault(json!({ "method": "GetCryptoKey", "action": "hang" }));
-    let start = Instant::now();
-    assert_eq!(class(r.check().await), Unreachable);
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        start.elapsed()
-    );
+    let guard = Duration::from_secs(30);
+    let e = must_return("GetCryptoKey", guard, r.check())
+        .await
+        .expect_err("hung");
+    assert_eq!(e.class, Unreachable);
+    assert!(e.detail.contains("attempt timed out"), "{}", e.detail);
 
     fake.kill();
-    let start = Instant::now();
-    assert_eq!(class(b.check().await), Unreachable);
-    assert_eq!(class(wrap(&*b, b"x").await), Unreachable);
-    let e = unwrap(&*b, &ct).await.expect_err("down");
+    assert_eq!(
+        class(must_return("GetCryptoKey", guard, b.check()).await),
+        Unreachable
+    );
+    assert_eq!(
+        class(must_return("Encrypt", guard, wrap(&*b, b"x")).await),
+        Unreachable
+    );
+    let e = must_return("Decrypt", guard, unwrap(&*b, &ct))
+        .await
+        .expect_err("down");
     assert_eq!(e.class, Unreachable);
     assert!(e.detail.contains("Decrypt"), "{}", e.detail);
-    assert!(
-        start.elapsed() < policy.attempt_timeout * 3,
-        "took {:?}",
-        start.elapsed()
-    );
 
     // Back with its keys: usable again.
     fake.restart();
