@@ -8,18 +8,21 @@
 //! # Layout
 //!
 //! - [`config`]: the TOML config, validated once into typed values.
-//! - [`server`]: `run`: both listeners (Unix socket, mTLS TCP), health, reflection, drain.
+//! - [`server`]: `Server::bind` then `serve(shutdown)`: both listeners (Unix socket, mTLS
+//!   TCP), health, reflection, the poller, a bounded drain.
 //! - [`service`]: the generated `KeyBroker` service: peer → policy → work → response.
 //! - [`broker`]: the work itself, free of gRPC types.
 //! - [`peer`] / [`policy`]: who is calling and what they may do.
 //! - [`key_uri`]: KMS key URIs parsed into an enum; redaction.
 //! - [`envelope`]: the versioned wrapped-key format.
+//! - [`stores`]: GetStoreKey's work: create once, unwrap after restarts, hold, coalesce.
 //! - [`store_key`]: store keys on disk: atomic, durable, never plaintext.
 //! - [`revocation`]: the key-state tracker and its poller.
 //! - [`secret`]: the one type for key bytes (from `kms-broker-api`, shared with the client).
 //! - [`error`]: the error enum and the one conversion into `tonic::Status`.
 //! - [`backend`]: `trait KmsBackend`, retries, and one module per KMS.
 //! - [`tls`] / [`certs`] / [`dev`]: mTLS set-up, rcgen certificates, `serve --dev`.
+//! - [`hardening`]: no core dumps, no same-user ptrace (done by `main` before serving).
 
 pub mod backend;
 pub mod broker;
@@ -28,6 +31,7 @@ pub mod config;
 pub mod dev;
 pub mod envelope;
 pub mod error;
+pub mod hardening;
 pub mod key_uri;
 pub mod peer;
 pub mod policy;

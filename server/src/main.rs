@@ -125,6 +125,10 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config, banner: Option<String>) -> Result<(), ServeError> {
+    // Before any key byte is in memory.
+    if let Err(e) = kms_broker::hardening::apply() {
+        tracing::warn!("process hardening incomplete: {e}");
+    }
     let server = Server::bind(config).await?;
     if let Some(b) = banner {
         println!("{b}");

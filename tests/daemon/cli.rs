@@ -264,6 +264,18 @@ async fn sigterm_drains_and_exits_cleanly() {
         .await
         .unwrap();
     let pid = child.0.id().to_string();
+    // Hardening: no core file can hold key bytes. (Root can read any /proc, so the
+    // dumpable flag itself shows only to an unprivileged peer.)
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .expect("core limit listed");
+    assert_eq!(
+        core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(),
+        ["0", "0"],
+        "{core}"
+    );
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
