@@ -250,7 +250,7 @@ async fn a_missing_key_is_never_created() {
 }
 
 #[tokio::test]
-async fn stopped_bao_is_unreachable_within_the_attempt_timeout() {
+async fn stopped_bao_is_unreachable() {
     let Some(mut bao) = Bao::start() else { return };
     let (uri, _) = bao.setup("k");
     let b = backend(&uri).await;
