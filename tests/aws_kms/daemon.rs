@@ -6,7 +6,7 @@ use kms_broker_client::pb::{GetStoreKeyRequest, KeyState, UnwrapKeyRequest};
 use tonic::Code;
 
 use crate::common::backend_daemon::{
-    code, start, status_text, survives_the_loss_of_either, unwrap, wrap,
+    both_fail, code, refused_while, start, status_text, survives_the_loss_of_either, unwrap, wrap,
 };
 use crate::common::wait_for_state;
 use crate::moto::{Moto, SECRET, TOKEN};
@@ -86,13 +86,7 @@ async fn daemon_disabled_then_enabled() {
 
     moto.disable(&id).await;
     wait_for_state(&mut c, "k", KeyState::Disabled).await;
-    let (wc, wm) = code(wrap(&mut c, b"x").await, SECRETS);
-    assert_eq!(wc, Code::FailedPrecondition);
-    assert!(wm.contains("DISABLED"), "{wm}");
-    assert_eq!(
-        code(unwrap(&mut c, &w.wrapped).await, SECRETS).0,
-        Code::FailedPrecondition
-    );
+    refused_while(&mut c, &w.wrapped, "DISABLED", SECRETS).await;
 
     moto.enable(&id).await;
     wait_for_state(&mut c, "k", KeyState::Active).await;
@@ -118,13 +112,7 @@ async fn daemon_policy_deny_is_revoked_and_secrets_never_show() {
             || s.uris.iter().any(|u| u.detail.contains("AccessDenied")),
         "{s:?}"
     );
-    let (wc, wm) = code(wrap(&mut c, b"x").await, SECRETS);
-    assert_eq!(wc, Code::FailedPrecondition);
-    assert!(wm.contains("REVOKED"), "{wm}");
-    assert_eq!(
-        code(unwrap(&mut c, &w.wrapped).await, SECRETS).0,
-        Code::FailedPrecondition
-    );
+    refused_while(&mut c, &w.wrapped, "REVOKED", SECRETS).await;
     let text = status_text(&mut c, SECRETS).await;
     assert!(
         text.contains("AWS_ACCESS_KEY_ID=AKIDDAEMON"),
@@ -148,13 +136,7 @@ async fn daemon_scheduled_deletion_is_destroyed() {
     let w = wrap(&mut c, b"payload").await.expect("wrap");
     moto.schedule_deletion(&id).await;
     wait_for_state(&mut c, "k", KeyState::Destroyed).await;
-    let (wc, wm) = code(wrap(&mut c, b"x").await, SECRETS);
-    assert_eq!(wc, Code::FailedPrecondition);
-    assert!(wm.contains("DESTROYED"), "{wm}");
-    assert_eq!(
-        code(unwrap(&mut c, &w.wrapped).await, SECRETS).0,
-        Code::FailedPrecondition
-    );
+    refused_while(&mut c, &w.wrapped, "DESTROYED", SECRETS).await;
     d.stop().await;
 }
 
@@ -168,11 +150,7 @@ async fn daemon_stopped_moto_is_unreachable_and_unavailable() {
     let w = wrap(&mut c, b"payload").await.expect("wrap");
     moto.kill();
     wait_for_state(&mut c, "k", KeyState::Unreachable).await;
-    assert_eq!(code(wrap(&mut c, b"x").await, SECRETS).0, Code::Unavailable);
-    assert_eq!(
-        code(unwrap(&mut c, &w.wrapped).await, SECRETS).0,
-        Code::Unavailable
-    );
+    both_fail(&mut c, &w.wrapped, Code::Unavailable, SECRETS).await;
     status_text(&mut c, SECRETS).await;
     d.stop().await;
 }

@@ -147,3 +147,30 @@ pub async fn survives_the_loss_of_either(
     d.stop().await;
     w
 }
+
+/// WrapKey and an UnwrapKey of `wrapped` both fail with `want`. Returns their messages,
+/// each checked free of `secrets`.
+pub async fn both_fail(
+    c: &mut Client,
+    wrapped: &[u8],
+    want: Code,
+    secrets: &[impl AsRef<str>],
+) -> (String, String) {
+    let (wc, wm) = code(wrap(c, b"x").await, secrets);
+    assert_eq!(wc, want, "WrapKey: {wm}");
+    let (uc, um) = code(unwrap(c, wrapped).await, secrets);
+    assert_eq!(uc, want, "UnwrapKey: {um}");
+    (wm, um)
+}
+
+/// While the key is `state` (DISABLED, REVOKED, DESTROYED), WrapKey and UnwrapKey are both
+/// FAILED_PRECONDITION and WrapKey's message names the state.
+pub async fn refused_while(
+    c: &mut Client,
+    wrapped: &[u8],
+    state: &str,
+    secrets: &[impl AsRef<str>],
+) {
+    let (wm, _) = both_fail(c, wrapped, Code::FailedPrecondition, secrets).await;
+    assert!(wm.contains(state), "{wm}");
+}

@@ -7,7 +7,8 @@ use kms_broker_client::pb::{GetStoreKeyRequest, KeyState, UnwrapKeyRequest};
 use tonic::Code;
 
 use crate::common::backend_daemon::{
-    code, start, status_text, survives_the_loss_of_either, unwrap, wrap, NO_SECRETS,
+    both_fail, code, refused_while, start, status_text, survives_the_loss_of_either, unwrap, wrap,
+    NO_SECRETS,
 };
 use crate::common::wait_for_state;
 use crate::fake::{Fake, ServiceAccount, DAEMON_SA, ENCRYPTER, VIEWER};
@@ -99,13 +100,7 @@ async fn daemon_disabled_then_enabled() {
 
     fake.set_state(&key, "1", S::Disabled).await;
     wait_for_state(&mut c, "k", KeyState::Disabled).await;
-    let (wc, wm) = code(wrap(&mut c, b"x").await, NO_SECRETS);
-    assert_eq!(wc, Code::FailedPrecondition);
-    assert!(wm.contains("DISABLED"), "{wm}");
-    assert_eq!(
-        code(unwrap(&mut c, &w.wrapped).await, NO_SECRETS).0,
-        Code::FailedPrecondition
-    );
+    refused_while(&mut c, &w.wrapped, "DISABLED", NO_SECRETS).await;
 
     fake.set_state(&key, "1", S::Enabled).await;
     wait_for_state(&mut c, "k", KeyState::Active).await;
@@ -135,13 +130,7 @@ async fn daemon_permission_revoked_is_revoked_and_secrets_never_show() {
     fake.set_bindings(&key, &[(VIEWER, &[&member])]).await;
     let s = wait_for_state(&mut c, "k", KeyState::Revoked).await;
     assert!(format!("{s:?}").contains("useToEncrypt"), "{s:?}");
-    let (wc, wm) = code(wrap(&mut c, b"x").await, &secrets);
-    assert_eq!(wc, Code::FailedPrecondition);
-    assert!(wm.contains("REVOKED"), "{wm}");
-    assert_eq!(
-        code(unwrap(&mut c, &w.wrapped).await, &secrets).0,
-        Code::FailedPrecondition
-    );
+    refused_while(&mut c, &w.wrapped, "REVOKED", &secrets).await;
     let text = status_text(&mut c, &secrets).await;
     assert!(
         text.contains("CREDENTIALS=redacted"),
@@ -168,13 +157,7 @@ async fn daemon_destroy_scheduled_is_destroyed() {
     let w = wrap(&mut c, b"payload").await.expect("wrap");
     fake.destroy(&key, "1").await;
     wait_for_state(&mut c, "k", KeyState::Destroyed).await;
-    let (wc, wm) = code(wrap(&mut c, b"x").await, NO_SECRETS);
-    assert_eq!(wc, Code::FailedPrecondition);
-    assert!(wm.contains("DESTROYED"), "{wm}");
-    assert_eq!(
-        code(unwrap(&mut c, &w.wrapped).await, NO_SECRETS).0,
-        Code::FailedPrecondition
-    );
+    refused_while(&mut c, &w.wrapped, "DESTROYED", NO_SECRETS).await;
     d.stop().await;
 }
 
@@ -188,14 +171,7 @@ async fn daemon_stopped_fake_is_unreachable_and_unavailable() {
     let w = wrap(&mut c, b"payload").await.expect("wrap");
     fake.kill();
     wait_for_state(&mut c, "k", KeyState::Unreachable).await;
-    assert_eq!(
-        code(wrap(&mut c, b"x").await, NO_SECRETS).0,
-        Code::Unavailable
-    );
-    assert_eq!(
-        code(unwrap(&mut c, &w.wrapped).await, NO_SECRETS).0,
-        Code::Unavailable
-    );
+    both_fail(&mut c, &w.wrapped, Code::Unavailable, NO_SECRETS).await;
     fake.restart();
     wait_for_state(&mut c, "k", KeyState::Active).await;
     assert_eq!(unwrap(&mut c, &w.wrapped).await.expect("back"), b"payload");

@@ -146,22 +146,14 @@ mod tests {
 
     #[test]
     fn statuses() {
-        assert_eq!(
-            classify("read", &api(403, "permission denied")).class,
-            FailureClass::Revoked
-        );
-        assert_eq!(
-            classify("read", &api(404, "")).class,
-            FailureClass::Destroyed
-        );
-        assert_eq!(
-            classify("read", &api(503, "Vault is sealed")).class,
-            FailureClass::Unreachable
-        );
-        assert_eq!(
-            classify("read", &api(429, "")).class,
-            FailureClass::Unreachable
-        );
+        for (code, msg, want) in [
+            (403, "permission denied", FailureClass::Revoked),
+            (404, "", FailureClass::Destroyed),
+            (503, "Vault is sealed", FailureClass::Unreachable),
+            (429, "", FailureClass::Unreachable),
+        ] {
+            assert_eq!(classify("read", &api(code, msg)).class, want, "{code}");
+        }
         let e = classify(
             "read",
             &api(403, "1 error occurred:\n\t* permission denied\n\n"),
