@@ -98,6 +98,12 @@ mod tests {
         let d = format!("{s:?}");
         assert!(d.contains("REDACTED"));
         assert!(!d.contains("super"));
+        // Neither form, plain or pretty, shows a byte in hex or decimal.
+        let k = SecretBytes::new(vec![0xAB; 32]);
+        let d = format!("{k:?} {k:#?}");
+        assert!(d.contains("REDACTED"), "{d}");
+        assert!(!d.to_lowercase().contains("ab"), "{d}");
+        assert!(!d.contains("171"), "{d}");
     }
 
     #[test]
@@ -106,6 +112,9 @@ mod tests {
         let s = SecretBytes::take(&mut field);
         assert!(field.is_empty());
         assert_eq!(s.expose(), &[1, 2, 3]);
+        assert!(s.ct_eq(&[1, 2, 3]));
+        assert!(!s.ct_eq(&[1, 2, 4]));
+        assert!(!s.ct_eq(&[1, 2]));
     }
 
     #[test]

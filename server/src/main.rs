@@ -81,6 +81,10 @@ fn main() -> ExitCode {
             dev,
             dev_dir,
         } => {
+            // Before any key byte is in memory (`--dev` makes a key file next).
+            if let Err(e) = kms_broker::hardening::apply() {
+                tracing::warn!("process hardening incomplete: {e}");
+            }
             let (config, banner) = if dev {
                 match kms_broker::dev::prepare(&dev_dir) {
                     Ok(c) => {
@@ -125,10 +129,6 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config, banner: Option<String>) -> Result<(), ServeError> {
-    // Before any key byte is in memory.
-    if let Err(e) = kms_broker::hardening::apply() {
-        tracing::warn!("process hardening incomplete: {e}");
-    }
     let server = Server::bind(config).await?;
     if let Some(b) = banner {
         println!("{b}");
