@@ -82,6 +82,10 @@ allow = ["WrapKey", "UnwrapKey"]
 }
 
 async fn unix(path: &Path) -> Channel {
+    try_unix(path).await.unwrap()
+}
+
+async fn try_unix(path: &Path) -> Result<Channel, tonic::transport::Error> {
     let path = path.to_owned();
     Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_| {
@@ -91,7 +95,6 @@ async fn unix(path: &Path) -> Channel {
             }
         }))
         .await
-        .unwrap()
 }
 
 async fn tls(dir: &Path, port: u16) -> Channel {
@@ -142,18 +145,7 @@ async fn process_startup(dir: &Path) -> (Duration, Duration) {
             .unwrap();
         loop {
             if sock.exists() {
-                let path = sock.clone();
-                let ch = Endpoint::from_static("http://localhost")
-                    .connect_with_connector(tower::service_fn(move |_| {
-                        let p = path.clone();
-                        async move {
-                            Ok::<_, std::io::Error>(TokioIo::new(
-                                tokio::net::UnixStream::connect(p).await?,
-                            ))
-                        }
-                    }))
-                    .await;
-                if let Ok(ch) = ch {
+                if let Ok(ch) = try_unix(&sock).await {
                     let mut c = KeyBrokerClient::new(ch);
                     if c.revoke_status(kms_broker_client::pb::RevokeStatusRequest::default())
                         .await

@@ -5,7 +5,7 @@
 #   server/benches/k6/run.sh                 # 16 VUs for 20 s
 #   VUS=64 DURATION=60s server/benches/k6/run.sh
 # The daemon is built without the cloud SDKs (FEATURES= to change that): the dev file key
-# path runs none of their code, and the build is four times faster.
+# path runs none of their code, and a cold build takes minutes less.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 tests/standins/install.sh >/dev/null
