@@ -50,7 +50,9 @@ async fn wrap(b: &dyn KmsBackend, pt: &[u8]) -> Result<Ciphertext, BackendError>
 }
 
 async fn unwrap(b: &dyn KmsBackend, ct: &Ciphertext) -> Result<SecretBytes, BackendError> {
-    b.decrypt(&ct.bytes, &ct.key_version, &aad("n1")).await
+    b.decrypt(&ct.bytes, &ct.key_version, &aad("n1"))
+        .await
+        .map(|d| d.plaintext)
 }
 
 /// The class of a failure, after checking its detail leaks no credential.

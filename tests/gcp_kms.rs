@@ -44,7 +44,9 @@ pub async fn wrap(b: &dyn KmsBackend, pt: &[u8]) -> Result<Ciphertext, BackendEr
 }
 
 pub async fn unwrap(b: &dyn KmsBackend, ct: &Ciphertext) -> Result<SecretBytes, BackendError> {
-    b.decrypt(&ct.bytes, &ct.key_version, &aad("n1")).await
+    b.decrypt(&ct.bytes, &ct.key_version, &aad("n1"))
+        .await
+        .map(|d| d.plaintext)
 }
 
 pub fn class<T: std::fmt::Debug>(r: Result<T, BackendError>) -> FailureClass {

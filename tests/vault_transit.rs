@@ -36,7 +36,9 @@ async fn wrap(b: &Arc<dyn KmsBackend>, pt: &[u8]) -> Result<Ciphertext, BackendE
 }
 
 async fn unwrap(b: &Arc<dyn KmsBackend>, ct: &Ciphertext) -> Result<SecretBytes, BackendError> {
-    b.decrypt(&ct.bytes, &ct.key_version, &aad("n1")).await
+    b.decrypt(&ct.bytes, &ct.key_version, &aad("n1"))
+        .await
+        .map(|d| d.plaintext)
 }
 
 fn class<T: std::fmt::Debug>(r: Result<T, BackendError>) -> FailureClass {

@@ -180,11 +180,11 @@ impl Broker {
                 .decrypt(&entry.ciphertext, &entry.key_version, &aad)
                 .await
             {
-                Ok(plaintext) => {
+                Ok(d) => {
                     self.tracker.record_use(key, i);
                     return Ok(Unwrapped {
-                        plaintext,
-                        key_version: entry.key_version.clone(),
+                        plaintext: d.plaintext,
+                        key_version: d.key_version.unwrap_or_default(),
                     });
                 }
                 Err(e) => {
@@ -235,7 +235,7 @@ impl Broker {
 fn worse(prev: Option<BackendError>, e: BackendError) -> BackendError {
     fn rank(c: FailureClass) -> u8 {
         match c {
-            FailureClass::InvalidCiphertext => 3,
+            FailureClass::InvalidCiphertext | FailureClass::InvalidRequest => 3,
             FailureClass::Disabled | FailureClass::Revoked | FailureClass::Destroyed => 2,
             FailureClass::Unreachable => 1,
         }
@@ -252,6 +252,7 @@ pub fn kms_error(key: &str, e: BackendError) -> Error {
         FailureClass::InvalidCiphertext => Error::invalid(
             "wrapped does not authenticate (tampered, another key, or another context)",
         ),
+        FailureClass::InvalidRequest => Error::invalid(e.detail),
         FailureClass::Unreachable => Error::Unavailable(format!(
             "the KMS for key {key:?} did not answer: {}",
             e.detail

@@ -9,7 +9,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose,
 };
 
-use crate::store_key::write_atomic;
+use crate::fs::write_atomic;
 
 /// The dev client certificate's identity (its DNS SAN and CN): `cert:dev-client`.
 pub const DEV_CLIENT_IDENTITY: &str = "dev-client";

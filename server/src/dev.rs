@@ -33,7 +33,7 @@ pub fn prepare(dir: &Path) -> Result<Config, String> {
     );
     let text = config_text(&dir, &key, uid);
     let path = dir.join("config.toml");
-    crate::store_key::write_atomic(&path, text.as_bytes())
+    crate::fs::write_atomic(&path, text.as_bytes())
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Config::parse(&path, &text).map_err(|e: ConfigError| format!("dev config: {e}"))
 }

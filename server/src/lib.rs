@@ -22,6 +22,7 @@
 //! - [`error`]: the error enum and the one conversion into `tonic::Status`.
 //! - [`backend`]: `trait KmsBackend`, retries, and one module per KMS.
 //! - [`tls`] / [`certs`] / [`dev`]: mTLS set-up, rcgen certificates, `serve --dev`.
+//! - [`fs`]: private files: checked reads, atomic writes, the state dir lock.
 //! - [`hardening`]: no core dumps, no same-user ptrace (done by `main` before serving).
 
 pub mod backend;
@@ -31,6 +32,7 @@ pub mod config;
 pub mod dev;
 pub mod envelope;
 pub mod error;
+pub mod fs;
 pub mod hardening;
 pub mod key_uri;
 pub mod peer;

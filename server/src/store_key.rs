@@ -19,7 +19,7 @@
 //! make the store's data unreadable). Files are mode 0600 and replaced atomically
 //! ([`write_atomic`]): a crash leaves the old file or the new one, never a torn one.
 //!
-//! Submodules: `format` (the records and their JSON), `atomic` (durable file replacement).
+//! Submodule `format`: the records and their JSON. Durable writes are [`crate::fs`]'s.
 
 use std::fmt;
 use std::fs::{self, File};
@@ -32,10 +32,9 @@ use rand::RngCore;
 
 use crate::secret::SecretBytes;
 
-mod atomic;
 mod format;
 
-pub use atomic::{write_atomic, write_new_atomic};
+use crate::fs::write_atomic;
 pub use format::{FormatError, StoreKeyFile, WrappedStoreKey, FORMAT};
 pub use kms_broker_api::{Algorithm, KEY_ID_LEN};
 

@@ -130,6 +130,7 @@ async fn corrupted_responses_are_caught_and_retried() {
         r.decrypt(&ct.bytes, &ct.key_version, &aad("n1"))
             .await
             .expect("retried")
+            .plaintext
             .expose(),
         b"payload"
     );

@@ -55,7 +55,7 @@ use tokio::time::Instant;
 
 use self::uri::Auth;
 pub use self::uri::AwsUri;
-use super::{Aad, BackendError, Ciphertext, FailureClass, KeyHealth, KmsBackend};
+use super::{Aad, BackendError, Ciphertext, Decrypted, FailureClass, KeyHealth, KmsBackend};
 use crate::secret::SecretBytes;
 
 /// How often `check` proves it can still Encrypt and Decrypt (see the module docs).
@@ -294,9 +294,14 @@ impl KmsBackend for AwsBackend {
         ciphertext: &[u8],
         _key_version: &str,
         aad: &Aad,
-    ) -> Result<SecretBytes, BackendError> {
-        self.kms_decrypt(ciphertext, aad.context_map().into_iter().collect())
-            .await
+    ) -> Result<Decrypted, BackendError> {
+        let plaintext = self
+            .kms_decrypt(ciphertext, aad.context_map().into_iter().collect())
+            .await?;
+        Ok(Decrypted {
+            plaintext,
+            key_version: None,
+        })
     }
 
     async fn check(&self) -> Result<KeyHealth, BackendError> {

@@ -28,7 +28,7 @@ use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::{Aad, BackendError, Ciphertext, FailureClass, KeyHealth, KmsBackend};
+use super::{Aad, BackendError, Ciphertext, Decrypted, FailureClass, KeyHealth, KmsBackend};
 use crate::key_uri::FileUri;
 use crate::secret::SecretBytes;
 
@@ -84,9 +84,9 @@ impl KmsBackend for FileBackend {
         ciphertext: &[u8],
         key_version_was: &str,
         aad: &Aad,
-    ) -> Result<SecretBytes, BackendError> {
+    ) -> Result<Decrypted, BackendError> {
         let key = self.key().await?;
-        open(&key, ciphertext, aad).map_err(|mut e| {
+        let plaintext = open(&key, ciphertext, aad).map_err(|mut e| {
             // The version is not needed to decrypt, but it tells an operator why a blob no
             // longer opens: the key file was replaced since it was made.
             let now = key_version(&key);
@@ -99,6 +99,11 @@ impl KmsBackend for FileBackend {
                 );
             }
             e
+        })?;
+        // A file holds one key: the version is the key that just authenticated it.
+        Ok(Decrypted {
+            plaintext,
+            key_version: Some(key_version(&key)),
         })
     }
 
@@ -243,7 +248,7 @@ fn load_key(path: &Path) -> Result<SecretBytes, BackendError> {
 /// (`ErrorKind::AlreadyExists`): replacing a key orphans everything it wrapped.
 pub fn create_key_file(path: &Path) -> io::Result<()> {
     let key = SecretBytes::random(KEY_LEN);
-    crate::store_key::write_new_atomic(path, key.expose())
+    crate::fs::write_new_atomic(path, key.expose())
 }
 
 #[cfg(test)]
@@ -285,7 +290,7 @@ mod tests {
             .decrypt(&ct.bytes, &ct.key_version, &aad("s1"))
             .await
             .unwrap();
-        assert!(back.ct_eq(pt.expose()));
+        assert!(back.plaintext.ct_eq(pt.expose()));
         assert_eq!(
             b.check().await.unwrap().detail,
             format!("key version {}", ct.key_version)

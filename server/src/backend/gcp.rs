@@ -27,7 +27,7 @@ use google_cloud_kms_v1::client::KeyManagementService;
 use google_cloud_kms_v1::model::crypto_key::CryptoKeyPurpose;
 use google_cloud_kms_v1::model::crypto_key_version::CryptoKeyVersionState;
 
-use super::{Aad, BackendError, Ciphertext, FailureClass, KeyHealth, KmsBackend};
+use super::{Aad, BackendError, Ciphertext, Decrypted, FailureClass, KeyHealth, KmsBackend};
 use crate::secret::SecretBytes;
 
 // Private to this backend: `backend/mod.rs` needs no line for them.
@@ -187,7 +187,7 @@ impl KmsBackend for GcpBackend {
         ciphertext: &[u8],
         _key_version: &str,
         aad: &Aad,
-    ) -> Result<SecretBytes, BackendError> {
+    ) -> Result<Decrypted, BackendError> {
         let aad = aad.bytes();
         let (ct_crc, aad_crc) = (crc(ciphertext), crc(&aad));
         let resp = self
@@ -207,7 +207,10 @@ impl KmsBackend for GcpBackend {
         if resp.plaintext_crc32c != Some(crc(plaintext.expose())) {
             return Err(integrity(Op::Decrypt, "plaintext checksum mismatch"));
         }
-        Ok(plaintext)
+        Ok(Decrypted {
+            plaintext,
+            key_version: None,
+        })
     }
 
     async fn check(&self) -> Result<KeyHealth, BackendError> {

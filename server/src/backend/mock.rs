@@ -31,7 +31,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::file::{open, seal};
-use super::{Aad, BackendError, Ciphertext, FailureClass, KeyHealth, KmsBackend};
+use super::{Aad, BackendError, Ciphertext, Decrypted, FailureClass, KeyHealth, KmsBackend};
 use crate::key_uri::MockUri;
 use crate::secret::SecretBytes;
 use crate::state::KeyState;
@@ -285,7 +285,7 @@ impl KmsBackend for MockBackend {
         ciphertext: &[u8],
         key_version: &str,
         aad: &Aad,
-    ) -> Result<SecretBytes, BackendError> {
+    ) -> Result<Decrypted, BackendError> {
         let s = self.state.enter(Op::Decrypt).await?;
         let key = key_version
             .parse::<usize>()
@@ -298,7 +298,11 @@ impl KmsBackend for MockBackend {
                     self.name
                 ))
             })?;
-        open(key, ciphertext, aad)
+        // The version picked the key, and that key authenticated the ciphertext.
+        Ok(Decrypted {
+            plaintext: open(key, ciphertext, aad)?,
+            key_version: Some(key_version.to_owned()),
+        })
     }
 
     async fn check(&self) -> Result<KeyHealth, BackendError> {
@@ -388,7 +392,7 @@ mod tests {
         assert_eq!(new.key_version, "2");
         for ct in [&old, &new] {
             let back = b.decrypt(&ct.bytes, &ct.key_version, &aad()).await.unwrap();
-            assert!(back.ct_eq(pt().expose()));
+            assert!(back.plaintext.ct_eq(pt().expose()));
         }
         // The wrong version, an unknown one, or another context: not a key-state change.
         for (v, a) in [

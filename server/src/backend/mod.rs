@@ -40,6 +40,10 @@ pub enum FailureClass {
     /// The ciphertext does not decrypt under this key with this AAD (tampered, other key,
     /// other context). Not a key-state change.
     InvalidCiphertext,
+    /// The KMS refused the request itself, not the key: too large, a bad parameter, a
+    /// malformed ciphertext. The caller shaped it, so it never changes a key's state
+    /// (INVALID_ARGUMENT to the caller).
+    InvalidRequest,
 }
 
 impl FailureClass {
@@ -50,7 +54,7 @@ impl FailureClass {
             FailureClass::Revoked => Some(KeyState::Revoked),
             FailureClass::Destroyed => Some(KeyState::Destroyed),
             FailureClass::Unreachable => Some(KeyState::Unreachable),
-            FailureClass::InvalidCiphertext => None,
+            FailureClass::InvalidCiphertext | FailureClass::InvalidRequest => None,
         }
     }
 
@@ -66,6 +70,10 @@ impl FailureClass {
 pub struct BackendError {
     pub class: FailureClass,
     pub detail: String,
+    /// The failure is about one key VERSION (the one this ciphertext names: Cloud KMS
+    /// disables versions one by one), not the key: the caller is refused, the URI's state
+    /// is left to the status check.
+    pub version_only: bool,
 }
 
 impl BackendError {
@@ -73,6 +81,25 @@ impl BackendError {
         Self {
             class,
             detail: detail.into(),
+            version_only: false,
+        }
+    }
+    /// Marks the failure as about one key version only (see [`BackendError::version_only`]).
+    pub fn version_scoped(mut self) -> Self {
+        self.version_only = true;
+        self
+    }
+    /// The request was refused for its own shape (size, parameters): never a key-state change.
+    pub fn invalid_request(detail: impl Into<String>) -> Self {
+        Self::new(FailureClass::InvalidRequest, detail)
+    }
+    /// The key state this failure is evidence of, if any: none for a failure the caller's
+    /// request shaped, or one about a single key version.
+    pub fn evidence(&self) -> Option<KeyState> {
+        if self.version_only {
+            None
+        } else {
+            self.class.key_state()
         }
     }
     pub fn unreachable(detail: impl Into<String>) -> Self {
@@ -83,16 +110,33 @@ impl BackendError {
     }
 }
 
-/// The authenticated data every wrap binds: the key NAME and the caller's context.
+/// The authenticated data every wrap binds: the envelope format, the key NAME and the
+/// caller's context.
 ///
 /// Backends with a map-shaped context (AWS EncryptionContext) use [`Aad::context_map`];
 /// those with bytes-shaped AAD (GCP, Vault, AES-GCM) use [`Aad::bytes`], a canonical,
 /// length-prefixed encoding, so `{"a":"bc"}` and `{"ab":"c"}` differ.
+///
+/// The envelope format is bound so that a current blob cannot be passed off as an older
+/// format with weaker header checks: its ciphertexts would not authenticate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Aad {
+    format: AadFormat,
     key_name: String,
     context: BTreeMap<String, String>,
 }
+
+/// Which envelope format an [`Aad`] belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AadFormat {
+    /// Envelope version 1: name and context only.
+    V1,
+    /// Envelope version 2: also binds the format itself.
+    V2,
+}
+
+/// The reserved context key that carries the envelope format in map-shaped contexts.
+pub const FORMAT_CONTEXT: &str = "kms-broker:envelope";
 
 /// The reserved context key that carries the key name in map-shaped contexts. Callers may
 /// not use keys with the `kms-broker:` prefix.
@@ -100,8 +144,18 @@ pub const KEY_NAME_CONTEXT: &str = "kms-broker:key";
 pub const RESERVED_CONTEXT_PREFIX: &str = "kms-broker:";
 
 impl Aad {
+    /// The AAD of the current envelope format.
     pub fn new(key_name: &str, context: BTreeMap<String, String>) -> Self {
+        Self::with_format(AadFormat::V2, key_name, context)
+    }
+
+    pub fn with_format(
+        format: AadFormat,
+        key_name: &str,
+        context: BTreeMap<String, String>,
+    ) -> Self {
         Self {
+            format,
             key_name: key_name.to_owned(),
             context,
         }
@@ -111,10 +165,13 @@ impl Aad {
         &self.key_name
     }
 
-    /// Canonical bytes: "kms-broker/aad/v1", then each of name, then (k, v) pairs in key
-    /// order, as u32-BE length-prefixed strings.
+    /// Canonical bytes: "kms-broker/aad/v1" (or v2), then the name, then (k, v) pairs in
+    /// key order, as u32-BE length-prefixed strings.
     pub fn bytes(&self) -> Vec<u8> {
-        let mut out = b"kms-broker/aad/v1".to_vec();
+        let mut out = match self.format {
+            AadFormat::V1 => b"kms-broker/aad/v1".to_vec(),
+            AadFormat::V2 => b"kms-broker/aad/v2".to_vec(),
+        };
         let mut put = |s: &str| {
             out.extend_from_slice(&(s.len() as u32).to_be_bytes());
             out.extend_from_slice(s.as_bytes());
@@ -127,11 +184,21 @@ impl Aad {
         out
     }
 
-    /// The context plus the key name under [`KEY_NAME_CONTEXT`].
+    /// The context plus the key name under [`KEY_NAME_CONTEXT`] (and, from format 2 on,
+    /// the format under [`FORMAT_CONTEXT`]).
     pub fn context_map(&self) -> BTreeMap<String, String> {
         let mut m = self.context.clone();
         m.insert(KEY_NAME_CONTEXT.to_owned(), self.key_name.clone());
+        if self.format == AadFormat::V2 {
+            m.insert(FORMAT_CONTEXT.to_owned(), "2".to_owned());
+        }
         m
+    }
+
+    /// Bytes of the caller's part (name and context) as the KMS will see them: what a
+    /// backend compares with its vendor's AAD limit.
+    pub fn encoded_len(&self) -> usize {
+        self.bytes().len()
     }
 }
 
@@ -141,6 +208,16 @@ pub struct Ciphertext {
     pub bytes: Vec<u8>,
     /// What the KMS says wrapped it (GCP CryptoKeyVersion, Vault `vN`); may be empty.
     pub key_version: String,
+}
+
+/// What a Decrypt recovered.
+#[derive(Debug)]
+pub struct Decrypted {
+    pub plaintext: SecretBytes,
+    /// The key version that decrypted, as the KMS said or as the AUTHENTICATED ciphertext
+    /// names it (Vault's `vault:vN:` prefix); `None` where neither tells. Never read from
+    /// an envelope's header.
+    pub key_version: Option<String>,
 }
 
 /// What a status check found about a reachable, usable key.
@@ -157,13 +234,21 @@ pub trait KmsBackend: Send + Sync + fmt::Debug + 'static {
     async fn encrypt(&self, plaintext: &SecretBytes, aad: &Aad)
         -> Result<Ciphertext, BackendError>;
 
-    /// Unwraps a ciphertext this backend made. `key_version` is what `encrypt` reported.
+    /// Unwraps a ciphertext this backend made. `key_version` is what `encrypt` reported
+    /// (from an authenticated envelope, but only a hint: use it to explain failures).
     async fn decrypt(
         &self,
         ciphertext: &[u8],
         key_version: &str,
         aad: &Aad,
-    ) -> Result<SecretBytes, BackendError>;
+    ) -> Result<Decrypted, BackendError>;
+
+    /// Refuses, before any KMS call, a request over the vendor's documented limits on
+    /// plaintext (or ciphertext) plus AAD, with [`FailureClass::InvalidRequest`]. The
+    /// default accepts everything the contract does (4 KiB plaintext, 8 KiB context).
+    fn check_size(&self, _payload_len: usize, _aad: &Aad) -> Result<(), BackendError> {
+        Ok(())
+    }
 
     /// A cheap check that the key exists, is enabled and that we may use it. Prefer
     /// metadata calls over paid crypto where the KMS offers them.

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use rand::Rng;
 use tokio::time::Instant;
 
-use super::{Aad, BackendError, Ciphertext, KeyHealth, KmsBackend};
+use super::{Aad, BackendError, Ciphertext, Decrypted, KeyHealth, KmsBackend};
 use crate::secret::SecretBytes;
 
 /// How hard to try a KMS before calling it unreachable.
@@ -135,7 +135,7 @@ impl KmsBackend for Resilient {
         ciphertext: &[u8],
         key_version: &str,
         aad: &Aad,
-    ) -> Result<SecretBytes, BackendError> {
+    ) -> Result<Decrypted, BackendError> {
         self.policy
             .run("decrypt", || {
                 self.inner.decrypt(ciphertext, key_version, aad)
@@ -145,6 +145,10 @@ impl KmsBackend for Resilient {
 
     async fn check(&self) -> Result<KeyHealth, BackendError> {
         self.policy.run("check", || self.inner.check()).await
+    }
+
+    fn check_size(&self, payload_len: usize, aad: &Aad) -> Result<(), BackendError> {
+        self.inner.check_size(payload_len, aad)
     }
 }
 

@@ -96,7 +96,7 @@ use vaultrs::api::transit::requests::{DecryptDataRequest, EncryptDataRequest};
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 use zeroize::Zeroizing;
 
-use super::{Aad, BackendError, Ciphertext, FailureClass, KeyHealth, KmsBackend};
+use super::{Aad, BackendError, Ciphertext, Decrypted, FailureClass, KeyHealth, KmsBackend};
 use crate::secret::SecretBytes;
 use classify::is_denied;
 use classify::{classify, http_status, KeyInfo};
@@ -313,7 +313,7 @@ impl KmsBackend for VaultBackend {
         ciphertext: &[u8],
         key_version: &str,
         aad: &Aad,
-    ) -> Result<SecretBytes, BackendError> {
+    ) -> Result<Decrypted, BackendError> {
         if ciphertext.len() > MAX_CIPHERTEXT {
             return Err(BackendError::invalid_ciphertext(
                 "Vault ciphertext too long",
@@ -359,7 +359,11 @@ impl KmsBackend for VaultBackend {
         let bytes = B64.decode(b64.as_bytes()).map_err(|_| {
             BackendError::unreachable("Vault returned a plaintext that is not base64")
         })?;
-        Ok(SecretBytes::new(bytes))
+        // The version comes from the ciphertext Vault just authenticated.
+        Ok(Decrypted {
+            plaintext: SecretBytes::new(bytes),
+            key_version: Some(format!("v{version}")),
+        })
     }
 
     async fn check(&self) -> Result<KeyHealth, BackendError> {

@@ -1,0 +1,361 @@
+//! Private files: the one place that reads a secret file and the one place that writes a
+//! file atomically (STYLE lesson 7). Store key files, key files, the Vault token file,
+//! dev certificates and the dev config all go through here.
+//!
+//! - [`read_private`] opens first and checks the OPEN handle (regular file, owner, mode,
+//!   size), so the file checked is the file read: no check-then-open race.
+//! - [`write_atomic`] / [`write_new_atomic`]: after a crash at any point, `path` holds the
+//!   old bytes or the new ones, never a torn or empty file, and no temp file is left behind
+//!   by a failed write.
+//! - [`lock_dir`]: an exclusive `flock` on `DIR/.lock` for the life of the process, so a
+//!   second daemon cannot share a state dir.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rand::Rng;
+use zeroize::Zeroizing;
+
+/// Why a private file could not be read. `Display` names the file and the fix, never the
+/// content.
+#[derive(Debug)]
+pub enum PrivateFileError {
+    /// The file does not exist.
+    Missing { path: PathBuf },
+    /// The OS refused to open it (EACCES), or its owner-read bit is off (as root would
+    /// otherwise read a mode-000 file anyway): an operator's way to revoke it.
+    Denied { path: PathBuf, mode: Option<u32> },
+    /// A directory, socket, device…
+    NotRegular { path: PathBuf },
+    /// Group or others have some access.
+    Insecure { path: PathBuf, mode: u32 },
+    /// Owned by a user other than us or root: that user could swap the secret.
+    WrongOwner { path: PathBuf, uid: u32 },
+    /// Larger than any file of this kind can be.
+    TooLarge { path: PathBuf, len: u64, max: u64 },
+    /// Any other I/O failure.
+    Io { path: PathBuf, error: io::Error },
+}
+
+impl fmt::Display for PrivateFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Missing { path } => write!(f, "{} does not exist", path.display()),
+            Self::Denied { path, mode: None } => {
+                write!(f, "{} cannot be read: permission denied", path.display())
+            }
+            Self::Denied {
+                path,
+                mode: Some(m),
+            } => write!(
+                f,
+                "{} has mode {m:04o} (not readable by its owner); to restore it: chmod 600 {}",
+                path.display(),
+                path.display()
+            ),
+            Self::NotRegular { path } => write!(f, "{} is not a regular file", path.display()),
+            Self::Insecure { path, mode } => write!(
+                f,
+                "{} has mode {mode:04o}: group and others must have no access; fix: chmod 600 {}",
+                path.display(),
+                path.display()
+            ),
+            Self::WrongOwner { path, uid } => write!(
+                f,
+                "{} is owned by uid {uid}, not by this daemon's user or root; fix: chown it to the daemon's user",
+                path.display()
+            ),
+            Self::TooLarge { path, len, max } => write!(
+                f,
+                "{} is {len} bytes, more than the {max} a file of this kind can be",
+                path.display()
+            ),
+            Self::Io { path, error } => write!(f, "{}: {error}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for PrivateFileError {}
+
+/// Reads a secret file of at most `max_len` bytes into zeroized memory. Refuses a file that
+/// is not regular, that group or others may access, or that is owned by another user than
+/// us or root; all checked on the open handle. Symlinks are followed (Kubernetes mounts
+/// secrets through them); the checks apply to the target.
+pub fn read_private(path: &Path, max_len: u64) -> Result<Zeroizing<Vec<u8>>, PrivateFileError> {
+    let p = || path.to_owned();
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(PrivateFileError::Missing { path: p() })
+        }
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return Err(PrivateFileError::Denied {
+                path: p(),
+                mode: None,
+            })
+        }
+        Err(error) => return Err(PrivateFileError::Io { path: p(), error }),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|error| PrivateFileError::Io { path: p(), error })?;
+    if !meta.is_file() {
+        return Err(PrivateFileError::NotRegular { path: p() });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(PrivateFileError::Insecure { path: p(), mode });
+    }
+    if mode & 0o400 == 0 {
+        return Err(PrivateFileError::Denied {
+            path: p(),
+            mode: Some(mode),
+        });
+    }
+    let uid = meta.uid();
+    if uid != 0 && uid != rustix::process::geteuid().as_raw() {
+        return Err(PrivateFileError::WrongOwner { path: p(), uid });
+    }
+    if meta.len() > max_len {
+        return Err(PrivateFileError::TooLarge {
+            path: p(),
+            len: meta.len(),
+            max: max_len,
+        });
+    }
+    // Exact capacity (no reallocation leaves a copy behind); one byte more to see a file
+    // that grew after the stat.
+    let mut buf = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
+    (&mut file)
+        .take(max_len + 1)
+        .read_to_end(&mut buf)
+        .map_err(|error| PrivateFileError::Io { path: p(), error })?;
+    if buf.len() as u64 > max_len {
+        return Err(PrivateFileError::TooLarge {
+            path: p(),
+            len: buf.len() as u64,
+            max: max_len,
+        });
+    }
+    Ok(buf)
+}
+
+/// Replaces `path` with `bytes` atomically and durably: a unique temp file in the same
+/// directory (O_EXCL, mode 0600 from creation), written, `sync_all`, renamed over `path`,
+/// then the directory fsynced. On error the temp file is removed and `path` is untouched.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with(path, bytes, true, &|_| Ok(()))
+}
+
+/// Like [`write_atomic`], but fails with `ErrorKind::AlreadyExists` if `path` exists:
+/// the temp file is hard-linked into place (link(2) never replaces), then unlinked.
+pub fn write_new_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with(path, bytes, false, &|_| Ok(()))
+}
+
+/// `before_commit` runs on the complete temp file just before it goes into place: tests
+/// inject a failure there.
+fn write_atomic_with(
+    path: &Path,
+    bytes: &[u8],
+    replace: bool,
+    before_commit: &dyn Fn(&Path) -> io::Result<()>,
+) -> io::Result<()> {
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} names no file", path.display()),
+        )
+    })?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let (tmp, mut file) = create_temp(dir, &name.to_string_lossy())?;
+    let committed = (|| {
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        before_commit(&tmp)?;
+        if replace {
+            fs::rename(&tmp, path)
+        } else {
+            fs::hard_link(&tmp, path)?;
+            // The file is in place; a leftover second name for it is only untidy.
+            if let Err(e) = fs::remove_file(&tmp) {
+                tracing::warn!(tmp = %tmp.display(), error = %e, "could not remove temp file");
+            }
+            Ok(())
+        }
+    })();
+    if let Err(e) = committed {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // The rename is durable only once the directory entry is.
+    File::open(dir)?.sync_all()
+}
+
+fn create_temp(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
+    let mut attempt = 0;
+    loop {
+        let tmp = dir.join(format!(".{name}.tmp-{:016x}", rand::rng().random::<u64>()));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((tmp, f)),
+            // A 64-bit random name collides only with a leftover of our own; try another.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 3 => attempt += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// An exclusive lock on a directory, held until dropped (in practice: until the process
+/// exits, which also releases it after kill -9).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+/// Why [`lock_dir`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another process holds the lock.
+    #[error("{} is in use by another kms-broker (it holds {}); stop it, or give this one its own state_dir", dir.display(), lock.display())]
+    InUse { dir: PathBuf, lock: PathBuf },
+    #[error("cannot lock {}: {error}", lock.display())]
+    Io { lock: PathBuf, error: io::Error },
+}
+
+/// Takes an exclusive, non-blocking `flock` on `dir/.lock` (created 0600 if missing).
+pub fn lock_dir(dir: &Path) -> Result<DirLock, LockError> {
+    let lock = dir.join(".lock");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::CLOEXEC.bits() as i32)
+        .open(&lock)
+        .map_err(|error| LockError::Io {
+            lock: lock.clone(),
+            error,
+        })?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(DirLock { _file: file }),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(LockError::InUse {
+            dir: dir.to_owned(),
+            lock,
+        }),
+        Err(e) => Err(LockError::Io {
+            lock,
+            error: e.into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files_in(dir: &Path) -> Vec<String> {
+        let mut v: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_old_file_and_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.json");
+        write_atomic(&path, b"old").unwrap();
+        let fail = |tmp: &Path| {
+            assert_eq!(fs::read(tmp).unwrap(), b"new", "complete before commit");
+            assert_eq!(
+                fs::metadata(tmp).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+            Err(io::Error::other("injected"))
+        };
+        assert_eq!(
+            write_atomic_with(&path, b"new", true, &fail)
+                .unwrap_err()
+                .to_string(),
+            "injected"
+        );
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        assert_eq!(files_in(dir.path()), ["f.json"]);
+        // A rename that fails (the target is a non-empty directory) cleans up too.
+        let sub = dir.path().join("d");
+        fs::create_dir(&sub).unwrap();
+        fs::write(sub.join("x"), b"").unwrap();
+        assert!(write_atomic(&sub, b"new").is_err());
+        assert_eq!(files_in(dir.path()), ["d", "f.json"]);
+        // write_new_atomic never replaces.
+        assert_eq!(
+            write_new_atomic(&path, b"new").unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists
+        );
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        assert_eq!(files_in(dir.path()), ["d", "f.json"]);
+    }
+
+    #[test]
+    fn read_private_checks_the_open_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        assert!(matches!(
+            read_private(&path, 64),
+            Err(PrivateFileError::Missing { .. })
+        ));
+        write_atomic(&path, b"0123456789").unwrap();
+        assert_eq!(&read_private(&path, 64).unwrap()[..], b"0123456789");
+        let e = read_private(&path, 4).unwrap_err();
+        assert!(
+            matches!(e, PrivateFileError::TooLarge { len: 10, .. }),
+            "{e}"
+        );
+        for (mode, insecure) in [(0o640, true), (0o604, true), (0o400, false)] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let r = read_private(&path, 64);
+            assert_eq!(
+                matches!(r, Err(PrivateFileError::Insecure { .. })),
+                insecure,
+                "{mode:o}"
+            );
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o000)).unwrap();
+        let e = read_private(&path, 64).unwrap_err();
+        assert!(matches!(e, PrivateFileError::Denied { .. }), "{e}");
+        assert!(
+            read_private(dir.path(), 64).is_err(),
+            "a directory is no secret file"
+        );
+        // Messages name the file and the fix, never the content.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let msg = read_private(&path, 64).unwrap_err().to_string();
+        assert!(msg.contains("chmod 600"), "{msg}");
+        assert!(!msg.contains("0123456789"), "{msg}");
+    }
+
+    #[test]
+    fn a_second_lock_on_a_dir_is_refused_until_the_first_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock_dir(dir.path()).unwrap();
+        let e = lock_dir(dir.path()).unwrap_err();
+        assert!(matches!(e, LockError::InUse { .. }), "{e}");
+        assert!(e.to_string().contains(&dir.path().display().to_string()));
+        drop(first);
+        lock_dir(dir.path()).unwrap();
+    }
+}
