@@ -34,7 +34,7 @@ use crate::secret::SecretBytes;
 
 mod format;
 
-use crate::fs::write_atomic;
+use crate::fs::{write_atomic, write_new_atomic};
 pub use format::{FormatError, StoreKeyFile, WrappedStoreKey, FORMAT};
 pub use kms_broker_api::{Algorithm, KEY_ID_LEN};
 
@@ -138,7 +138,9 @@ pub enum StoreFileError {
          (the store's data is encrypted under the key it holds)",
         path.display()
     )]
-    Corrupt { path: PathBuf, problem: FormatError },
+    Corrupt { path: PathBuf, problem: FormatError },    /// [`create_store_file`] found a file already there.
+    #[error("store key file {} already exists", path.display())]
+    Exists { path: PathBuf },
 }
 
 /// Store key files are small; anything bigger is not one.
@@ -198,10 +200,24 @@ pub fn read_store_file(
     Ok(Some(parsed))
 }
 
-/// Writes `file` to its store's [`path_for`], atomically and durably.
+/// Writes `file` to its store's [`path_for`], atomically and durably, replacing the old
+/// one (rotation, re-wrap: the caller holds the store's lock and read the old file first).
 pub fn write_store_file(state_dir: &Path, file: &StoreKeyFile) -> Result<(), StoreFileError> {
     let path = path_for(state_dir, &file.store_id);
     write_atomic(&path, &file.to_json()).map_err(|error| StoreFileError::Io { path, error })
+}
+
+/// Creates the FIRST file of a store, atomically and durably, and never replaces one: if a
+/// file appeared meanwhile, [`StoreFileError::Exists`] (read it: its key is the store's).
+pub fn create_store_file(state_dir: &Path, file: &StoreKeyFile) -> Result<(), StoreFileError> {
+    let path = path_for(state_dir, &file.store_id);
+    write_new_atomic(&path, &file.to_json()).map_err(|error| {
+        if error.kind() == io::ErrorKind::AlreadyExists {
+            StoreFileError::Exists { path }
+        } else {
+            StoreFileError::Io { path, error }
+        }
+    })
 }
 
 /// Creates the state dir (mode 0700) if missing; refuses one that group or others can
