@@ -13,6 +13,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::backend::resilient::RetryPolicy;
+use crate::envelope::MAX_ENTRIES;
+use crate::key_name::KeyName;
 use crate::key_uri::KeyUri;
 use crate::policy::{Policy, PolicyRule};
 use crate::store_key::{Algorithm, StoreId};
@@ -47,7 +49,7 @@ pub struct Config {
     pub file: PathBuf,
     pub server: ServerConfig,
     pub tls: Option<TlsFiles>,
-    pub keys: BTreeMap<String, KeyConfig>,
+    pub keys: BTreeMap<KeyName, KeyConfig>,
     pub stores: BTreeMap<StoreId, StoreConfig>,
     pub revocation: RevocationConfig,
     pub kms: RetryPolicy,
@@ -77,7 +79,7 @@ pub struct KeyConfig {
 
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    pub key: String,
+    pub key: KeyName,
     pub algorithm: Algorithm,
 }
 
@@ -258,18 +260,21 @@ impl Config {
         let mut keys = BTreeMap::new();
         for (name, k) in raw.keys {
             let field = format!("keys.{name}");
-            if !valid_name(&name) {
-                return Err(err(
-                    &field,
-                    "key names use [A-Za-z0-9._-], 1 to 128 characters".into(),
-                    "rename the key",
-                ));
-            }
+            let name = KeyName::parse(&name)
+                .map_err(|problem| err(&field, problem.into(), "rename the key"))?;
             if k.uris.is_empty() {
                 return Err(err(
                     &format!("{field}.uris"),
                     "no URIs".into(),
                     "list at least one KMS key URI",
+                ));
+            }
+            // A wrapped envelope holds one entry per URI, at most MAX_ENTRIES.
+            if k.uris.len() > MAX_ENTRIES {
+                return Err(err(
+                    &format!("{field}.uris"),
+                    format!("{} URIs; a key has at most {MAX_ENTRIES}", k.uris.len()),
+                    "split the URIs across keys",
                 ));
             }
             let mut uris = Vec::with_capacity(k.uris.len());
@@ -299,13 +304,16 @@ impl Config {
             let field = format!("stores.{id}");
             let store_id =
                 StoreId::parse(&id).map_err(|problem| err(&field, problem, "rename the store"))?;
-            if !keys.contains_key(&s.key) {
-                return Err(err(
-                    &format!("{field}.key"),
-                    format!("no key named {:?} under [keys]", s.key),
-                    "name a key defined under [keys.NAME]",
-                ));
-            }
+            let key = match KeyName::parse(&s.key) {
+                Ok(k) if keys.contains_key(&k) => k,
+                _ => {
+                    return Err(err(
+                        &format!("{field}.key"),
+                        format!("no key named {:?} under [keys]", s.key),
+                        "name a key defined under [keys.NAME]",
+                    ))
+                }
+            };
             let algorithm = match s.algorithm.as_deref() {
                 None => Algorithm::Aes256,
                 Some(a) => Algorithm::parse(a).ok_or_else(|| {
@@ -319,7 +327,7 @@ impl Config {
             stores.insert(
                 store_id,
                 StoreConfig {
-                    key: s.key,
+                    key,
                     algorithm,
                 },
             );

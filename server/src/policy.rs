@@ -8,8 +8,8 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use crate::config::valid_name;
 use crate::error::Error;
+use crate::key_name::KeyName;
 use crate::peer::Peer;
 use crate::store_key::StoreId;
 
@@ -85,7 +85,7 @@ pub struct PolicyRule {
     pub peer: PeerMatcher,
     pub allow: BTreeSet<Operation>,
     /// `None`: every key.
-    pub keys: Option<BTreeSet<String>>,
+    pub keys: Option<BTreeSet<KeyName>>,
     /// `None`: every store.
     pub stores: Option<BTreeSet<StoreId>>,
 }
@@ -128,14 +128,17 @@ impl PolicyRule {
         let keys = match keys {
             None => None,
             Some(ks) => {
-                if let Some(bad) = ks.iter().find(|k| !valid_name(k)) {
-                    return Err((
-                        "keys",
-                        format!("{bad:?} is not a key name"),
-                        "list key names from [keys]".into(),
-                    ));
+                let mut set = BTreeSet::new();
+                for k in ks {
+                    set.insert(KeyName::parse(k).map_err(|_| {
+                        (
+                            "keys",
+                            format!("{k:?} is not a key name"),
+                            "list key names from [keys]".to_string(),
+                        )
+                    })?);
                 }
-                Some(ks.iter().cloned().collect())
+                Some(set)
             }
         };
         let stores =
@@ -163,7 +166,7 @@ impl PolicyRule {
         &self,
         peer: &Peer,
         op: Operation,
-        key: Option<&str>,
+        key: Option<&KeyName>,
         store: Option<&StoreId>,
     ) -> bool {
         self.peer.matches(peer)
@@ -190,7 +193,7 @@ impl Policy {
         &self,
         peer: &Peer,
         op: Operation,
-        key: Option<&str>,
+        key: Option<&KeyName>,
         store: Option<&StoreId>,
     ) -> Result<(), Error> {
         if op == Operation::GetStoreKey && !matches!(peer, Peer::Unix { .. }) {
@@ -209,7 +212,7 @@ impl Policy {
     }
 
     /// Whether `peer` may see `key` in RevokeStatus.
-    pub fn may_see(&self, peer: &Peer, key: &str) -> bool {
+    pub fn may_see(&self, peer: &Peer, key: &KeyName) -> bool {
         self.authorize(peer, Operation::RevokeStatus, Some(key), None)
             .is_ok()
     }
@@ -225,6 +228,10 @@ mod tests {
         PolicyRule::parse(peer, &allow, keys.as_deref(), None).unwrap()
     }
 
+    fn name(s: &str) -> KeyName {
+        KeyName::parse(s).unwrap()
+    }
+
     fn unix(uid: u32, gid: u32) -> Peer {
         Peer::Unix {
             uid,
@@ -237,7 +244,7 @@ mod tests {
     fn default_deny() {
         let p = Policy::default();
         let e = p
-            .authorize(&unix(0, 0), Operation::WrapKey, Some("k"), None)
+            .authorize(&unix(0, 0), Operation::WrapKey, Some(&name("k")), None)
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
     }
@@ -249,16 +256,16 @@ mod tests {
             rule("gid:50", &["UnwrapKey"], None),
         ]);
         assert!(p
-            .authorize(&unix(1000, 1), Operation::WrapKey, Some("a"), None)
+            .authorize(&unix(1000, 1), Operation::WrapKey, Some(&name("a")), None)
             .is_ok());
         assert!(p
-            .authorize(&unix(1000, 1), Operation::WrapKey, Some("b"), None)
+            .authorize(&unix(1000, 1), Operation::WrapKey, Some(&name("b")), None)
             .is_err());
         assert!(p
-            .authorize(&unix(1000, 1), Operation::UnwrapKey, Some("a"), None)
+            .authorize(&unix(1000, 1), Operation::UnwrapKey, Some(&name("a")), None)
             .is_err());
         assert!(p
-            .authorize(&unix(7, 50), Operation::UnwrapKey, Some("zzz"), None)
+            .authorize(&unix(7, 50), Operation::UnwrapKey, Some(&name("zzz")), None)
             .is_ok());
     }
 
@@ -269,10 +276,10 @@ mod tests {
             identity: "backup".into(),
         };
         assert!(p
-            .authorize(&tls, Operation::UnwrapKey, Some("k"), None)
+            .authorize(&tls, Operation::UnwrapKey, Some(&name("k")), None)
             .is_ok());
         assert!(p
-            .authorize(&tls, Operation::WrapKey, Some("k"), None)
+            .authorize(&tls, Operation::WrapKey, Some(&name("k")), None)
             .is_err());
         let e = PolicyRule::parse("cert:x", &["GetStoreKey".into()], None, None).unwrap_err();
         assert_eq!(e.0, "allow");

@@ -94,7 +94,7 @@ impl Server {
     /// binds both listeners.
     pub async fn bind(config: Config) -> Result<Server, ServeError> {
         let broker = Arc::new(Broker::new(&config).await?);
-        let stores = Arc::new(Stores::new(&config).map_err(ServeError::Startup)?);
+        let stores = Stores::new(&config, broker.clone()).map_err(ServeError::Startup)?;
         if let Some(files) = &config.tls {
             // Read now, so a bad path is a config error before anything listens.
             crate::tls::server_config(files, &config.file)?;
@@ -250,7 +250,7 @@ async fn poll_loop(
         tokio::select! {
             _ = tick.tick() => {
                 broker.poll_once().await;
-                stores.purge(&broker);
+                stores.purge();
             }
             _ = async { let _ = stop.wait_for(|s| *s).await.map(|_| ()); } => return,
         }
