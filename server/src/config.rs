@@ -324,13 +324,7 @@ impl Config {
                     )
                 })?,
             };
-            stores.insert(
-                store_id,
-                StoreConfig {
-                    key,
-                    algorithm,
-                },
-            );
+            stores.insert(store_id, StoreConfig { key, algorithm });
         }
 
         let revocation = RevocationConfig {

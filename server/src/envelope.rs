@@ -119,7 +119,12 @@ impl Envelope {
         );
         out.extend_from_slice(MAGIC);
         out.push(2);
-        put16(&mut out, key_name.as_str(), usize::from(u16::MAX), "key name")?;
+        put16(
+            &mut out,
+            key_name.as_str(),
+            usize::from(u16::MAX),
+            "key name",
+        )?;
         out.push(entries.len() as u8);
         for e in entries {
             put16(&mut out, &e.uri_id, MAX_URI_ID, "URI id")?;

@@ -59,7 +59,11 @@ pub fn caller_text(s: &str) -> String {
     if s.contains("://") || s.contains('?') || s.contains('=') || s.contains('&') {
         return format!("<{} bytes, URI-shaped: not shown>", s.len());
     }
-    let mut out: String = s.chars().take(MAX_SHOWN).flat_map(char::escape_default).collect();
+    let mut out: String = s
+        .chars()
+        .take(MAX_SHOWN)
+        .flat_map(char::escape_default)
+        .collect();
     if s.chars().nth(MAX_SHOWN).is_some() {
         out.push_str(&format!("…<{} bytes>", s.len()));
     }
@@ -90,7 +94,11 @@ mod tests {
         let admitted: Vec<_> = (0..10).map(|_| l.admit_at(100)).collect();
         assert_eq!(admitted.iter().filter(|a| a.is_some()).count(), 3);
         assert_eq!(admitted[0], Some(0));
-        assert_eq!(l.admit_at(101), Some(7), "the next second reports the cut lines");
+        assert_eq!(
+            l.admit_at(101),
+            Some(7),
+            "the next second reports the cut lines"
+        );
         assert_eq!(l.admit_at(101), Some(0));
     }
 }

@@ -305,9 +305,12 @@ impl pb::key_broker_server::KeyBroker for Service {
                     visible
                 }
                 Some(name) => {
-                    self.inner
-                        .policy
-                        .authorize(peer, Operation::RevokeStatus, Some(&name), None)?;
+                    self.inner.policy.authorize(
+                        peer,
+                        Operation::RevokeStatus,
+                        Some(&name),
+                        None,
+                    )?;
                     vec![broker.key(&name)?.status()]
                 }
             };

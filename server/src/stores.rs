@@ -76,7 +76,8 @@ impl Stores {
     /// Needs a Tokio runtime.
     pub fn new(config: &Config, broker: Arc<Broker>) -> Result<Arc<Self>, String> {
         let dir = &config.server.state_dir;
-        store_key::ensure_state_dir(dir).map_err(|e| format!("state_dir {}: {e}", dir.display()))?;
+        store_key::ensure_state_dir(dir)
+            .map_err(|e| format!("state_dir {}: {e}", dir.display()))?;
         for id in config.stores.keys() {
             if !store_key::path_for(dir, id).exists() {
                 tracing::info!(store = %id, "store has no key file yet: a node's first GetStoreKey with create=true makes it");
@@ -165,11 +166,7 @@ impl Stores {
     /// Makes, wraps and durably saves a new key, create-new: if a file appeared meanwhile
     /// (another process on the same state dir, despite its lock), that file's key is the
     /// store's, and the new one is discarded before anyone saw it.
-    async fn create(
-        &self,
-        id: &StoreId,
-        cfg: &StoreConfig,
-    ) -> Result<(KeyName, StoreKeys), Error> {
+    async fn create(&self, id: &StoreId, cfg: &StoreConfig) -> Result<(KeyName, StoreKeys), Error> {
         let key = StoreKey::generate(cfg.algorithm);
         let wrapped = self
             .broker
@@ -214,7 +211,8 @@ impl Stores {
         id: &StoreId,
         file: &StoreKeyFile,
     ) -> Result<(KeyName, StoreKeys), Error> {
-        let key_name = KeyName::parse(&file.key_name).map_err(|_| self.corrupt(id, "bad key name"))?;
+        let key_name =
+            KeyName::parse(&file.key_name).map_err(|_| self.corrupt(id, "bad key name"))?;
         if self.broker.key(&key_name).is_err() {
             return Err(Error::internal(format!(
                 "store {:?} is wrapped under key {:?}, which is no longer configured",
@@ -244,8 +242,8 @@ impl Stores {
         key_name: &KeyName,
         w: &WrappedStoreKey,
     ) -> Result<StoreKey, Error> {
-        let env =
-            Envelope::decode(&w.wrapped).map_err(|_| self.corrupt(id, "envelope does not parse"))?;
+        let env = Envelope::decode(&w.wrapped)
+            .map_err(|_| self.corrupt(id, "envelope does not parse"))?;
         if env.key_name != *key_name {
             return Err(self.corrupt(id, "envelope names another key"));
         }

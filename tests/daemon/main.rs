@@ -5,6 +5,8 @@
 mod common;
 
 mod cli;
+mod custody;
+mod logs;
 mod revocation;
 mod store_keys;
 mod transport;
