@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::backend::resilient::RetryPolicy;
-use crate::envelope::MAX_ENTRIES;
+use crate::envelope::{MAX_ENTRIES, MAX_URI_ID};
 use crate::key_name::KeyName;
 use crate::key_uri::KeyUri;
 use crate::policy::{Policy, PolicyRule};
@@ -287,6 +287,13 @@ impl Config {
                     )
                 })?;
                 parsed.resolve_relative(&base);
+                if parsed.id().len() > MAX_URI_ID {
+                    return Err(err(
+                        &format!("{field}.uris[{i}]"),
+                        format!("the key's identity is over {MAX_URI_ID} bytes"),
+                        "use a shorter path or key name",
+                    ));
+                }
                 if uris.iter().any(|p: &KeyUri| p.id() == parsed.id()) {
                     return Err(err(
                         &format!("{field}.uris[{i}]"),
@@ -453,6 +460,37 @@ allow = ["WrapKey", "GetStoreKey"]
         let e = parse(&GOOD.replace("uid:0", "cert:backup")).unwrap_err();
         assert!(e.field.starts_with("policy[0]"), "{e}");
         assert!(e.problem.contains("GetStoreKey"), "{e}");
+    }
+
+    #[test]
+    fn a_key_has_at_most_as_many_uris_as_an_envelope_holds() {
+        let uris = |n: usize| {
+            (0..n)
+                .map(|i| format!("\"file:///k/{i}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let with = |n: usize| {
+            let line = GOOD
+                .lines()
+                .find(|l| l.starts_with("uris"))
+                .expect("GOOD has a uris line");
+            GOOD.replace(line, &format!("uris = [{}]", uris(n)))
+        };
+        assert_eq!(
+            parse(&with(MAX_ENTRIES))
+                .unwrap()
+                .keys
+                .values()
+                .next()
+                .unwrap()
+                .uris
+                .len(),
+            MAX_ENTRIES
+        );
+        let e = parse(&with(MAX_ENTRIES + 1)).unwrap_err();
+        assert_eq!(e.field, "keys.primary.uris");
+        assert!(e.problem.contains("at most 16"), "{e}");
     }
 
     #[test]
