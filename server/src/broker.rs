@@ -123,6 +123,9 @@ impl Broker {
             match r {
                 Ok(ct) => {
                     u.record(&self.clock, key, ticket, Ok(None));
+                    if !ct.key_version.is_empty() {
+                        u.note_version(&ct.key_version);
+                    }
                     entries.push(Entry {
                         uri_id: u.id.clone(),
                         key_version: ct.key_version,
@@ -236,7 +239,12 @@ impl Broker {
                 async move {
                     let r = u.backend.check().await;
                     let r = match &r {
-                        Ok(h) => Ok(Some(h.detail.as_str())),
+                        Ok(h) => {
+                            if let Some(v) = &h.version {
+                                u.note_version(v);
+                            }
+                            Ok(Some(h.detail.as_str()))
+                        }
                         Err(e) => Err(e),
                     };
                     u.record(&self.clock, &k.name, ticket, r);

@@ -13,34 +13,45 @@ use crate::key_name::KeyName;
 use crate::peer::Peer;
 use crate::store_key::StoreId;
 
-/// The KeyBroker operations a rule can allow.
+/// The KeyBroker operations a rule can allow: the RPC names. `WatchRevokeStatus` is
+/// governed by `RevokeStatus`; `RewrapKey` needs `UnwrapKey` on the source key and
+/// `WrapKey` on the target (CONTRACT "Additions").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Operation {
     WrapKey,
     UnwrapKey,
     GetStoreKey,
     RevokeStatus,
+    RotateStoreKey,
+    StoreStatus,
+    Rewrap,
 }
 
 impl Operation {
+    const ALL: [Operation; 7] = [
+        Operation::WrapKey,
+        Operation::UnwrapKey,
+        Operation::GetStoreKey,
+        Operation::RevokeStatus,
+        Operation::RotateStoreKey,
+        Operation::StoreStatus,
+        Operation::Rewrap,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Operation::WrapKey => "WrapKey",
             Operation::UnwrapKey => "UnwrapKey",
             Operation::GetStoreKey => "GetStoreKey",
             Operation::RevokeStatus => "RevokeStatus",
+            Operation::RotateStoreKey => "RotateStoreKey",
+            Operation::StoreStatus => "StoreStatus",
+            Operation::Rewrap => "Rewrap",
         }
     }
 
     fn parse(s: &str) -> Option<Self> {
-        [
-            Operation::WrapKey,
-            Operation::UnwrapKey,
-            Operation::GetStoreKey,
-            Operation::RevokeStatus,
-        ]
-        .into_iter()
-        .find(|o| o.as_str() == s)
+        Self::ALL.into_iter().find(|o| o.as_str() == s)
     }
 }
 
@@ -113,7 +124,10 @@ impl PolicyRule {
                 (
                     "allow",
                     format!("{a:?} is not an operation"),
-                    "use WrapKey, UnwrapKey, GetStoreKey or RevokeStatus".to_string(),
+                    format!(
+                        "use {}",
+                        Operation::ALL.map(Operation::as_str).join(", ")
+                    ),
                 )
             })?;
             ops.insert(op);
@@ -215,6 +229,11 @@ impl Policy {
     pub fn may_see(&self, peer: &Peer, key: &KeyName) -> bool {
         self.authorize(peer, Operation::RevokeStatus, Some(key), None)
             .is_ok()
+    }
+
+    /// Whether `peer` may call `op` on `store` (to list only what it may see).
+    pub fn may_use_store(&self, peer: &Peer, op: Operation, store: &StoreId) -> bool {
+        self.authorize(peer, op, None, Some(store)).is_ok()
     }
 }
 

@@ -125,6 +125,8 @@ struct Record {
     last_active: Option<Instant>,
     /// The clock's sequence number when the current denial was recorded.
     denied_at: u64,
+    /// The version a new Encrypt uses, as the last check or Encrypt reported it.
+    version: Option<String>,
 }
 
 /// One configured KMS URI: its backend and its state, in one place.
@@ -152,6 +154,7 @@ impl KmsUri {
                 },
                 last_active: None,
                 denied_at: 0,
+                version: None,
             }),
             uri,
             backend,
@@ -169,6 +172,20 @@ impl KmsUri {
 
     pub fn status(&self) -> UriStatus {
         self.lock().shown.clone()
+    }
+
+    /// The version a new Encrypt would use, if the KMS has said (see
+    /// [`crate::backend::KeyHealth::version`]).
+    pub fn current_version(&self) -> Option<String> {
+        self.lock().version.clone()
+    }
+
+    /// Notes the version the KMS says new Encrypts use (from a check, or an Encrypt's answer).
+    pub fn note_version(&self, version: &str) {
+        let mut r = self.lock();
+        if r.version.as_deref() != Some(version) {
+            r.version = Some(version.to_owned());
+        }
     }
 
     /// Records what a KMS call that began at `ticket` found: `Ok(detail)` is a usable key

@@ -154,11 +154,8 @@ impl Server {
             )
             .build_v1alpha()
             .map_err(|e| ServeError::Startup(format!("reflection: {e}")))?;
-        let service = KeyBrokerServer::new(Service::new(
-            broker.clone(),
-            stores.clone(),
-            config.policy.clone(),
-        ));
+        let svc = Service::new(broker.clone(), stores.clone(), config.policy.clone());
+        let service = KeyBrokerServer::new(svc.clone());
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -207,6 +204,7 @@ impl Server {
         health
             .set_service_status("", ServingStatus::NotServing)
             .await;
+        svc.close_streams();
         let _ = stop_tx.send(true);
         let grace = config.server.shutdown_grace;
         let drain = futures_util::future::join_all(servers.iter_mut());

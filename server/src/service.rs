@@ -32,6 +32,9 @@ use crate::state::KeyState;
 use crate::store_key::{StoreId, StoreKey};
 use crate::stores::Stores;
 
+mod lifecycle;
+mod watch;
+
 /// Refusal and failure lines per second, each.
 static REFUSALS: LogLimit = LogLimit::new(20);
 static FAILURES: LogLimit = LogLimit::new(20);
@@ -52,6 +55,8 @@ struct Inner {
     broker: Arc<Broker>,
     stores: Arc<Stores>,
     policy: Policy,
+    /// Set at shutdown: long-lived streams end, so they never hold the drain.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Service {
@@ -61,8 +66,37 @@ impl Service {
                 broker,
                 stores,
                 policy,
+                closing: tokio::sync::watch::Sender::new(false),
             }),
         }
+    }
+
+    /// Ends every WatchRevokeStatus stream (at shutdown, when health goes NOT_SERVING).
+    pub fn close_streams(&self) {
+        self.inner.closing.send_replace(true);
+    }
+
+    /// The keys `peer` may see in RevokeStatus: one named, or every one it may see.
+    fn visible_keys(&self, peer: &Peer, key: &str) -> Result<Vec<KeyName>, Error> {
+        let policy = &self.inner.policy;
+        if !key.is_empty() {
+            let name = parse_key_name(key)?;
+            policy.authorize(peer, Operation::RevokeStatus, Some(&name), None)?;
+            self.inner.broker.key(&name)?;
+            return Ok(vec![name]);
+        }
+        let visible: Vec<KeyName> = self
+            .inner
+            .broker
+            .keys()
+            .filter(|k| policy.may_see(peer, &k.name))
+            .map(|k| k.name.clone())
+            .collect();
+        if visible.is_empty() {
+            // Same answer as a named key the caller may not see.
+            policy.authorize(peer, Operation::RevokeStatus, None, None)?;
+        }
+        Ok(visible)
     }
 }
 
@@ -282,38 +316,15 @@ impl pb::key_broker_server::KeyBroker for Service {
         let peer = Peer::from_request(&req);
         let key = req.into_inner().key;
         let result = async {
-            let name = if key.is_empty() {
-                None
-            } else {
-                Some(parse_key_name(&key)?)
-            };
+            if !key.is_empty() {
+                parse_key_name(&key)?;
+            }
             let peer = peer.as_ref().map_err(Clone::clone)?;
-            let broker = &self.inner.broker;
-            let keys = match name {
-                None => {
-                    let visible: Vec<_> = broker
-                        .keys()
-                        .filter(|k| self.inner.policy.may_see(peer, &k.name))
-                        .map(|k| k.status())
-                        .collect();
-                    if visible.is_empty() {
-                        // Same answer as a named key the caller may not see.
-                        self.inner
-                            .policy
-                            .authorize(peer, Operation::RevokeStatus, None, None)?;
-                    }
-                    visible
-                }
-                Some(name) => {
-                    self.inner.policy.authorize(
-                        peer,
-                        Operation::RevokeStatus,
-                        Some(&name),
-                        None,
-                    )?;
-                    vec![broker.key(&name)?.status()]
-                }
-            };
+            let keys: Vec<_> = self
+                .visible_keys(peer, &key)?
+                .iter()
+                .filter_map(|k| self.inner.broker.status(k))
+                .collect();
             Ok(pb::RevokeStatusResponse {
                 keys: keys.into_iter().map(pb_key_status).collect(),
             })
@@ -326,5 +337,106 @@ impl pb::key_broker_server::KeyBroker for Service {
             started,
             result,
         )
+    }
+
+    async fn rotate_store_key(
+        &self,
+        req: Request<pb::RotateStoreKeyRequest>,
+    ) -> Result<Response<pb::StoreStatus>, Status> {
+        let started = Instant::now();
+        let peer = Peer::from_request(&req);
+        let id = req.into_inner().store_id;
+        let result = async {
+            StoreId::parse(&id).map_err(Error::InvalidArgument)?;
+            let peer = peer.as_ref().map_err(Clone::clone)?;
+            self.rotate(peer, &id).await
+        }
+        .await;
+        finish(Operation::RotateStoreKey, &id, peer.as_ref().ok(), started, result)
+    }
+
+    async fn store_status(
+        &self,
+        req: Request<pb::StoreStatusRequest>,
+    ) -> Result<Response<pb::StoreStatusResponse>, Status> {
+        let started = Instant::now();
+        let peer = Peer::from_request(&req);
+        let id = req.into_inner().store_id;
+        let result = (|| {
+            if !id.is_empty() {
+                StoreId::parse(&id).map_err(Error::InvalidArgument)?;
+            }
+            let peer = peer.as_ref().map_err(Clone::clone)?;
+            self.store_status(peer, &id)
+        })();
+        finish(Operation::StoreStatus, &id, peer.as_ref().ok(), started, result)
+    }
+
+    async fn rewrap(
+        &self,
+        req: Request<pb::RewrapRequest>,
+    ) -> Result<Response<pb::RewrapResponse>, Status> {
+        let started = Instant::now();
+        let peer = Peer::from_request(&req);
+        let body = req.into_inner();
+        let id = body.store_id.clone();
+        let result = async {
+            if !id.is_empty() {
+                StoreId::parse(&id).map_err(Error::InvalidArgument)?;
+            }
+            let peer = peer.as_ref().map_err(Clone::clone)?;
+            self.rewrap(peer, body).await
+        }
+        .await;
+        finish(Operation::Rewrap, &id, peer.as_ref().ok(), started, result)
+    }
+
+    async fn rewrap_key(
+        &self,
+        req: Request<pb::RewrapKeyRequest>,
+    ) -> Result<Response<pb::WrapKeyResponse>, Status> {
+        let started = Instant::now();
+        let peer = Peer::from_request(&req);
+        let body = req.into_inner();
+        let mut target = String::new();
+        let result = async {
+            let env = Envelope::decode(&body.wrapped)?;
+            let to = if body.key.is_empty() {
+                env.key_name.clone()
+            } else {
+                parse_key_name(&body.key)?
+            };
+            target = to.to_string();
+            let context = parse_context(body.context)?;
+            let peer = peer.as_ref().map_err(Clone::clone)?;
+            self.rewrap_key(peer, env, context, to).await
+        }
+        .await;
+        // Logged under UnwrapKey's name: a rewrap is an unwrap and a wrap.
+        finish(Operation::UnwrapKey, &target, peer.as_ref().ok(), started, result)
+    }
+
+    type WatchRevokeStatusStream = watch::EventStream;
+
+    async fn watch_revoke_status(
+        &self,
+        req: Request<pb::RevokeStatusRequest>,
+    ) -> Result<Response<Self::WatchRevokeStatusStream>, Status> {
+        let started = Instant::now();
+        let peer = Peer::from_request(&req);
+        let key = req.into_inner().key;
+        let result = (|| {
+            if !key.is_empty() {
+                parse_key_name(&key)?;
+            }
+            let peer = peer.as_ref().map_err(Clone::clone)?;
+            let keys = self.visible_keys(peer, &key)?;
+            Ok(watch::stream(
+                self.inner.broker.clone(),
+                keys,
+                self.inner.closing.subscribe(),
+            ))
+        })();
+        finish(Operation::RevokeStatus, &key, peer.as_ref().ok(), started, result)
     }
 }

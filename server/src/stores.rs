@@ -17,6 +17,10 @@ use crate::error::Error;
 use crate::key_name::KeyName;
 use crate::store_key::{self, StoreFileError, StoreId, StoreKey, StoreKeyFile, WrappedStoreKey};
 
+mod lifecycle;
+
+pub use lifecycle::{KeyInfo, StoreInfo};
+
 /// The context every store-key wrap binds. Its `kms-broker:` prefix is reserved: a caller
 /// of UnwrapKey cannot supply it, so UnwrapKey can never open a store key's blob.
 pub const STORE_CONTEXT: &str = "kms-broker:store_id";

@@ -324,6 +324,7 @@ impl KmsBackend for MockBackend {
         let s = self.state.enter(Op::Check).await?;
         Ok(KeyHealth {
             detail: format!("primary version {}", s.versions.len()),
+            version: Some(s.versions.len().to_string()),
         })
     }
 }
