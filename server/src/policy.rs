@@ -124,10 +124,7 @@ impl PolicyRule {
                 (
                     "allow",
                     format!("{a:?} is not an operation"),
-                    format!(
-                        "use {}",
-                        Operation::ALL.map(Operation::as_str).join(", ")
-                    ),
+                    format!("use {}", Operation::ALL.map(Operation::as_str).join(", ")),
                 )
             })?;
             ops.insert(op);

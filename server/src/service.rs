@@ -352,7 +352,13 @@ impl pb::key_broker_server::KeyBroker for Service {
             self.rotate(peer, &id).await
         }
         .await;
-        finish(Operation::RotateStoreKey, &id, peer.as_ref().ok(), started, result)
+        finish(
+            Operation::RotateStoreKey,
+            &id,
+            peer.as_ref().ok(),
+            started,
+            result,
+        )
     }
 
     async fn store_status(
@@ -369,7 +375,13 @@ impl pb::key_broker_server::KeyBroker for Service {
             let peer = peer.as_ref().map_err(Clone::clone)?;
             self.store_status(peer, &id)
         })();
-        finish(Operation::StoreStatus, &id, peer.as_ref().ok(), started, result)
+        finish(
+            Operation::StoreStatus,
+            &id,
+            peer.as_ref().ok(),
+            started,
+            result,
+        )
     }
 
     async fn rewrap(
@@ -413,7 +425,13 @@ impl pb::key_broker_server::KeyBroker for Service {
         }
         .await;
         // Logged under UnwrapKey's name: a rewrap is an unwrap and a wrap.
-        finish(Operation::UnwrapKey, &target, peer.as_ref().ok(), started, result)
+        finish(
+            Operation::UnwrapKey,
+            &target,
+            peer.as_ref().ok(),
+            started,
+            result,
+        )
     }
 
     type WatchRevokeStatusStream = watch::EventStream;
@@ -437,6 +455,12 @@ impl pb::key_broker_server::KeyBroker for Service {
                 self.inner.closing.subscribe(),
             ))
         })();
-        finish(Operation::RevokeStatus, &key, peer.as_ref().ok(), started, result)
+        finish(
+            Operation::RevokeStatus,
+            &key,
+            peer.as_ref().ok(),
+            started,
+            result,
+        )
     }
 }

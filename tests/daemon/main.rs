@@ -6,6 +6,7 @@ mod common;
 
 mod cli;
 mod custody;
+mod lifecycle;
 mod logs;
 mod revocation;
 mod store_keys;

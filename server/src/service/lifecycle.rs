@@ -39,7 +39,11 @@ fn parse_store(raw: &str) -> Result<StoreId, Error> {
 }
 
 impl Service {
-    pub(super) async fn rotate(&self, peer: &Peer, store_id: &str) -> Result<pb::StoreStatus, Error> {
+    pub(super) async fn rotate(
+        &self,
+        peer: &Peer,
+        store_id: &str,
+    ) -> Result<pb::StoreStatus, Error> {
         let id = parse_store(store_id)?;
         self.inner
             .policy
@@ -48,7 +52,12 @@ impl Service {
     }
 
     /// The stores `peer` may call `op` on: one named, or every one it may see.
-    fn stores_for(&self, peer: &Peer, op: Operation, store_id: &str) -> Result<Vec<StoreId>, Error> {
+    fn stores_for(
+        &self,
+        peer: &Peer,
+        op: Operation,
+        store_id: &str,
+    ) -> Result<Vec<StoreId>, Error> {
         let policy = &self.inner.policy;
         if !store_id.is_empty() {
             let id = parse_store(store_id)?;

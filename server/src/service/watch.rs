@@ -20,7 +20,8 @@ use crate::pb;
 use crate::revocation::KeyStatus;
 use crate::state::KeyState;
 
-pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RevokeStatusEvent, tonic::Status>> + Send>>;
+pub type EventStream =
+    Pin<Box<dyn Stream<Item = Result<pb::RevokeStatusEvent, tonic::Status>> + Send>>;
 
 /// What a watcher compares: the key's state and each URI's.
 fn states(s: &KeyStatus) -> (KeyState, Vec<KeyState>) {
@@ -49,7 +50,9 @@ impl Watcher {
             let epoch = *self.epochs.borrow_and_update();
             let mut changed = Vec::new();
             for k in &self.keys {
-                let Some(s) = self.broker.status(k) else { continue };
+                let Some(s) = self.broker.status(k) else {
+                    continue;
+                };
                 let now = states(&s);
                 if self.first || self.sent.get(k) != Some(&now) {
                     self.sent.insert(k.clone(), now);
@@ -68,7 +71,11 @@ impl Watcher {
 }
 
 /// The stream for one watcher of `keys` (already authorized).
-pub fn stream(broker: Arc<Broker>, keys: Vec<KeyName>, closing: watch::Receiver<bool>) -> EventStream {
+pub fn stream(
+    broker: Arc<Broker>,
+    keys: Vec<KeyName>,
+    closing: watch::Receiver<bool>,
+) -> EventStream {
     let epochs = broker.clock().subscribe();
     let w = Watcher {
         broker,

@@ -111,7 +111,11 @@ impl Stores {
         };
         let mut reasons = Vec::new();
         for (n, w) in file.keys().enumerate() {
-            let which = if n == 0 { "active key" } else { "a previous key" };
+            let which = if n == 0 {
+                "active key"
+            } else {
+                "a previous key"
+            };
             let Ok(env) = Envelope::decode(&w.wrapped) else {
                 reasons.push(format!("the {which}'s envelope does not parse"));
                 continue;
@@ -134,8 +138,14 @@ impl Stores {
                     }
                 }
             }
-            if env.entries.iter().any(|e| key.uris.iter().all(|u| u.id != e.uri_id)) {
-                reasons.push(format!("the {which} is wrapped under a URI no longer configured"));
+            if env
+                .entries
+                .iter()
+                .any(|e| key.uris.iter().all(|u| u.id != e.uri_id))
+            {
+                reasons.push(format!(
+                    "the {which} is wrapped under a URI no longer configured"
+                ));
             }
         }
         reasons.dedup();
@@ -150,8 +160,8 @@ impl Stores {
         let mut file = self.read(id)?.ok_or_else(|| {
             Error::NotFound(format!("store {:?} has no key yet to rotate", id.as_str()))
         })?;
-        let key_name = KeyName::parse(&file.key_name)
-            .map_err(|_| self.corrupt(id, "bad key name"))?;
+        let key_name =
+            KeyName::parse(&file.key_name).map_err(|_| self.corrupt(id, "bad key name"))?;
         let key = StoreKey::generate(slot.config.algorithm);
         let wrapped = self
             .broker
@@ -224,7 +234,9 @@ impl Stores {
             wrapped.push(WrappedStoreKey::new(k, w.blob));
         }
         let mut wrapped = wrapped.into_iter();
-        let active = wrapped.next().ok_or_else(|| Error::internal("no active key"))?;
+        let active = wrapped
+            .next()
+            .ok_or_else(|| Error::internal("no active key"))?;
         let mut new = StoreKeyFile::new(id.clone(), target.as_str(), active);
         new.previous = wrapped.collect();
         self.replace(id, &new)?;
