@@ -12,15 +12,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::join_all;
+use futures_util::future::{join_all, BoxFuture};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::time::Instant;
 
 use crate::backend::resilient::Resilient;
+use crate::backend::Decrypted;
 use crate::backend::{self, Aad, BackendError, FailureClass, KmsBackend};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, WrapMode};
 use crate::envelope::{Entry, Envelope, DOES_NOT_AUTHENTICATE};
 use crate::error::Error;
 use crate::key_name::KeyName;
-use crate::revocation::{Clock, Key, KeyStatus, KmsUri, Source};
+use crate::revocation::{Clock, Key, KeyStatus, KmsUri, Source, Ticket};
 use crate::secret::SecretBytes;
 
 /// What WrapKey made.
@@ -28,7 +31,21 @@ use crate::secret::SecretBytes;
 pub struct Wrapped {
     pub blob: Vec<u8>,
     pub key_version: String,
+    /// URIs (redacted) that did not wrap it: only in `available` mode, never empty-handed.
+    pub missing: Vec<String>,
 }
+
+/// One Decrypt in flight: which URI and entry, its ticket, how long it took, the answer.
+type DecryptAttempt<'a> = BoxFuture<
+    'a,
+    (
+        &'a KmsUri,
+        &'a Entry,
+        Ticket,
+        Duration,
+        Result<Decrypted, BackendError>,
+    ),
+>;
 
 /// What UnwrapKey recovered.
 #[derive(Debug)]
@@ -43,6 +60,7 @@ pub struct Broker {
     keys: BTreeMap<KeyName, Key>,
     clock: Clock,
     grace: Duration,
+    hedge_after: Duration,
 }
 
 impl Broker {
@@ -63,12 +81,18 @@ impl Broker {
                 uris.push(KmsUri::new(uri.clone(), Resilient::new(inner, config.kms)));
             }
             let name = name.clone();
-            keys.insert(name.clone(), Key { name, uris });
+            let key = Key {
+                name: name.clone(),
+                uris,
+                wrap_mode: k.wrap_mode,
+            };
+            keys.insert(name, key);
         }
         Ok(Self {
             keys,
             clock: Clock::default(),
             grace: config.revocation.grace_period,
+            hedge_after: config.hedge_after,
         })
     }
 
@@ -96,7 +120,9 @@ impl Broker {
         self.key(key)?.may_hand_out_held(self.grace)
     }
 
-    /// Wraps under EVERY URI of `key` (concurrently), binding the key name and `context`.
+    /// Wraps under every URI of `key` (concurrently), binding the key name and `context`.
+    /// In `strict` mode every URI must wrap; in `available` mode the URIs that answer do,
+    /// and the others are reported in [`Wrapped::missing`].
     pub async fn wrap(
         &self,
         key: &KeyName,
@@ -104,25 +130,41 @@ impl Broker {
         context: BTreeMap<String, String>,
     ) -> Result<Wrapped, Error> {
         let k = self.key(key)?;
-        k.gate_wrap()?;
+        let strict = k.wrap_mode == WrapMode::Strict;
+        if strict {
+            k.gate_wrap()?;
+        } else {
+            k.gate_any()?;
+        }
         let aad = Aad::new(key.as_str(), context);
         for u in &k.uris {
             u.backend
                 .check_size(plaintext.len(), &aad)
                 .map_err(|e| kms_error(key, e))?;
         }
+        // In available mode a denied URI is not even asked.
+        let asked: Vec<&KmsUri> = k
+            .uris
+            .iter()
+            .filter(|u| strict || !u.state().is_revoked_kind())
+            .collect();
         let aad = &aad;
-        let calls = k.uris.iter().map(|u| {
+        let calls = asked.iter().map(|u| {
             let ticket = self.clock.ticket(Source::Use);
-            async move { (ticket, u.backend.encrypt(plaintext, aad).await) }
+            async move {
+                let started = Instant::now();
+                let r = u.backend.encrypt(plaintext, aad).await;
+                (ticket, started.elapsed(), r)
+            }
         });
         let results = join_all(calls).await;
         let mut entries = Vec::with_capacity(k.uris.len());
         let mut failure: Option<BackendError> = None;
-        for (u, (ticket, r)) in k.uris.iter().zip(results) {
+        for (u, (ticket, took, r)) in asked.iter().zip(results) {
             match r {
                 Ok(ct) => {
                     u.record(&self.clock, key, ticket, Ok(None));
+                    u.note_latency(took);
                     if !ct.key_version.is_empty() {
                         u.note_version(&ct.key_version);
                     }
@@ -139,23 +181,41 @@ impl Broker {
                 }
             }
         }
-        if let Some(e) = failure {
-            return Err(kms_error(key, e));
+        match failure {
+            Some(e) if strict || entries.is_empty() => return Err(kms_error(key, e)),
+            // Caller-shaped: no URI would have taken it.
+            Some(e) if e.class == FailureClass::InvalidRequest => return Err(kms_error(key, e)),
+            _ => {}
         }
-        k.gate_wrap()?;
+        if strict {
+            k.gate_wrap()?;
+        } else {
+            k.gate_any()?;
+        }
+        let missing: Vec<String> = k
+            .uris
+            .iter()
+            .filter(|u| entries.iter().all(|e| e.uri_id != u.id))
+            .map(|u| u.uri.redacted())
+            .collect();
         let key_version = entries
             .iter()
             .map(|e| e.key_version.as_str())
             .collect::<Vec<_>>()
             .join(",");
         let blob = Envelope::seal(key, &entries, plaintext)?;
-        Ok(Wrapped { blob, key_version })
+        Ok(Wrapped {
+            blob,
+            key_version,
+            missing,
+        })
     }
 
-    /// Unwraps with the first configured URI that can: ACTIVE URIs first, revoked kinds
-    /// never, each URI at most once. URIs come from the config, matched by id; the blob only
-    /// says which. An entry whose URI is no longer configured is skipped, so old blobs
-    /// survive retiring a region.
+    /// Unwraps with the configured URIs the blob names: usable ones only, ACTIVE and
+    /// recently fastest first, each at most once. When the first has not answered within
+    /// `hedge_after`, the next is asked too, and the first good answer wins. URIs come from
+    /// the config, matched by id; the blob only says which. An entry whose URI is no longer
+    /// configured is skipped, so old blobs survive retiring a region.
     pub async fn unwrap(
         &self,
         env: &Envelope,
@@ -179,24 +239,46 @@ impl Broker {
                 key.as_str()
             )));
         }
-        candidates.sort_by_key(|(u, _)| u.state());
+        candidates.sort_by_key(|(u, _)| (u.state(), u.latency()));
         let mut failure: Option<BackendError> = None;
-        for (u, entry) in candidates {
-            if u.state().is_revoked_kind() {
-                continue;
+        let mut pending = candidates.into_iter();
+        let mut in_flight = FuturesUnordered::new();
+        // Started attempts, so that a slow one that lost to a hedge still counts as slow.
+        let mut started: Vec<(&KmsUri, Instant)> = Vec::new();
+        let aad = &aad;
+        loop {
+            if in_flight.is_empty() {
+                match self.start_decrypt(&mut pending, aad, &mut failure, &mut started) {
+                    Some(f) => in_flight.push(f),
+                    None => break,
+                }
             }
-            if let Err(e) = u.backend.check_size(entry.ciphertext.len(), &aad) {
-                failure = Some(worse(failure, e));
+            let hedge = async {
+                if self.hedge_after.is_zero() {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(self.hedge_after).await;
+            };
+            let done = tokio::select! {
+                done = in_flight.next() => done,
+                _ = hedge => {
+                    if let Some(f) = self.start_decrypt(&mut pending, aad, &mut failure, &mut started) {
+                        in_flight.push(f);
+                    }
+                    continue;
+                }
+            };
+            let Some((u, entry, ticket, took, r)) = done else {
                 continue;
-            }
-            let ticket = self.clock.ticket(Source::Use);
-            match u
-                .backend
-                .decrypt(&entry.ciphertext, &entry.key_version, &aad)
-                .await
-            {
+            };
+            started.retain(|(s, _)| !std::ptr::eq(*s, u));
+            match r {
                 Ok(d) => {
                     u.record(&self.clock, key, ticket, Ok(None));
+                    u.note_latency(took);
+                    for (slow, since) in &started {
+                        slow.note_latency(since.elapsed());
+                    }
                     env.verify(&d.plaintext)?;
                     k.gate_any()?;
                     let key_version = match d.key_version {
@@ -229,6 +311,37 @@ impl Broker {
                 Error::Unavailable(format!("no usable KMS URI for key {:?}", key.as_str()))
             })),
         }
+    }
+
+    /// Starts a Decrypt with the next candidate that may be asked (not denied, within the
+    /// KMS's size limits); `None` when none is left.
+    fn start_decrypt<'a>(
+        &'a self,
+        pending: &mut impl Iterator<Item = (&'a KmsUri, &'a Entry)>,
+        aad: &'a Aad,
+        failure: &mut Option<BackendError>,
+        started: &mut Vec<(&'a KmsUri, Instant)>,
+    ) -> Option<DecryptAttempt<'a>> {
+        for (u, entry) in pending.by_ref() {
+            if u.state().is_revoked_kind() {
+                continue;
+            }
+            if let Err(e) = u.backend.check_size(entry.ciphertext.len(), aad) {
+                *failure = Some(worse(failure.take(), e));
+                continue;
+            }
+            let ticket = self.clock.ticket(Source::Use);
+            started.push((u, Instant::now()));
+            return Some(Box::pin(async move {
+                let started = Instant::now();
+                let r = u
+                    .backend
+                    .decrypt(&entry.ciphertext, &entry.key_version, aad)
+                    .await;
+                (u, entry, ticket, started.elapsed(), r)
+            }));
+        }
+        None
     }
 
     /// Checks every URI of every key once, concurrently, and records the answers.

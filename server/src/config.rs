@@ -53,6 +53,9 @@ pub struct Config {
     pub stores: BTreeMap<StoreId, StoreConfig>,
     pub revocation: RevocationConfig,
     pub kms: RetryPolicy,
+    /// An unwrap asks a key's next URI when the first has not answered within this; zero
+    /// turns hedging off.
+    pub hedge_after: Duration,
     pub policy: Policy,
 }
 
@@ -75,6 +78,18 @@ pub struct TlsFiles {
 #[derive(Debug, Clone)]
 pub struct KeyConfig {
     pub uris: Vec<KeyUri>,
+    pub wrap_mode: WrapMode,
+}
+
+/// What WrapKey and store-key creation do while one of a key's URIs is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WrapMode {
+    /// Fail: every URI must wrap (a restore must survive the loss of any region).
+    #[default]
+    Strict,
+    /// Wrap under the URIs that answer; the gap shows in StoreStatus, and a store's missing
+    /// wraps are added once the URI is back.
+    Available,
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +146,7 @@ struct RawTls {
 #[serde(deny_unknown_fields)]
 struct RawKey {
     uris: Vec<String>,
+    wrap_mode: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -157,6 +173,8 @@ struct RawKms {
     #[serde(default, with = "humantime_serde")]
     deadline: Option<Duration>,
     max_attempts: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    hedge_after: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -303,7 +321,18 @@ impl Config {
                 }
                 uris.push(parsed);
             }
-            keys.insert(name, KeyConfig { uris });
+            let wrap_mode = match k.wrap_mode.as_deref() {
+                None | Some("strict") => WrapMode::Strict,
+                Some("available") => WrapMode::Available,
+                Some(other) => {
+                    return Err(err(
+                        &format!("{field}.wrap_mode"),
+                        format!("{other:?} is not a wrap mode"),
+                        "use \"strict\" (the default) or \"available\"",
+                    ))
+                }
+            };
+            keys.insert(name, KeyConfig { uris, wrap_mode });
         }
 
         let mut stores = BTreeMap::new();
@@ -401,6 +430,7 @@ impl Config {
             stores,
             revocation,
             kms,
+            hedge_after: raw.kms.hedge_after.unwrap_or(Duration::from_millis(250)),
             policy: Policy::new(rules),
         })
     }

@@ -32,6 +32,7 @@ use tokio::time::Instant;
 
 use crate::backend::resilient::Resilient;
 use crate::backend::BackendError;
+use crate::config::WrapMode;
 use crate::error::Error;
 use crate::key_name::KeyName;
 use crate::key_uri::KeyUri;
@@ -137,6 +138,9 @@ pub struct KmsUri {
     pub id: String,
     pub backend: Resilient,
     record: Mutex<Record>,
+    /// Recent answer time (an EWMA, microseconds; 0 = none yet): unwraps ask the
+    /// fastest URI first.
+    latency_us: AtomicU64,
 }
 
 impl KmsUri {
@@ -158,6 +162,29 @@ impl KmsUri {
             }),
             uri,
             backend,
+            latency_us: AtomicU64::new(0),
+        }
+    }
+
+    /// Notes how long a successful call took (EWMA with weight 1/8).
+    pub fn note_latency(&self, took: Duration) {
+        let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        let _ = self
+            .latency_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 {
+                    sample
+                } else {
+                    old - old / 8 + sample / 8
+                })
+            });
+    }
+
+    /// Recent answer time; URIs not heard from yet sort after those that answered.
+    pub fn latency(&self) -> Duration {
+        match self.latency_us.load(Ordering::Relaxed) {
+            0 => Duration::MAX,
+            us => Duration::from_micros(us),
         }
     }
 
@@ -255,6 +282,7 @@ impl KmsUri {
 pub struct Key {
     pub name: KeyName,
     pub uris: Vec<KmsUri>,
+    pub wrap_mode: WrapMode,
 }
 
 impl Key {
@@ -354,6 +382,7 @@ mod tests {
         Key {
             name: KeyName::parse("k").unwrap(),
             uris: vec![uri("a"), uri("b")],
+            wrap_mode: WrapMode::Strict,
         }
     }
 

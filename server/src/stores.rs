@@ -104,6 +104,7 @@ impl Stores {
                 .collect(),
         });
         tokio::spawn(purge_on_change(Arc::downgrade(&stores)));
+        tokio::spawn(heal_on_change(Arc::downgrade(&stores)));
         Ok(stores)
     }
 
@@ -176,6 +177,7 @@ impl Stores {
             .broker
             .wrap(&cfg.key, &key.to_key_file_bytes(), context(id))
             .await?;
+        let wrapped_missing = wrapped.missing;
         let file = StoreKeyFile::new(
             id.clone(),
             cfg.key.as_str(),
@@ -202,6 +204,9 @@ impl Stores {
             }
         }
         tracing::info!(store = %id, key = %cfg.key, algorithm = cfg.algorithm.as_str(), "created store key");
+        if !wrapped_missing.is_empty() {
+            tracing::warn!(store = %id, missing = ?wrapped_missing, "store key wrapped without some URIs (available mode); the wraps are added when they are back");
+        }
         let keys = StoreKeys {
             active: key,
             previous: Vec::new(),
@@ -289,6 +294,21 @@ async fn purge_on_change(stores: Weak<Stores>) {
     while rx.changed().await.is_ok() {
         match stores.upgrade() {
             Some(s) => s.purge(),
+            None => return,
+        }
+    }
+}
+
+/// When a URI comes back, adds the wraps `available` mode had to leave out. Its own task:
+/// KMS calls here must never delay a purge.
+async fn heal_on_change(stores: Weak<Stores>) {
+    let mut rx = match stores.upgrade() {
+        Some(s) => s.broker.clock().subscribe(),
+        None => return,
+    };
+    while rx.changed().await.is_ok() {
+        match stores.upgrade() {
+            Some(s) => s.heal().await,
             None => return,
         }
     }

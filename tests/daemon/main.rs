@@ -8,6 +8,7 @@ mod cli;
 mod custody;
 mod lifecycle;
 mod logs;
+mod regions;
 mod revocation;
 mod store_keys;
 mod transport;

@@ -15,6 +15,37 @@ use crate::error::Error;
 use crate::key_name::KeyName;
 use crate::store_key::{self, Algorithm, StoreId, StoreKey, StoreKeyFile, WrappedStoreKey};
 
+/// Why a store's file differs from a fresh wrap under its configured key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Reason {
+    OtherKey(String),
+    Unparsable,
+    OldFormat,
+    MissingUri(String),
+    OldVersion {
+        uri: String,
+        was: String,
+        now: String,
+    },
+    RetiredUri,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::OtherKey(k) => write!(f, "wrapped under key {k:?}, not the configured one"),
+            Reason::Unparsable => f.write_str("a wrapped key does not parse"),
+            Reason::OldFormat => f.write_str("a key is in envelope format 1"),
+            Reason::MissingUri(u) => write!(f, "not wrapped under {u} (it was down at wrap time)"),
+            Reason::OldVersion { uri, was, now } => write!(
+                f,
+                "wrapped under version {was:?} of {uri}; the current is {now:?}"
+            ),
+            Reason::RetiredUri => f.write_str("wrapped under a URI no longer configured"),
+        }
+    }
+}
+
 /// A store key's metadata; never key bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyInfo {
@@ -76,7 +107,11 @@ impl Stores {
                 previous: Vec::new(),
             };
         };
-        let reasons = self.rewrap_reasons(configured, file);
+        let reasons: Vec<String> = self
+            .rewrap_reasons(configured, file)
+            .iter()
+            .map(Reason::to_string)
+            .collect();
         let key_versions = Envelope::decode(&file.active.wrapped)
             .map(|e| e.entries.into_iter().map(|e| e.key_version).collect())
             .unwrap_or_default();
@@ -98,44 +133,33 @@ impl Stores {
 
     /// Why `file` is not wrapped the way a fresh wrap under `configured` would be: another
     /// key, an older envelope format, a URI missing or retired, an old key version.
-    fn rewrap_reasons(&self, configured: &KeyName, file: &StoreKeyFile) -> Vec<String> {
+    fn rewrap_reasons(&self, configured: &KeyName, file: &StoreKeyFile) -> Vec<Reason> {
         if file.key_name != configured.as_str() {
-            return vec![format!(
-                "wrapped under key {:?}; the config asks for {:?}",
-                file.key_name,
-                configured.as_str()
-            )];
+            return vec![Reason::OtherKey(file.key_name.clone())];
         }
         let Ok(key) = self.broker.key(configured) else {
-            return vec!["its key is not configured".into()];
+            return vec![Reason::Unparsable];
         };
         let mut reasons = Vec::new();
-        for (n, w) in file.keys().enumerate() {
-            let which = if n == 0 {
-                "active key"
-            } else {
-                "a previous key"
-            };
+        for w in file.keys() {
             let Ok(env) = Envelope::decode(&w.wrapped) else {
-                reasons.push(format!("the {which}'s envelope does not parse"));
+                reasons.push(Reason::Unparsable);
                 continue;
             };
             if env.format == Format::V1 {
-                reasons.push(format!("the {which} is in envelope format 1"));
+                reasons.push(Reason::OldFormat);
             }
             for u in &key.uris {
                 match env.entries.iter().find(|e| e.uri_id == u.id) {
-                    None => reasons.push(format!("the {which} is not wrapped under {}", u.id)),
-                    Some(e) => {
-                        if let Some(v) = u.current_version() {
-                            if e.key_version != v {
-                                reasons.push(format!(
-                                    "the {which} is wrapped under version {:?} of {}; the current is {v:?}",
-                                    e.key_version, u.id
-                                ));
-                            }
-                        }
-                    }
+                    None => reasons.push(Reason::MissingUri(u.id.clone())),
+                    Some(e) => match u.current_version() {
+                        Some(v) if e.key_version != v => reasons.push(Reason::OldVersion {
+                            uri: u.id.clone(),
+                            was: e.key_version.clone(),
+                            now: v,
+                        }),
+                        _ => {}
+                    },
                 }
             }
             if env
@@ -143,13 +167,47 @@ impl Stores {
                 .iter()
                 .any(|e| key.uris.iter().all(|u| u.id != e.uri_id))
             {
-                reasons.push(format!(
-                    "the {which} is wrapped under a URI no longer configured"
-                ));
+                reasons.push(Reason::RetiredUri);
             }
         }
+        reasons.sort();
         reasons.dedup();
         reasons
+    }
+
+    /// Adds the wraps a store is missing (made in `available` mode while a URI was down)
+    /// once every URI it lacks is ACTIVE again. Runs when key states change.
+    pub(super) async fn heal(&self) {
+        for (id, slot) in &self.slots {
+            let Ok(Some(file)) = store_key::read_store_file(&self.state_dir, id) else {
+                continue;
+            };
+            let reasons = self.rewrap_reasons(&slot.config.key, &file);
+            let Ok(key) = self.broker.key(&slot.config.key) else {
+                continue;
+            };
+            let healable = !reasons.is_empty()
+                && reasons.iter().all(|r| match r {
+                    Reason::MissingUri(id) => key
+                        .uris
+                        .iter()
+                        .any(|u| &u.id == id && u.state() == crate::state::KeyState::Active),
+                    _ => false,
+                });
+            if healable {
+                match self.rewrap_one(id, false).await {
+                    Ok((info, _)) if !info.needs_rewrap => {
+                        tracing::info!(store = %id, "added the wraps the store was missing")
+                    }
+                    Ok((info, _)) => {
+                        tracing::warn!(store = %id, detail = %info.detail, "store still lacks wraps")
+                    }
+                    Err(e) => {
+                        tracing::warn!(store = %id, error = %e, "could not add missing wraps")
+                    }
+                }
+            }
+        }
     }
 
     /// RotateStoreKey: a new active key (the configured algorithm), wrapped under the key
