@@ -96,6 +96,11 @@ pub enum WrapMode {
 pub struct StoreConfig {
     pub key: KeyName,
     pub algorithm: Algorithm,
+    /// Rotate the store key when the active one is this old; `None`: only on request.
+    pub rotation_period: Option<Duration>,
+    /// How many previous keys the operator means to keep. Never enforced by dropping:
+    /// StoreStatus flags a store over it, and DropPreviousStoreKey is the explicit act.
+    pub max_previous: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -154,6 +159,9 @@ struct RawKey {
 struct RawStore {
     key: String,
     algorithm: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    rotation_period: Option<Duration>,
+    max_previous: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -360,7 +368,22 @@ impl Config {
                     )
                 })?,
             };
-            stores.insert(store_id, StoreConfig { key, algorithm });
+            if s.rotation_period
+                .is_some_and(|p| p < Duration::from_secs(60))
+            {
+                return Err(err(
+                    &format!("{field}.rotation_period"),
+                    "shorter than a minute".into(),
+                    "use e.g. \"90d\", or leave it out to rotate only on request",
+                ));
+            }
+            let config = StoreConfig {
+                key,
+                algorithm,
+                rotation_period: s.rotation_period,
+                max_previous: s.max_previous,
+            };
+            stores.insert(store_id, config);
         }
 
         let revocation = RevocationConfig {

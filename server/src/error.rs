@@ -35,6 +35,9 @@ pub enum Error {
     /// The KMS did not answer in time, or kept throttling.
     #[error("{0}")]
     Unavailable(String),
+    /// The thing to create exists already (and differs): nothing was replaced.
+    #[error("{0}")]
+    AlreadyExists(String),
     /// A fault of the daemon itself (disk, corrupt state). Logged in full, answered briefly.
     #[error("{0}")]
     Internal(String),
@@ -66,6 +69,7 @@ impl Error {
             Error::NotFound(_) => Code::NotFound,
             Error::KeyNotUsable { .. } => Code::FailedPrecondition,
             Error::Unavailable(_) => Code::Unavailable,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::Internal(_) => Code::Internal,
         }
     }

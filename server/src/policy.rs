@@ -25,10 +25,12 @@ pub enum Operation {
     RotateStoreKey,
     StoreStatus,
     Rewrap,
+    ImportStoreKey,
+    DropPreviousStoreKey,
 }
 
 impl Operation {
-    const ALL: [Operation; 7] = [
+    const ALL: [Operation; 9] = [
         Operation::WrapKey,
         Operation::UnwrapKey,
         Operation::GetStoreKey,
@@ -36,6 +38,8 @@ impl Operation {
         Operation::RotateStoreKey,
         Operation::StoreStatus,
         Operation::Rewrap,
+        Operation::ImportStoreKey,
+        Operation::DropPreviousStoreKey,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +51,8 @@ impl Operation {
             Operation::RotateStoreKey => "RotateStoreKey",
             Operation::StoreStatus => "StoreStatus",
             Operation::Rewrap => "Rewrap",
+            Operation::ImportStoreKey => "ImportStoreKey",
+            Operation::DropPreviousStoreKey => "DropPreviousStoreKey",
         }
     }
 

@@ -296,6 +296,7 @@ impl pb::key_broker_server::KeyBroker for Service {
             Ok(pb::GetStoreKeyResponse {
                 active: Some(pb_store_key(keys.active)),
                 previous: keys.previous.into_iter().map(pb_store_key).collect(),
+                wrapped_copy: keys.wrapped_copy,
             })
         }
         .await;
@@ -458,6 +459,56 @@ impl pb::key_broker_server::KeyBroker for Service {
         finish(
             Operation::RevokeStatus,
             &key,
+            peer.as_ref().ok(),
+            started,
+            result,
+        )
+    }
+
+    async fn import_store_key(
+        &self,
+        req: Request<pb::ImportStoreKeyRequest>,
+    ) -> Result<Response<pb::StoreStatus>, Status> {
+        let started = Instant::now();
+        let peer = Peer::from_request(&req);
+        let copy = req.into_inner().wrapped_copy;
+        let result = async {
+            let peer = peer.as_ref().map_err(Clone::clone)?;
+            self.import(peer, &copy).await
+        }
+        .await;
+        finish(
+            Operation::ImportStoreKey,
+            "",
+            peer.as_ref().ok(),
+            started,
+            result,
+        )
+    }
+
+    async fn drop_previous_store_key(
+        &self,
+        req: Request<pb::DropPreviousStoreKeyRequest>,
+    ) -> Result<Response<pb::StoreStatus>, Status> {
+        let started = Instant::now();
+        let peer = Peer::from_request(&req);
+        let body = req.into_inner();
+        let result = async {
+            let id = StoreId::parse(&body.store_id).map_err(Error::InvalidArgument)?;
+            if body.key_id.len() != crate::store_key::KEY_ID_LEN {
+                return Err(Error::invalid("key_id is 32 bytes"));
+            }
+            let peer = peer.as_ref().map_err(Clone::clone)?;
+            self.inner
+                .policy
+                .authorize(peer, Operation::DropPreviousStoreKey, None, Some(&id))?;
+            let info = self.inner.stores.drop_previous(&id, &body.key_id).await?;
+            Ok(lifecycle::pb_store_status(info))
+        }
+        .await;
+        finish(
+            Operation::DropPreviousStoreKey,
+            &body.store_id,
             peer.as_ref().ok(),
             started,
             result,

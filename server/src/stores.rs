@@ -18,6 +18,7 @@ use crate::key_name::KeyName;
 use crate::store_key::{self, StoreFileError, StoreId, StoreKey, StoreKeyFile, WrappedStoreKey};
 
 mod lifecycle;
+mod retention;
 
 pub use lifecycle::{KeyInfo, StoreInfo};
 
@@ -31,6 +32,9 @@ pub struct StoreKeys {
     pub active: StoreKey,
     /// Newest first.
     pub previous: Vec<StoreKey>,
+    /// The store's key file, every key in it KMS-wrapped: a copy safe to keep beside the
+    /// data, which ImportStoreKey restores.
+    pub wrapped_copy: Vec<u8>,
 }
 
 impl StoreKeys {
@@ -38,6 +42,7 @@ impl StoreKeys {
         StoreKeys {
             active: self.active.duplicate(),
             previous: self.previous.iter().map(StoreKey::duplicate).collect(),
+            wrapped_copy: self.wrapped_copy.clone(),
         }
     }
 }
@@ -105,6 +110,13 @@ impl Stores {
         });
         tokio::spawn(purge_on_change(Arc::downgrade(&stores)));
         tokio::spawn(heal_on_change(Arc::downgrade(&stores)));
+        if stores
+            .slots
+            .values()
+            .any(|s| s.config.rotation_period.is_some())
+        {
+            tokio::spawn(retention::rotation_schedule(Arc::downgrade(&stores)));
+        }
         Ok(stores)
     }
 
@@ -210,6 +222,7 @@ impl Stores {
         let keys = StoreKeys {
             active: key,
             previous: Vec::new(),
+            wrapped_copy: file.to_json(),
         };
         Ok((cfg.key.clone(), keys))
     }
@@ -234,7 +247,12 @@ impl Stores {
         for p in &file.previous {
             previous.push(self.unwrap_one(id, &key_name, p).await?);
         }
-        Ok((key_name, StoreKeys { active, previous }))
+        let keys = StoreKeys {
+            active,
+            previous,
+            wrapped_copy: file.to_json(),
+        };
+        Ok((key_name, keys))
     }
 
     fn corrupt(&self, id: &StoreId, why: &str) -> Error {

@@ -107,6 +107,17 @@ impl Service {
         Ok(pb::RewrapResponse { stores, rewrapped })
     }
 
+    /// The copy names its store; the policy is checked for that store before any KMS call.
+    pub(super) async fn import(&self, peer: &Peer, copy: &[u8]) -> Result<pb::StoreStatus, Error> {
+        let id = crate::store_key::StoreKeyFile::from_json(copy)
+            .map(|f| f.store_id)
+            .map_err(|_| Error::invalid("wrapped_copy is not a kms-broker store key file"))?;
+        self.inner
+            .policy
+            .authorize(peer, Operation::ImportStoreKey, None, Some(&id))?;
+        Ok(pb_store_status(self.inner.stores.import(copy).await?))
+    }
+
     /// Unwraps with the blob's key and wraps under the target (the same key: its current
     /// version; or `key`), with the same context. The plaintext stays in the daemon.
     pub(super) async fn rewrap_key(

@@ -94,7 +94,12 @@ impl Stores {
         self.slots.keys()
     }
 
-    fn info(&self, id: &StoreId, configured: &KeyName, file: Option<&StoreKeyFile>) -> StoreInfo {
+    pub(super) fn info(
+        &self,
+        id: &StoreId,
+        configured: &KeyName,
+        file: Option<&StoreKeyFile>,
+    ) -> StoreInfo {
         let Some(file) = file else {
             return StoreInfo {
                 store_id: id.clone(),
@@ -115,17 +120,26 @@ impl Stores {
         let key_versions = Envelope::decode(&file.active.wrapped)
             .map(|e| e.entries.into_iter().map(|e| e.key_version).collect())
             .unwrap_or_default();
+        let mut detail = if reasons.is_empty() {
+            "wrapped under the configured key's current version".to_owned()
+        } else {
+            reasons.join("; ")
+        };
+        let max = self.slots.get(id).and_then(|s| s.config.max_previous);
+        if let Some(max) = max.filter(|m| file.previous.len() > *m) {
+            detail.push_str(&format!(
+                "; {} previous keys, more than max_previous = {max}: once no data needs the \
+                 oldest, drop it with `kms-broker drop-key {id} KEY_ID`",
+                file.previous.len()
+            ));
+        }
         StoreInfo {
             store_id: id.clone(),
             key: Some(file.key_name.clone()),
             configured_key: configured.clone(),
             key_versions,
             needs_rewrap: !reasons.is_empty(),
-            detail: if reasons.is_empty() {
-                "wrapped under the configured key's current version".into()
-            } else {
-                reasons.join("; ")
-            },
+            detail,
             active: Some(KeyInfo::from(&file.active)),
             previous: file.previous.iter().map(KeyInfo::from).collect(),
         }
@@ -237,6 +251,7 @@ impl Stores {
                 keys: StoreKeys {
                     active: key,
                     previous,
+                    wrapped_copy: file.to_json(),
                 },
             }));
         }
@@ -298,6 +313,10 @@ impl Stores {
         let mut new = StoreKeyFile::new(id.clone(), target.as_str(), active);
         new.previous = wrapped.collect();
         self.replace(id, &new)?;
+        let keys = StoreKeys {
+            wrapped_copy: new.to_json(),
+            ..keys
+        };
         *slot.held() = Some(std::sync::Arc::new(Held {
             key_name: target.clone(),
             keys,
@@ -306,7 +325,7 @@ impl Stores {
     }
 
     /// Replaces a store's file atomically (the store's lock is held by the caller).
-    fn replace(&self, id: &StoreId, file: &StoreKeyFile) -> Result<(), Error> {
+    pub(super) fn replace(&self, id: &StoreId, file: &StoreKeyFile) -> Result<(), Error> {
         store_key::write_store_file(&self.state_dir, file).map_err(|e| {
             tracing::error!(store = %id, error = %e, "cannot write the store's key file");
             Error::internal(format!(
