@@ -28,6 +28,15 @@
 //! deleted or expired credentials) is REVOKED at the next poll; a Decrypt-only revocation
 //! within one proof interval.
 //!
+//! # Limits (AWS KMS API reference)
+//!
+//! `Encrypt` takes at most 4096 bytes of plaintext ([`MAX_PLAINTEXT`]), refused before the
+//! call; `Decrypt` takes a `CiphertextBlob` of 1 to 6144 bytes ([`MAX_CIPHERTEXT`]): a
+//! longer blob is refused as a bad ciphertext without a (billable) call. AWS documents no
+//! size limit on the encryption context small enough to matter here, so none is applied;
+//! should KMS refuse one anyway, the `ValidationException` is the caller's request
+//! (INVALID_ARGUMENT), never a key-state change.
+//!
 //! # Errors
 //!
 //! One attempt per call: the SDK's own retries are off (`max_attempts` 1) and it gets a
@@ -65,6 +74,11 @@ pub const PROOF_INTERVAL: Duration = Duration::from_secs(10 * 60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest one SDK attempt (connect, send, answer) may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The documented maximum plaintext of `Encrypt` (symmetric keys, SYMMETRIC_DEFAULT).
+pub const MAX_PLAINTEXT: usize = 4096;
+/// The documented maximum `CiphertextBlob` of `Decrypt`.
+pub const MAX_CIPHERTEXT: usize = 6144;
 
 const CANARY: &[u8] = b"kms-broker liveness canary v1";
 const CANARY_CONTEXT: (&str, &str) = ("kms-broker:purpose", "liveness-canary");
@@ -279,6 +293,7 @@ impl KmsBackend for AwsBackend {
         plaintext: &SecretBytes,
         aad: &Aad,
     ) -> Result<Ciphertext, BackendError> {
+        self.check_size(plaintext.len(), aad)?;
         let bytes = self
             .kms_encrypt(plaintext.expose(), aad.context_map().into_iter().collect())
             .await?;
@@ -295,6 +310,11 @@ impl KmsBackend for AwsBackend {
         _key_version: &str,
         aad: &Aad,
     ) -> Result<Decrypted, BackendError> {
+        if ciphertext.is_empty() || ciphertext.len() > MAX_CIPHERTEXT {
+            return Err(BackendError::invalid_ciphertext(format!(
+                "an AWS KMS ciphertext is 1 to {MAX_CIPHERTEXT} bytes"
+            )));
+        }
         let plaintext = self
             .kms_decrypt(ciphertext, aad.context_map().into_iter().collect())
             .await?;
@@ -302,6 +322,15 @@ impl KmsBackend for AwsBackend {
             plaintext,
             key_version: None,
         })
+    }
+
+    fn check_size(&self, payload_len: usize, _aad: &Aad) -> Result<(), BackendError> {
+        if payload_len > MAX_PLAINTEXT {
+            return Err(BackendError::invalid_request(format!(
+                "AWS KMS Encrypt takes at most {MAX_PLAINTEXT} bytes of plaintext"
+            )));
+        }
+        Ok(())
     }
 
     async fn check(&self) -> Result<KeyHealth, BackendError> {

@@ -32,7 +32,10 @@
 //!   (`vault:vN:…`) as is, and `key_version` = `vN`, Vault's own spelling.
 //! - **unwrap**: `POST <mount>/decrypt/<key>` with the same `associated_data` and
 //!   `context`.
-//! - **status check**: `GET <mount>/keys/<key>` (metadata only, no crypto).
+//! - **status check**: `GET <mount>/keys/<key>` (metadata only, no crypto), then
+//!   `sys/capabilities-self` on the encrypt and decrypt paths: a token whose policy was
+//!   cut to `read` is REVOKED at the next check, not only at the next unwrap (see
+//!   `vault/capabilities.rs`, also for tokens without the `default` policy).
 //!
 //! **No key is ever created by accident.** Vault's encrypt endpoint creates a missing key
 //! ("upsert"). The daemon reads the key before every encrypt and stops if it is missing
@@ -48,7 +51,8 @@
 //! | key readable, usable | ACTIVE |
 //! | key `soft_deleted` (OpenBao: `DELETE <mount>/keys/<key>/soft-delete`, undone by `POST …/soft-delete-restore`) | DISABLED |
 //! | key type cannot bind associated data (e.g. `rsa-2048`) | DISABLED (fix the config) |
-//! | 401 / 403 (token revoked, expired, policy changed) | REVOKED |
+//! | 401 / 403 (token revoked, expired, policy changed) on any call | REVOKED |
+//! | capabilities-self: no `update` on `<mount>/encrypt/<key>` or `<mount>/decrypt/<key>` | REVOKED |
 //! | 404 (key deleted, mount gone) | DESTROYED |
 //! | connection error, timeout, 429, 5xx (503 sealed / standby) | UNREACHABLE |
 //!
@@ -57,10 +61,19 @@
 //! as never soft-deleted); there, take the daemon's policy away (REVOKED) instead.
 //!
 //! Vault answers 400 for several different refusals (soft-deleted key, key not found on
-//! decrypt, wrong AAD, retired version). Rather than parse its English, a 400 is followed
-//! by one key read, and the key's state decides: missing → DESTROYED, soft-deleted →
-//! DISABLED, otherwise the ciphertext is at fault → InvalidCiphertext (on encrypt, a 400
-//! for a healthy key → DISABLED with Vault's message, as the key is unusable to us).
+//! decrypt, wrong AAD, retired version, a request it cannot take). Rather than parse its
+//! English, a 400 is followed by one key read, and the KEY's state decides: missing →
+//! DESTROYED, soft-deleted → DISABLED. A healthy key means the request was at fault: the
+//! ciphertext on decrypt (InvalidCiphertext), the request on encrypt (InvalidRequest).
+//! Neither changes the key's state: a caller cannot switch a key off for everyone by
+//! sending something Vault refuses.
+//!
+//! # Limits
+//!
+//! Vault has no per-request limit near the contract's (its `max_request_size` is 32 MiB),
+//! so nothing is refused before the call. UnwrapKey ciphertexts longer than
+//! [`MAX_CIPHERTEXT`] (the base64 text of 8 KiB, plus the `vault:vN:` prefix) are refused
+//! without a call: no ciphertext of a 4 KiB plaintext is that long.
 //!
 //! A blob whose version is below the key's `min_decryption_version` (the operator retired
 //! that version) fails **InvalidCiphertext**, not DISABLED: the key itself is healthy and
@@ -81,6 +94,7 @@
 //! The token and plaintexts live in zeroized buffers on our side; vaultrs and its HTTP
 //! client copy them into request headers and bodies we cannot wipe.
 
+mod capabilities;
 mod classify;
 mod token;
 mod uri;
@@ -98,8 +112,9 @@ use zeroize::Zeroizing;
 
 use super::{Aad, BackendError, Ciphertext, Decrypted, FailureClass, KeyHealth, KmsBackend};
 use crate::secret::SecretBytes;
+use capabilities::Rights;
 use classify::is_denied;
-use classify::{classify, http_status, KeyInfo};
+use classify::{classify, http_status, KeyInfo, Op};
 use token::{Lease, Token};
 pub use uri::{TokenSource, VaultUri};
 
@@ -107,8 +122,9 @@ pub use uri::{TokenSource, VaultUri};
 /// configured shorter; this only keeps a hung connection from living forever.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Longest Vault ciphertext we pass on: a 4 KiB plaintext makes about 5.5 KiB.
-const MAX_CIPHERTEXT: usize = 16 * 1024;
+/// Longest Vault ciphertext we pass on: the base64 text of 8 KiB (10,924 characters) plus
+/// a `vault:vN:` prefix. A 4 KiB plaintext makes about 5.5 KiB.
+pub const MAX_CIPHERTEXT: usize = 11 * 1024;
 
 /// One Vault Transit key.
 pub struct VaultBackend {
@@ -193,32 +209,43 @@ impl VaultBackend {
         // transit read lacks `soft_deleted` and `latest_version`.
         let info: KeyInfo = vaultrs::kv1::get(client, self.uri.mount(), &path)
             .await
-            .map_err(|e| classify("read key", &e))?;
+            .map_err(|e| classify(Op::ReadKey, &e))?;
         info.usable(self.uri.mount(), self.uri.key())?;
         Ok(info)
     }
 
-    /// A 400 from encrypt/decrypt: one key read says whether the key or the ciphertext is
-    /// at fault (see the module docs).
+    /// A 400 from encrypt/decrypt: one key read says whether the key or the request is at
+    /// fault (see the module docs). Only the key read can change the key's state.
     async fn explain_400(
         &self,
         client: &VaultClient,
-        op: &str,
+        op: Op,
         vault_says: &str,
         blob_version: Option<u64>,
     ) -> BackendError {
-        let info = match self.read_key(client).await {
-            Ok(info) => info,
-            Err(e) => return e,
-        };
-        match blob_version {
-            Some(v) if v < info.min_decryption_version => BackendError::invalid_ciphertext(format!(
+        match self.read_key(client).await {
+            Ok(info) => after_400(op, &info, vault_says, blob_version),
+            Err(e) => e,
+        }
+    }
+}
+
+/// The answer to a 400 when the key itself reads as healthy: the request was at fault.
+fn after_400(op: Op, info: &KeyInfo, vault_says: &str, blob_version: Option<u64>) -> BackendError {
+    match (op, blob_version) {
+        (Op::Decrypt, Some(v)) if v < info.min_decryption_version => {
+            BackendError::invalid_ciphertext(format!(
                 "ciphertext is from key version v{v}, below the key's min_decryption_version {} (retired by the operator)",
                 info.min_decryption_version
-            )),
-            Some(_) => BackendError::invalid_ciphertext(format!("Vault refused to decrypt: {vault_says}")),
-            None => BackendError::new(FailureClass::Disabled, format!("Vault refused to {op}: {vault_says}")),
+            ))
         }
+        (Op::Decrypt, _) => {
+            BackendError::invalid_ciphertext(format!("Vault refused to decrypt: {vault_says}"))
+        }
+        _ => BackendError::invalid_request(format!(
+            "Vault refused to {}: {vault_says}",
+            op.name()
+        )),
     }
 }
 
@@ -289,13 +316,13 @@ impl KmsBackend for VaultBackend {
             Ok(r) => r,
             Err(e) => {
                 return Err(match http_status(&e) {
-                    Some((400, says)) => self.explain_400(&client, "encrypt", &says, None).await,
+                    Some((400, says)) => self.explain_400(&client, Op::Encrypt, &says, None).await,
                     // 403 on encrypt also means "missing key, no create capability".
                     Some((403, _)) => match self.read_key(&client).await {
                         Err(read) if read.class == FailureClass::Destroyed => read,
-                        _ => classify("encrypt", &e),
+                        _ => classify(Op::Encrypt, &e),
                     },
-                    _ => classify("encrypt", &e),
+                    _ => classify(Op::Encrypt, &e),
                 });
             }
         };
@@ -315,9 +342,9 @@ impl KmsBackend for VaultBackend {
         aad: &Aad,
     ) -> Result<Decrypted, BackendError> {
         if ciphertext.len() > MAX_CIPHERTEXT {
-            return Err(BackendError::invalid_ciphertext(
-                "Vault ciphertext too long",
-            ));
+            return Err(BackendError::invalid_ciphertext(format!(
+                "not a Vault ciphertext of this daemon (longer than {MAX_CIPHERTEXT} bytes)"
+            )));
         }
         let ct = std::str::from_utf8(ciphertext)
             .map_err(|_| BackendError::invalid_ciphertext("not a Vault ciphertext"))?;
@@ -348,10 +375,10 @@ impl KmsBackend for VaultBackend {
             Err(e) => {
                 return Err(match http_status(&e) {
                     Some((400, says)) => {
-                        self.explain_400(&client, "decrypt", &says, Some(version))
+                        self.explain_400(&client, Op::Decrypt, &says, Some(version))
                             .await
                     }
-                    _ => classify("decrypt", &e),
+                    _ => classify(Op::Decrypt, &e),
                 })
             }
         };
@@ -373,12 +400,16 @@ impl KmsBackend for VaultBackend {
         }
         let client = self.client();
         let info = self.read_key(&client).await?;
+        let rights = capabilities::check(&client, self.uri.mount(), self.uri.key()).await?;
         let mut detail = format!("latest version v{}", info.latest_version);
         if info.min_decryption_version > 1 {
             detail.push_str(&format!(
                 ", min_decryption_version {}",
                 info.min_decryption_version
             ));
+        }
+        if rights == Rights::Unknown {
+            detail.push_str("; cannot check the token's encrypt/decrypt rights (sys/capabilities-self refused: attach the `default` policy), a lost right shows at the next wrap or unwrap");
         }
         if let Some(note) = lease.maintain(&client).await {
             detail.push_str("; ");
@@ -391,6 +422,23 @@ impl KmsBackend for VaultBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_400_on_a_healthy_key_is_never_key_evidence() {
+        let info = KeyInfo {
+            key_type: "aes256-gcm96".into(),
+            latest_version: 3,
+            min_decryption_version: 2,
+            soft_deleted: false,
+        };
+        let e = after_400(Op::Encrypt, &info, "bad request", None);
+        assert_eq!((e.class, e.evidence()), (FailureClass::InvalidRequest, None));
+        let e = after_400(Op::Decrypt, &info, "cipher: message authentication failed", Some(3));
+        assert_eq!((e.class, e.evidence()), (FailureClass::InvalidCiphertext, None));
+        let e = after_400(Op::Decrypt, &info, "", Some(1));
+        assert!(e.detail.contains("min_decryption_version 2"), "{}", e.detail);
+        assert_eq!(e.evidence(), None);
+    }
 
     #[test]
     fn versions() {
