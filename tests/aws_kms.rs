@@ -133,6 +133,14 @@ async fn wrong_context_other_key_or_tampering_is_invalid_ciphertext() {
         class(b.decrypt(b"garbage", "", &aad("n1")).await),
         InvalidCiphertext
     );
+    // Longer than AWS's documented 6144-byte CiphertextBlob, or empty: refused unbilled.
+    for bad in [vec![1u8; 6145], Vec::new()] {
+        let e = b.decrypt(&bad, "", &aad("n1")).await.expect_err("refused");
+        assert_eq!((e.class, e.evidence()), (InvalidCiphertext, None));
+    }
+    // Over the documented 4096-byte plaintext: refused before the call, as the request's.
+    let e = wrap(&*b, &[1u8; 4097]).await.expect_err("too large");
+    assert_eq!((e.class, e.evidence()), (FailureClass::InvalidRequest, None));
     // The ciphertext does not choose the key: another key's backend refuses it.
     assert_eq!(class(unwrap(&*other, &ct).await), InvalidCiphertext);
     // None of that is a key-state change.
@@ -200,8 +208,10 @@ async fn decrypt_only_revocation_is_caught_by_the_proof_of_use() {
     moto.deny(&id, "kms:Decrypt").await;
     // DescribeKey still works and the proof is fresh: within the interval this is ACTIVE.
     b.check().await.expect("describe still works");
-    // A failed real Decrypt voids the proof, so the next check proves again and sees it.
-    assert_eq!(class(unwrap(&*b, &ct).await), Revoked);
+    // A failed real Decrypt is REVOKED for the whole key at once (AWS has no per-version
+    // grants: never version-scoped), and voids the proof, so the next check sees it too.
+    let e = unwrap(&*b, &ct).await.expect_err("denied");
+    assert_eq!((e.class, e.version_only), (Revoked, false), "{e}");
     let e = b.check().await.expect_err("proof fails");
     assert_eq!(e.class, Revoked);
     assert!(e.detail.contains("proof of use"), "{}", e.detail);
@@ -300,6 +310,20 @@ fn uri_errors_are_caught_at_parse_and_never_echo_secrets() {
         (
             format!("aws:///{k}?REGION=us-west-2&AUTH=implicit"),
             "region",
+        ),
+        // Plain http only towards loopback: store keys would cross the network in clear.
+        (
+            format!("aws:///{k}?REGION=us-east-1&AUTH=implicit&AWS_ENDPOINT=http://kms.internal:4566"),
+            "only towards",
+        ),
+        (
+            format!("aws:///{k}?REGION=us-east-1&AUTH=implicit&AWS_ENDPOINT=http://192.168.1.5"),
+            "only towards",
+        ),
+        // An unknown name is never echoed: it may be a pasted secret.
+        (
+            format!("aws:///{k}?REGION=us-east-1&AUTH=implicit&{SECRET}=1"),
+            "unknown parameter",
         ),
     ] {
         let e = KeyUri::parse(&uri).expect_err(&uri);
