@@ -140,7 +140,10 @@ async fn wrong_context_other_key_or_tampering_is_invalid_ciphertext() {
     }
     // Over the documented 4096-byte plaintext: refused before the call, as the request's.
     let e = wrap(&*b, &[1u8; 4097]).await.expect_err("too large");
-    assert_eq!((e.class, e.evidence()), (FailureClass::InvalidRequest, None));
+    assert_eq!(
+        (e.class, e.evidence()),
+        (FailureClass::InvalidRequest, None)
+    );
     // The ciphertext does not choose the key: another key's backend refuses it.
     assert_eq!(class(unwrap(&*other, &ct).await), InvalidCiphertext);
     // None of that is a key-state change.
@@ -313,7 +316,9 @@ fn uri_errors_are_caught_at_parse_and_never_echo_secrets() {
         ),
         // Plain http only towards loopback: store keys would cross the network in clear.
         (
-            format!("aws:///{k}?REGION=us-east-1&AUTH=implicit&AWS_ENDPOINT=http://kms.internal:4566"),
+            format!(
+                "aws:///{k}?REGION=us-east-1&AUTH=implicit&AWS_ENDPOINT=http://kms.internal:4566"
+            ),
             "only towards",
         ),
         (

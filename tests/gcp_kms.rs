@@ -172,7 +172,10 @@ async fn disabled_primary_then_enabled_again() {
     assert!(b.check().await.is_ok(), "the primary ({v2}) is fine");
     // Refused, but about that one version: no evidence about the key (issue 6 item 5).
     let e = unwrap(&*b, &ct).await.expect_err("v1 is disabled");
-    assert_eq!((e.class, e.version_only, e.evidence()), (Disabled, true, None));
+    assert_eq!(
+        (e.class, e.version_only, e.evidence()),
+        (Disabled, true, None)
+    );
 }
 
 #[tokio::test]
@@ -180,7 +183,8 @@ async fn hsm_limit_before_and_after_the_level_is_known() {
     let Some(fake) = Fake::start().await else {
         return;
     };
-    let hsm = json!({ "purpose": "ENCRYPT_DECRYPT", "versionTemplate": { "protectionLevel": "HSM" } });
+    let hsm =
+        json!({ "purpose": "ENCRYPT_DECRYPT", "versionTemplate": { "protectionLevel": "HSM" } });
     fake.create_key_with("hsm", hsm, false).await;
     fake.create_key("soft").await;
     let ctx: BTreeMap<String, String> = daemon::big_context().into_iter().collect();
@@ -201,7 +205,10 @@ async fn hsm_limit_before_and_after_the_level_is_known() {
     assert_eq!((e.class, e.evidence()), (InvalidRequest, None));
     let e = b.encrypt(&pt, &big).await.expect_err("over the HSM limit");
     assert!(e.detail.contains("HSM key"), "{}", e.detail);
-    assert!(b.encrypt(&SecretBytes::copy_from(&[1u8; 2048]), &big).await.is_ok());
+    assert!(b
+        .encrypt(&SecretBytes::copy_from(&[1u8; 2048]), &big)
+        .await
+        .is_ok());
     b.check().await.expect("still usable");
 
     // A software key takes the same request (64 KiB each for plaintext and AAD).
@@ -209,7 +216,14 @@ async fn hsm_limit_before_and_after_the_level_is_known() {
     soft.check().await.expect("usable");
     assert!(soft.check_size(4096, &big).is_ok());
     let ct = soft.encrypt(&pt, &big).await.expect("software key");
-    assert_eq!(soft.decrypt(&ct.bytes, "", &big).await.expect("unwrap").plaintext.len(), 4096);
+    assert_eq!(
+        soft.decrypt(&ct.bytes, "", &big)
+            .await
+            .expect("unwrap")
+            .plaintext
+            .len(),
+        4096
+    );
 }
 
 #[tokio::test]

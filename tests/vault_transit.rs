@@ -207,7 +207,10 @@ async fn revoked_token_or_policy_is_revoked() {
     );
     // Reading the key still works, but the check asks for the rights wrap and unwrap
     // need (sys/capabilities-self), and a real call's 403 is the whole key's.
-    let e = b2.check().await.expect_err("encrypt and decrypt rights are gone");
+    let e = b2
+        .check()
+        .await
+        .expect_err("encrypt and decrypt rights are gone");
     assert_eq!(e.class, FailureClass::Revoked);
     assert!(e.detail.contains("transit/encrypt/k2"), "{}", e.detail);
     let e = wrap(&b2, b"y").await.expect_err("no encrypt right");
@@ -247,9 +250,17 @@ async fn over_long_or_foreign_ciphertexts_are_refused_without_a_call() {
     // Stopped: anything that reached Vault would be UNREACHABLE, not InvalidCiphertext.
     bao.kill();
     let long = format!("vault:v1:{}", "A".repeat(12 * 1024));
-    for bad in [long.as_bytes(), b"not vault", b"vault:v1:", &[0xff, 0xfe][..]] {
+    for bad in [
+        long.as_bytes(),
+        b"not vault",
+        b"vault:v1:",
+        &[0xff, 0xfe][..],
+    ] {
         let e = b.decrypt(bad, "", &aad("n1")).await.expect_err("refused");
-        assert_eq!((e.class, e.evidence()), (FailureClass::InvalidCiphertext, None));
+        assert_eq!(
+            (e.class, e.evidence()),
+            (FailureClass::InvalidCiphertext, None)
+        );
     }
 }
 

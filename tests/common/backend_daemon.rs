@@ -291,21 +291,31 @@ pub async fn every_edited_byte_is_refused(c: &mut Client, secrets: &[impl AsRef<
                 Ok(_) => "UNWRAPPED".to_owned(),
                 Err(s) => {
                     for secret in secrets {
-                        assert!(!s.message().contains(secret.as_ref()), "a secret leaked: {s:?}");
+                        assert!(
+                            !s.message().contains(secret.as_ref()),
+                            "a secret leaked: {s:?}"
+                        );
                     }
                     match s.code() {
-                        Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition => continue,
+                        Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition => {
+                            continue
+                        }
                         other => format!("{other:?}: {}", s.message()),
                     }
                 }
             };
             let at = region(&w.wrapped, i).unwrap_or_default();
-            accepted.push(format!("byte {i} ({at}) {orig:#04x}->{new:#04x}: {outcome}"));
+            accepted.push(format!(
+                "byte {i} ({at}) {orig:#04x}->{new:#04x}: {outcome}"
+            ));
         }
     }
     assert!(tried > 3 * w.wrapped.len(), "tried only {tried} edits");
     assert_all_active(c, "every edited blob").await;
-    assert_eq!(unwrap(c, &w.wrapped).await.expect("the original"), [0x5a; 32]);
+    assert_eq!(
+        unwrap(c, &w.wrapped).await.expect("the original"),
+        [0x5a; 32]
+    );
     assert_eq!(store_key(c, false).await.expect("still handed out"), held);
     assert!(
         accepted.is_empty(),

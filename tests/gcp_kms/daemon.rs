@@ -216,7 +216,10 @@ async fn daemon_hsm_limit_is_invalid_argument_and_changes_nothing() {
     let (d, mut c) = start(&[&fake.uri("k")]).await;
     let held = hold_store_key(&mut c).await;
     let s = wait_for_state(&mut c, "k", KeyState::Active).await;
-    assert!(s.detail.contains("(HSM)"), "the check learnt the level: {s:?}");
+    assert!(
+        s.detail.contains("(HSM)"),
+        "the check learnt the level: {s:?}"
+    );
     for _ in 0..3 {
         let r = c
             .wrap_key(WrapKeyRequest {

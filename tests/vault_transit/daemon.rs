@@ -146,11 +146,18 @@ async fn daemon_policy_cut_to_read_only_is_revoked_at_the_next_check() {
     assert!(shown.contains("transit/encrypt/k"), "{shown}");
     refused_while(&mut c, &w.wrapped, "REVOKED", &[&token]).await;
     let (code, _) = code(store_key(&mut c, false).await, &[&token]);
-    assert_eq!(code, Code::FailedPrecondition, "the held store key is dropped");
+    assert_eq!(
+        code,
+        Code::FailedPrecondition,
+        "the held store key is dropped"
+    );
 
     bao.policy("daemon-k", &crate::bao::daemon_policy("k"));
     wait_for_state(&mut c, "k", KeyState::Active).await;
-    assert_eq!(unwrap(&mut c, &w.wrapped).await.expect("restored"), b"payload");
+    assert_eq!(
+        unwrap(&mut c, &w.wrapped).await.expect("restored"),
+        b"payload"
+    );
     d.stop().await;
 }
 

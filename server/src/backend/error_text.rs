@@ -96,7 +96,11 @@ mod tests {
         assert!(source_of::<std::io::Error>(&e).is_some());
         assert!(source_of::<fmt::Error>(&e).is_none());
         assert_eq!(chain_of(&e).count(), 2);
-        assert!(chain_text(&e).starts_with("dispatch failure: "), "{}", chain_text(&e));
+        assert!(
+            chain_text(&e).starts_with("dispatch failure: "),
+            "{}",
+            chain_text(&e)
+        );
         assert_eq!(root_cause(&e).as_deref(), Some("connection refused"));
         let json = serde_json::from_str::<u8>("{\"plaintext\":\"c2VjcmV0\"}").unwrap_err();
         assert_eq!(root_cause(&json), None);

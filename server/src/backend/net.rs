@@ -35,9 +35,8 @@ pub fn is_loopback_url(url: &Url) -> bool {
 /// `http://` towards a loopback host only; no user, path, query or fragment. Returns it
 /// without a trailing slash. Errors name the parameter, never its value.
 pub fn endpoint(raw: &str, param: &str) -> Result<String, String> {
-    let url = Url::parse(raw).map_err(|_| {
-        format!("{param} is not a URL: write https://host[:port]")
-    })?;
+    let url =
+        Url::parse(raw).map_err(|_| format!("{param} is not a URL: write https://host[:port]"))?;
     let shape_ok = matches!(url.path(), "" | "/")
         && url.query().is_none()
         && url.fragment().is_none()
@@ -66,10 +65,24 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
-        for h in ["127.0.0.1", "127.8.9.10", "::1", "[::1]", "localhost", "LocalHost"] {
+        for h in [
+            "127.0.0.1",
+            "127.8.9.10",
+            "::1",
+            "[::1]",
+            "localhost",
+            "LocalHost",
+        ] {
             assert!(is_loopback_host(h), "{h}");
         }
-        for h in ["10.0.0.1", "kms.example.com", "localhost.example.com", "[::2]", "", "0.0.0.0"] {
+        for h in [
+            "10.0.0.1",
+            "kms.example.com",
+            "localhost.example.com",
+            "[::2]",
+            "",
+            "0.0.0.0",
+        ] {
             assert!(!is_loopback_host(h), "{h}");
         }
     }
@@ -78,7 +91,10 @@ mod tests {
     fn endpoints() {
         let ok = [
             ("https://kms.example.com/", "https://kms.example.com"),
-            ("https://kms.example.com:8443", "https://kms.example.com:8443"),
+            (
+                "https://kms.example.com:8443",
+                "https://kms.example.com:8443",
+            ),
             ("http://127.0.0.1:4566", "http://127.0.0.1:4566"),
             ("http://localhost:1", "http://localhost:1"),
             ("http://[::1]:1/", "http://[::1]:1"),

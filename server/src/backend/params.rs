@@ -70,7 +70,11 @@ mod tests {
     const KNOWN: &[&str] = &["REGION", "AUTH", "SECRET"];
 
     fn read(query: &str) -> Result<Params, String> {
-        Params::read(&Url::parse(&format!("x:///k?{query}")).unwrap(), KNOWN, "test")
+        Params::read(
+            &Url::parse(&format!("x:///k?{query}")).unwrap(),
+            KNOWN,
+            "test",
+        )
     }
 
     #[test]

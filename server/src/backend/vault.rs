@@ -432,11 +432,26 @@ mod tests {
             soft_deleted: false,
         };
         let e = after_400(Op::Encrypt, &info, "bad request", None);
-        assert_eq!((e.class, e.evidence()), (FailureClass::InvalidRequest, None));
-        let e = after_400(Op::Decrypt, &info, "cipher: message authentication failed", Some(3));
-        assert_eq!((e.class, e.evidence()), (FailureClass::InvalidCiphertext, None));
+        assert_eq!(
+            (e.class, e.evidence()),
+            (FailureClass::InvalidRequest, None)
+        );
+        let e = after_400(
+            Op::Decrypt,
+            &info,
+            "cipher: message authentication failed",
+            Some(3),
+        );
+        assert_eq!(
+            (e.class, e.evidence()),
+            (FailureClass::InvalidCiphertext, None)
+        );
         let e = after_400(Op::Decrypt, &info, "", Some(1));
-        assert!(e.detail.contains("min_decryption_version 2"), "{}", e.detail);
+        assert!(
+            e.detail.contains("min_decryption_version 2"),
+            "{}",
+            e.detail
+        );
         assert_eq!(e.evidence(), None);
     }
 

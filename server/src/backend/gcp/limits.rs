@@ -48,9 +48,9 @@ impl Level {
     pub fn learn(&self, level: &ProtectionLevel) {
         let v = match level {
             ProtectionLevel::Hsm | ProtectionLevel::HsmSingleTenant => HSM,
-            ProtectionLevel::Software | ProtectionLevel::External | ProtectionLevel::ExternalVpc => {
-                SOFTWARE
-            }
+            ProtectionLevel::Software
+            | ProtectionLevel::External
+            | ProtectionLevel::ExternalVpc => SOFTWARE,
             _ => return,
         };
         self.0.store(v, Ordering::Relaxed);
@@ -92,7 +92,10 @@ mod tests {
         assert!(l.is_hsm());
         assert!(l.check(4096, 4096).is_ok());
         let e = l.check(4096, 4097).unwrap_err();
-        assert_eq!((e.class, e.evidence()), (FailureClass::InvalidRequest, None));
+        assert_eq!(
+            (e.class, e.evidence()),
+            (FailureClass::InvalidRequest, None)
+        );
         assert!(e.detail.contains("8192"), "{}", e.detail);
         // An unspecified level keeps what was known; a software one lifts the HSM limit.
         l.learn(&ProtectionLevel::Unspecified);

@@ -360,7 +360,10 @@ mod tests {
     #[test]
     fn unknown_and_repeated_params_fail() {
         let e = parse(&format!("{KEY}?AUTH=implicit&REGION=x")).unwrap_err();
-        assert!(e.contains("unknown parameter") && !e.contains("REGION"), "{e}");
+        assert!(
+            e.contains("unknown parameter") && !e.contains("REGION"),
+            "{e}"
+        );
         assert!(parse(&format!("{KEY}?AUTH=implicit&AUTH=implicit"))
             .unwrap_err()
             .contains("twice"));

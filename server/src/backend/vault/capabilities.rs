@@ -64,8 +64,18 @@ pub(super) async fn check(
     mount: &str,
     key: &str,
 ) -> Result<Rights, BackendError> {
-    let paths = [format!("{mount}/encrypt/{key}"), format!("{mount}/decrypt/{key}")];
-    let body = match vaultrs::api::exec_with_no_result(client, CapabilitiesSelf { paths: paths.clone() }).await {
+    let paths = [
+        format!("{mount}/encrypt/{key}"),
+        format!("{mount}/decrypt/{key}"),
+    ];
+    let body = match vaultrs::api::exec_with_no_result(
+        client,
+        CapabilitiesSelf {
+            paths: paths.clone(),
+        },
+    )
+    .await
+    {
         Ok(body) => body,
         Err(e) if is_denied(&e) => return Ok(Rights::Unknown),
         Err(e) => return Err(classify(Op::Capabilities, &e)),
@@ -73,7 +83,11 @@ pub(super) async fn check(
     for path in &paths {
         let caps = capabilities_of(&body, path);
         if !caps.iter().any(|c| c == "update" || c == "root") {
-            let shown = if caps.is_empty() { "none".to_owned() } else { caps.join(", ") };
+            let shown = if caps.is_empty() {
+                "none".to_owned()
+            } else {
+                caps.join(", ")
+            };
             return Err(BackendError::new(
                 FailureClass::Revoked,
                 format!("the token may no longer use {path} (needs update; has: {shown})"),
@@ -109,7 +123,10 @@ mod tests {
     #[test]
     fn reads_either_shape() {
         let top = json!({ "transit/decrypt/k": ["read", "update"], "capabilities": ["x"] });
-        assert_eq!(capabilities_of(&top, "transit/decrypt/k"), ["read", "update"]);
+        assert_eq!(
+            capabilities_of(&top, "transit/decrypt/k"),
+            ["read", "update"]
+        );
         let data = json!({ "data": { "transit/decrypt/k": ["deny"] } });
         assert_eq!(capabilities_of(&data, "transit/decrypt/k"), ["deny"]);
         assert!(capabilities_of(&json!({}), "transit/decrypt/k").is_empty());

@@ -186,7 +186,11 @@ mod tests {
         ] {
             let e = classify(op, &api(code, "m"));
             assert_eq!(e.class, want, "{op:?} {code}");
-            assert!(e.detail.starts_with(&format!("Vault {}:", op.name())), "{}", e.detail);
+            assert!(
+                e.detail.starts_with(&format!("Vault {}:", op.name())),
+                "{}",
+                e.detail
+            );
             // Denials are about the whole key, never one version.
             assert!(!e.version_only);
         }
@@ -225,5 +229,4 @@ mod tests {
             FailureClass::Disabled
         );
     }
-
 }

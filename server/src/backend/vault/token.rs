@@ -223,7 +223,10 @@ mod tests {
         for mode in [0o644, 0o640, 0o604] {
             let f = file_with(mode, "s.SECRETTOKEN");
             let e = load(&TokenSource::File(f.path().into())).unwrap_err();
-            assert!(e.contains("chmod 600") && !e.contains("SECRET"), "{mode:o}: {e}");
+            assert!(
+                e.contains("chmod 600") && !e.contains("SECRET"),
+                "{mode:o}: {e}"
+            );
         }
         let f = file_with(0o600, "s.\u{ff}");
         std::fs::write(f.path(), b"s.\xff\xfe").unwrap();

@@ -95,7 +95,10 @@ impl VaultUri {
             Some(ns) => {
                 let ns = ns.trim_matches('/');
                 if !is_path(ns) {
-                    return Err("vault URI parameter NAMESPACE must be a path like team1 or team1/child".into());
+                    return Err(
+                        "vault URI parameter NAMESPACE must be a path like team1 or team1/child"
+                            .into(),
+                    );
                 }
                 Some(ns.to_owned())
             }
