@@ -293,7 +293,13 @@ async fn missing_key_and_missing_primary() {
     let Some(fake) = Fake::start().await else {
         return;
     };
+    // Like Cloud KMS, the fake denies by default and cannot tell a missing key from one
+    // we may not see: PERMISSION_DENIED "(or it may not exist)".
     let b = backend(&fake.uri("never-made")).await;
+    assert_eq!(class(b.check().await), Revoked);
+    // With a grant on the key ring, a missing key is NOT_FOUND.
+    fake.set_bindings(fake::RING, &[(ENCRYPTER, &["allUsers"]), (VIEWER, &["allUsers"])])
+        .await;
     assert_eq!(class(b.check().await), Destroyed);
     assert_eq!(class(wrap(&*b, b"x").await), Destroyed);
 
