@@ -298,8 +298,11 @@ async fn missing_key_and_missing_primary() {
     let b = backend(&fake.uri("never-made")).await;
     assert_eq!(class(b.check().await), Revoked);
     // With a grant on the key ring, a missing key is NOT_FOUND.
-    fake.set_bindings(fake::RING, &[(ENCRYPTER, &["allUsers"]), (VIEWER, &["allUsers"])])
-        .await;
+    fake.set_bindings(
+        fake::RING,
+        &[(ENCRYPTER, &["allUsers"]), (VIEWER, &["allUsers"])],
+    )
+    .await;
     assert_eq!(class(b.check().await), Destroyed);
     assert_eq!(class(wrap(&*b, b"x").await), Destroyed);
 

@@ -138,8 +138,11 @@ impl Fake {
             .send()
             .await
             .expect("CreateCryptoKey");
-        self.set_bindings(&made.name, &[(ENCRYPTER, &["allUsers"]), (VIEWER, &["allUsers"])])
-            .await;
+        self.set_bindings(
+            &made.name,
+            &[(ENCRYPTER, &["allUsers"]), (VIEWER, &["allUsers"])],
+        )
+        .await;
         made.name
     }
 

@@ -26,7 +26,10 @@
 //! at $0.03 per 10,000 requests about $0.29 a month per node and key), all well inside the
 //! request quotas. Revocation that DescribeKey itself sees (a policy denying everything,
 //! deleted or expired credentials) is REVOKED at the next poll; a Decrypt-only revocation
-//! within one proof interval.
+//! within one proof interval, or at once on a node whose real Decrypt is refused: an
+//! `AccessDeniedException` on Encrypt or Decrypt is REVOKED for the whole key (AWS has no
+//! per-version grants), never scoped to one blob. AWS offers no free way to test the
+//! permission: `DryRun` is billed and rate-limited like the real call.
 //!
 //! # Limits (AWS KMS API reference)
 //!

@@ -226,6 +226,11 @@ impl KmsBackend for GcpBackend {
         if resp.plaintext_crc32c != Some(crc(plaintext.expose())) {
             return Err(integrity(Op::Decrypt, "plaintext checksum mismatch"));
         }
+        // Only the primary's level sets Encrypt's limits; a blob of an older version says
+        // nothing about it.
+        if resp.used_primary {
+            self.level.learn(&resp.protection_level);
+        }
         Ok(Decrypted {
             plaintext,
             key_version: None,

@@ -95,36 +95,31 @@
 //! client copy them into request headers and bodies we cannot wipe.
 
 mod capabilities;
+mod ciphertext;
 mod classify;
+mod client;
 mod token;
 mod uri;
 
 use std::fmt;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use vaultrs::api::transit::requests::{DecryptDataRequest, EncryptDataRequest};
-use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
+use vaultrs::client::VaultClient;
 use zeroize::Zeroizing;
 
 use super::{Aad, BackendError, Ciphertext, Decrypted, FailureClass, KeyHealth, KmsBackend};
 use crate::secret::SecretBytes;
 use capabilities::Rights;
+pub use ciphertext::MAX_CIPHERTEXT;
 use classify::is_denied;
-use classify::{classify, http_status, KeyInfo, Op};
+use classify::{after_400, classify, http_status, KeyInfo, Op};
+use client::build_client;
 use token::{Lease, Token};
 pub use uri::{TokenSource, VaultUri};
-
-/// Per-request HTTP timeout. The daemon's retry policy cuts an attempt sooner if it is
-/// configured shorter; this only keeps a hung connection from living forever.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Longest Vault ciphertext we pass on: the base64 text of 8 KiB (10,924 characters) plus
-/// a `vault:vN:` prefix. A 4 KiB plaintext makes about 5.5 KiB.
-pub const MAX_CIPHERTEXT: usize = 11 * 1024;
 
 /// One Vault Transit key.
 pub struct VaultBackend {
@@ -230,66 +225,6 @@ impl VaultBackend {
     }
 }
 
-/// The answer to a 400 when the key itself reads as healthy: the request was at fault.
-fn after_400(op: Op, info: &KeyInfo, vault_says: &str, blob_version: Option<u64>) -> BackendError {
-    match (op, blob_version) {
-        (Op::Decrypt, Some(v)) if v < info.min_decryption_version => {
-            BackendError::invalid_ciphertext(format!(
-                "ciphertext is from key version v{v}, below the key's min_decryption_version {} (retired by the operator)",
-                info.min_decryption_version
-            ))
-        }
-        (Op::Decrypt, _) => {
-            BackendError::invalid_ciphertext(format!("Vault refused to decrypt: {vault_says}"))
-        }
-        _ => BackendError::invalid_request(format!(
-            "Vault refused to {}: {vault_says}",
-            op.name()
-        )),
-    }
-}
-
-fn build_client(uri: &VaultUri, token: &Token) -> Result<VaultClient, String> {
-    // Every setting is given explicitly so that VAULT_ADDR, VAULT_TOKEN, VAULT_CACERT,
-    // VAULT_SKIP_VERIFY or VAULT_CLIENT_CERT in the daemon's environment change nothing.
-    // reqwest (built with `rustls-no-provider`) panics without a process-wide crypto
-    // provider. The daemon installs aws-lc-rs at start; this makes the backend safe in any
-    // other embedding (tools, tests). A no-op when one is installed already.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let address = uri.address();
-    url::Url::parse(&address).map_err(|_| "cannot form the Vault address".to_string())?;
-    let mut b = VaultClientSettingsBuilder::default();
-    b.address(&address)
-        .token(token.expose())
-        .verify(true)
-        .ca_certs(
-            uri.ca_file()
-                .map(|p| p.display().to_string())
-                .into_iter()
-                .collect(),
-        )
-        .identity(None)
-        .timeout(Some(REQUEST_TIMEOUT))
-        .namespace(uri.namespace().map(str::to_owned))
-        .wrapping(false);
-    // The builder's error could only be about the address, never the token.
-    let settings = b
-        .build()
-        .map_err(|_| "invalid Vault client settings".to_string())?;
-    VaultClient::new(settings)
-        .map_err(|e| format!("cannot set up the Vault client for {}: {e}", uri.redacted()))
-}
-
-/// `vault:v3:…` → 3.
-fn ciphertext_version(ct: &str) -> Option<u64> {
-    let rest = ct.strip_prefix("vault:v")?;
-    let (v, body) = rest.split_once(':')?;
-    if body.is_empty() || v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    v.parse().ok()
-}
-
 #[async_trait]
 impl KmsBackend for VaultBackend {
     async fn encrypt(
@@ -326,7 +261,7 @@ impl KmsBackend for VaultBackend {
                 });
             }
         };
-        let version = ciphertext_version(&resp.ciphertext).ok_or_else(|| {
+        let version = ciphertext::version(&resp.ciphertext).ok_or_else(|| {
             BackendError::unreachable("Vault's ciphertext has no vault:vN: prefix")
         })?;
         Ok(Ciphertext {
@@ -341,23 +276,7 @@ impl KmsBackend for VaultBackend {
         key_version: &str,
         aad: &Aad,
     ) -> Result<Decrypted, BackendError> {
-        if ciphertext.len() > MAX_CIPHERTEXT {
-            return Err(BackendError::invalid_ciphertext(format!(
-                "not a Vault ciphertext of this daemon (longer than {MAX_CIPHERTEXT} bytes)"
-            )));
-        }
-        let ct = std::str::from_utf8(ciphertext)
-            .map_err(|_| BackendError::invalid_ciphertext("not a Vault ciphertext"))?;
-        let version = ciphertext_version(ct).ok_or_else(|| {
-            BackendError::invalid_ciphertext("not a Vault ciphertext (no vault:vN: prefix)")
-        })?;
-        // Accept "vN" and a bare "N"; anything else disagrees with the ciphertext itself.
-        let recorded = key_version.strip_prefix('v').unwrap_or(key_version);
-        if !key_version.is_empty() && recorded != version.to_string() {
-            return Err(BackendError::invalid_ciphertext(
-                "key version does not match the ciphertext",
-            ));
-        }
+        let (ct, version) = ciphertext::parse(ciphertext, key_version)?;
         let client = self.client();
         let ad = B64.encode(aad.bytes());
         let mut opts = DecryptDataRequest::builder();
@@ -422,46 +341,6 @@ impl KmsBackend for VaultBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_400_on_a_healthy_key_is_never_key_evidence() {
-        let info = KeyInfo {
-            key_type: "aes256-gcm96".into(),
-            latest_version: 3,
-            min_decryption_version: 2,
-            soft_deleted: false,
-        };
-        let e = after_400(Op::Encrypt, &info, "bad request", None);
-        assert_eq!(
-            (e.class, e.evidence()),
-            (FailureClass::InvalidRequest, None)
-        );
-        let e = after_400(
-            Op::Decrypt,
-            &info,
-            "cipher: message authentication failed",
-            Some(3),
-        );
-        assert_eq!(
-            (e.class, e.evidence()),
-            (FailureClass::InvalidCiphertext, None)
-        );
-        let e = after_400(Op::Decrypt, &info, "", Some(1));
-        assert!(
-            e.detail.contains("min_decryption_version 2"),
-            "{}",
-            e.detail
-        );
-        assert_eq!(e.evidence(), None);
-    }
-
-    #[test]
-    fn versions() {
-        assert_eq!(ciphertext_version("vault:v12:abc"), Some(12));
-        assert_eq!(ciphertext_version("vault:v1:"), None);
-        assert_eq!(ciphertext_version("vault:vx:abc"), None);
-        assert_eq!(ciphertext_version("nope"), None);
-    }
 
     #[tokio::test]
     async fn new_does_not_contact_vault_and_debug_hides_the_token() {

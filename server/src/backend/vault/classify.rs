@@ -107,6 +107,30 @@ pub(super) fn is_denied(e: &ClientError) -> bool {
     matches!(http_status(e), Some((401 | 403, _)))
 }
 
+/// The answer to a 400 when the key itself reads as healthy: the request was at fault.
+pub(super) fn after_400(
+    op: Op,
+    info: &KeyInfo,
+    vault_says: &str,
+    blob_version: Option<u64>,
+) -> BackendError {
+    match (op, blob_version) {
+        (Op::Decrypt, Some(v)) if v < info.min_decryption_version => {
+            BackendError::invalid_ciphertext(format!(
+                "ciphertext is from key version v{v}, below the key's min_decryption_version {} (retired by the operator)",
+                info.min_decryption_version
+            ))
+        }
+        (Op::Decrypt, _) => {
+            BackendError::invalid_ciphertext(format!("Vault refused to decrypt: {vault_says}"))
+        }
+        _ => BackendError::invalid_request(format!(
+            "Vault refused to {}: {vault_says}",
+            op.name()
+        )),
+    }
+}
+
 /// Classifies a failed call by operation and status. A 400 on encrypt is the caller's
 /// request (InvalidRequest), on decrypt the caller's blob (InvalidCiphertext): neither ever
 /// changes a key's state (callers that can ask the key first do so, see
@@ -203,6 +227,38 @@ mod tests {
             "{}",
             e.detail
         );
+    }
+
+    #[test]
+    fn a_400_on_a_healthy_key_is_never_key_evidence() {
+        let info = KeyInfo {
+            key_type: "aes256-gcm96".into(),
+            latest_version: 3,
+            min_decryption_version: 2,
+            soft_deleted: false,
+        };
+        let e = after_400(Op::Encrypt, &info, "bad request", None);
+        assert_eq!(
+            (e.class, e.evidence()),
+            (FailureClass::InvalidRequest, None)
+        );
+        let e = after_400(
+            Op::Decrypt,
+            &info,
+            "cipher: message authentication failed",
+            Some(3),
+        );
+        assert_eq!(
+            (e.class, e.evidence()),
+            (FailureClass::InvalidCiphertext, None)
+        );
+        let e = after_400(Op::Decrypt, &info, "", Some(1));
+        assert!(
+            e.detail.contains("min_decryption_version 2"),
+            "{}",
+            e.detail
+        );
+        assert_eq!(e.evidence(), None);
     }
 
     #[test]
