@@ -286,9 +286,9 @@ impl KmsBackend for GcpBackend {
                 "the key has no primary version (gcloud kms keys set-primary-version)",
             ));
         };
-        // The short version id ("3") reads better in RevokeStatus than the full name.
         // The primary's own level wins over the template's (which only shapes new versions).
         self.level.learn(&primary.protection_level);
+        // The short version id ("3") reads better in RevokeStatus than the full name.
         let id = primary.name.rsplit('/').next().unwrap_or(&primary.name);
         let state = primary.state.name().unwrap_or("UNKNOWN");
         let class = match primary.state {
