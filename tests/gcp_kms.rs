@@ -14,6 +14,8 @@ mod daemon;
 mod fake;
 #[path = "gcp_kms/faults.rs"]
 mod faults;
+#[path = "gcp_kms/limits.rs"]
+mod limits;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -170,7 +172,12 @@ async fn disabled_primary_then_enabled_again() {
     let v2 = fake.rotate(&key).await;
     fake.set_state(&key, "1", S::Disabled).await;
     assert!(b.check().await.is_ok(), "the primary ({v2}) is fine");
-    assert_eq!(class(unwrap(&*b, &ct).await), Disabled);
+    // Refused, but about that one version: no evidence about the key (issue 6 item 5).
+    let e = unwrap(&*b, &ct).await.expect_err("v1 is disabled");
+    assert_eq!(
+        (e.class, e.version_only, e.evidence()),
+        (Disabled, true, None)
+    );
 }
 
 #[tokio::test]
@@ -225,7 +232,16 @@ async fn missing_key_and_missing_primary() {
     let Some(fake) = Fake::start().await else {
         return;
     };
+    // Like Cloud KMS, the fake denies by default and cannot tell a missing key from one
+    // we may not see: PERMISSION_DENIED "(or it may not exist)".
     let b = backend(&fake.uri("never-made")).await;
+    assert_eq!(class(b.check().await), Revoked);
+    // With a grant on the key ring, a missing key is NOT_FOUND.
+    fake.set_bindings(
+        fake::RING,
+        &[(ENCRYPTER, &["allUsers"]), (VIEWER, &["allUsers"])],
+    )
+    .await;
     assert_eq!(class(b.check().await), Destroyed);
     assert_eq!(class(wrap(&*b, b"x").await), Destroyed);
 
@@ -262,6 +278,9 @@ async fn revoked_permission_and_credentials_are_revoked_and_never_leak() {
     assert_eq!(class_no_leak(b.check().await, &sa), Revoked);
     assert_eq!(class_no_leak(wrap(&*b, b"x").await, &sa), Revoked);
     assert_eq!(class_no_leak(unwrap(&*b, &ct).await, &sa), Revoked);
+    // A denial on a real call is about the whole key, never one version.
+    let e = unwrap(&*b, &ct).await.expect_err("denied");
+    assert!(!e.version_only && e.evidence().is_some(), "{e:?}");
 
     // Everything taken away: GetCryptoKey is PERMISSION_DENIED too.
     fake.set_bindings(&key, &[(VIEWER, &["user:someone-else@example.com"])])

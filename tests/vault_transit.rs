@@ -9,6 +9,8 @@ mod bao;
 mod common;
 #[path = "vault_transit/daemon.rs"]
 mod daemon;
+#[path = "vault_transit/rights.rs"]
+mod rights;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -183,33 +185,6 @@ async fn a_key_type_without_associated_data_is_refused() {
     assert_eq!(e.class, FailureClass::Disabled);
     assert!(e.detail.contains("rsa-2048"), "{}", e.detail);
     assert_eq!(class(wrap(&b, b"x").await), FailureClass::Disabled);
-}
-
-#[tokio::test]
-async fn revoked_token_or_policy_is_revoked() {
-    let Some(bao) = Bao::start() else { return };
-    let (uri, token) = bao.setup("k");
-    let b = backend(&uri).await;
-    let ct = wrap(&b, b"x").await.expect("wrap");
-    bao.cli(&["token", "revoke", &token]);
-    assert_eq!(class(b.check().await), FailureClass::Revoked);
-    assert_eq!(class(wrap(&b, b"y").await), FailureClass::Revoked);
-    assert_eq!(class(unwrap(&b, &ct).await), FailureClass::Revoked);
-
-    // The other way to take permission away: the policy loses the key.
-    bao.create_key("k2", &[]);
-    let token2 = bao.daemon_token("k2", "1h");
-    let b2 = backend(&bao.uri("k2", &bao.token_file(&token2))).await;
-    let ct2 = wrap(&b2, b"z").await.expect("wrap");
-    bao.policy(
-        "daemon-k2",
-        "path \"transit/keys/k2\" { capabilities = [\"read\"] }\n",
-    );
-    b2.check().await.expect("read is still allowed");
-    assert_eq!(class(wrap(&b2, b"y").await), FailureClass::Revoked);
-    assert_eq!(class(unwrap(&b2, &ct2).await), FailureClass::Revoked);
-    bao.cli(&["policy", "delete", "daemon-k2"]);
-    assert_eq!(class(b2.check().await), FailureClass::Revoked);
 }
 
 #[tokio::test]

@@ -6,7 +6,8 @@ use kms_broker_client::pb::{GetStoreKeyRequest, KeyState, UnwrapKeyRequest};
 use tonic::Code;
 
 use crate::common::backend_daemon::{
-    both_fail, code, refused_while, start, status_text, survives_the_loss_of_either, unwrap, wrap,
+    both_fail, code, every_edited_byte_is_refused, refused_while, start, status_text,
+    survives_the_loss_of_either, unwrap, wrap,
 };
 use crate::common::wait_for_state;
 use crate::moto::{Moto, SECRET, TOKEN};
@@ -163,4 +164,13 @@ async fn daemon_aws_plus_mock_survives_the_loss_of_either() {
     let (id, _) = moto.create_key().await;
     let uri = moto.uri(&id);
     survives_the_loss_of_either(&uri, "aws-kms-two-uris", move || moto.kill()).await;
+}
+
+#[tokio::test]
+async fn daemon_every_edited_byte_is_refused_and_changes_nothing() {
+    let Some(moto) = Moto::start() else { return };
+    let (id, _) = moto.create_key().await;
+    let (d, mut c) = start(&[&moto.uri(&id)]).await;
+    every_edited_byte_is_refused(&mut c, SECRETS).await;
+    d.stop().await;
 }

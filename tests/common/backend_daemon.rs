@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use kms_broker_client::pb::{
-    KeyState, RevokeStatusRequest, UnwrapKeyRequest, WrapKeyRequest, WrapKeyResponse,
+    GetStoreKeyRequest, KeyState, RevokeStatusRequest, UnwrapKeyRequest, WrapKeyRequest,
+    WrapKeyResponse,
 };
 use tonic::Code;
 
@@ -173,4 +174,153 @@ pub async fn refused_while(
 ) {
     let (wm, _) = both_fail(c, wrapped, Code::FailedPrecondition, secrets).await;
     assert!(wm.contains(state), "{wm}");
+}
+
+/// Key `k`'s state right now, and each of its URIs' (no waiting: a test that asserts
+/// "nothing changed" must not wait for a change to be undone).
+pub async fn states_now(c: &mut Client) -> (i32, Vec<i32>) {
+    let all = c
+        .revoke_status(RevokeStatusRequest { key: "k".into() })
+        .await
+        .expect("status")
+        .into_inner();
+    let k = all.keys.into_iter().next().expect("key k");
+    (k.state, k.uris.iter().map(|u| u.state).collect())
+}
+
+/// Asserts that key `k` and every one of its URIs are ACTIVE now.
+pub async fn assert_all_active(c: &mut Client, after: &str) {
+    let (key, uris) = states_now(c).await;
+    let active = KeyState::Active as i32;
+    assert!(
+        key == active && uris.iter().all(|s| *s == active),
+        "after {after}: key state {key:?}, URI states {uris:?} (ACTIVE is {active})"
+    );
+}
+
+/// Creates store `s`'s key (so the node holds it) and returns it.
+pub async fn hold_store_key(c: &mut Client) -> Vec<u8> {
+    store_key(c, true).await.expect("create store key s")
+}
+
+/// Store `s`'s active key as GetStoreKey hands it out now.
+pub async fn store_key(c: &mut Client, create: bool) -> Result<Vec<u8>, tonic::Status> {
+    c.get_store_key(GetStoreKeyRequest {
+        store_id: "s".into(),
+        create,
+    })
+    .await
+    .map(|r| r.into_inner().active.expect("an active key").key)
+}
+
+/// Where byte `i` of a version-1 envelope lies, for readable failures (`None` if the blob
+/// is not a version-1 envelope).
+fn region(blob: &[u8], i: usize) -> Option<String> {
+    if blob.get(..5)? != b"KMSB\x01" {
+        return None;
+    }
+    let mut at = 5usize;
+    let mark = |len: usize, what: String, at: &mut usize| -> Option<Option<String>> {
+        let found = (i >= *at && i < *at + len).then_some(what);
+        *at += len;
+        Some(found)
+    };
+    let u16_at = |p: usize| -> Option<usize> {
+        Some(u16::from_be_bytes(blob.get(p..p + 2)?.try_into().ok()?) as usize)
+    };
+    if i < 5 {
+        return Some("magic/version".into());
+    }
+    let n = u16_at(at)?;
+    for (len, what) in [(2, "key name length"), (n, "key name")] {
+        if let Some(w) = mark(len, what.into(), &mut at)? {
+            return Some(w);
+        }
+    }
+    let count = *blob.get(at)? as usize;
+    if let Some(w) = mark(1, "entry count".into(), &mut at)? {
+        return Some(w);
+    }
+    for e in 0..count {
+        let uri = u16_at(at)?;
+        for (len, what) in [(2, "uri id length"), (uri, "uri id")] {
+            if let Some(w) = mark(len, format!("entry {e} {what}"), &mut at)? {
+                return Some(w);
+            }
+        }
+        let ver = u16_at(at)?;
+        for (len, what) in [(2, "key version length"), (ver, "key version")] {
+            if let Some(w) = mark(len, format!("entry {e} {what}"), &mut at)? {
+                return Some(w);
+            }
+        }
+        let ct = u32::from_be_bytes(blob.get(at..at + 4)?.try_into().ok()?) as usize;
+        for (len, what) in [(4, "ciphertext length"), (ct, "ciphertext")] {
+            if let Some(w) = mark(len, format!("entry {e} {what}"), &mut at)? {
+                return Some(w);
+            }
+        }
+    }
+    Some("past the end".into())
+}
+
+/// Issue 6 item 6, for one backend: every edited byte of a blob fails to unwrap, and none
+/// of those failures changes the key's state or the store key the node holds.
+///
+/// WrapKey a 32-byte data key, then, for EVERY byte position, four edits (flip the low
+/// bit, flip the high bit, set 0x00, set 0xFF; an edit that leaves the byte as it was is
+/// skipped) are each sent to UnwrapKey, all against the same running daemon and KMS. Each
+/// must be refused as not authentic (INVALID_ARGUMENT), naming no configured key
+/// (NOT_FOUND) or unusable (FAILED_PRECONDITION): never OK, never a retryable failure.
+/// Afterwards the key and its URIs are still ACTIVE, the original blob still unwraps and
+/// GetStoreKey still hands out the same store key.
+pub async fn every_edited_byte_is_refused(c: &mut Client, secrets: &[impl AsRef<str>]) {
+    let held = hold_store_key(c).await;
+    let w = wrap(c, &[0x5a; 32]).await.expect("wrap");
+    let mut accepted = Vec::new();
+    let mut tried = 0usize;
+    for i in 0..w.wrapped.len() {
+        let orig = w.wrapped[i];
+        let mut edits = vec![orig ^ 0x01, orig ^ 0x80, 0x00, 0xff];
+        edits.dedup();
+        for new in edits.into_iter().filter(|b| *b != orig) {
+            let mut edited = w.wrapped.clone();
+            edited[i] = new;
+            tried += 1;
+            let outcome = match unwrap(c, &edited).await {
+                Ok(_) => "UNWRAPPED".to_owned(),
+                Err(s) => {
+                    for secret in secrets {
+                        assert!(
+                            !s.message().contains(secret.as_ref()),
+                            "a secret leaked: {s:?}"
+                        );
+                    }
+                    match s.code() {
+                        Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition => {
+                            continue
+                        }
+                        other => format!("{other:?}: {}", s.message()),
+                    }
+                }
+            };
+            let at = region(&w.wrapped, i).unwrap_or_default();
+            accepted.push(format!(
+                "byte {i} ({at}) {orig:#04x}->{new:#04x}: {outcome}"
+            ));
+        }
+    }
+    assert!(tried > 3 * w.wrapped.len(), "tried only {tried} edits");
+    assert_all_active(c, "every edited blob").await;
+    assert_eq!(
+        unwrap(c, &w.wrapped).await.expect("the original"),
+        [0x5a; 32]
+    );
+    assert_eq!(store_key(c, false).await.expect("still handed out"), held);
+    assert!(
+        accepted.is_empty(),
+        "{} of {tried} edits were not refused as they must be:\n{}",
+        accepted.len(),
+        accepted.join("\n")
+    );
 }

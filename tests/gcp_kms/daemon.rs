@@ -3,11 +3,12 @@
 use std::collections::HashMap;
 
 use google_cloud_kms_v1::model::crypto_key_version::CryptoKeyVersionState as S;
-use kms_broker_client::pb::{GetStoreKeyRequest, KeyState, UnwrapKeyRequest};
+use kms_broker_client::pb::{GetStoreKeyRequest, KeyState, UnwrapKeyRequest, WrapKeyRequest};
 use tonic::Code;
 
 use crate::common::backend_daemon::{
-    both_fail, code, refused_while, start, status_text, survives_the_loss_of_either, unwrap, wrap,
+    assert_all_active, both_fail, code, every_edited_byte_is_refused, hold_store_key,
+    refused_while, start, status_text, store_key, survives_the_loss_of_either, unwrap, wrap,
     NO_SECRETS,
 };
 use crate::common::wait_for_state;
@@ -186,4 +187,81 @@ async fn daemon_gcp_plus_mock_survives_the_loss_of_either() {
     fake.create_key("k").await;
     let uri = fake.uri("k");
     survives_the_loss_of_either(&uri, "gcp-kms-two-uris", move || fake.kill()).await;
+}
+
+/// A 64-entry context of about 4 KiB: legal under the contract (8 KiB), but with a 4 KiB
+/// plaintext over an HSM key's 8 KiB for plaintext and AAD combined.
+pub fn big_context() -> HashMap<String, String> {
+    (0..64)
+        .map(|i| (format!("c{i:02}"), "v".repeat(60)))
+        .collect()
+}
+
+#[tokio::test]
+async fn daemon_hsm_limit_is_invalid_argument_and_changes_nothing() {
+    // Issue 6 item 3: a caller allowed only WrapKey could switch the key off for everyone
+    // (INVALID_ARGUMENT was read as DISABLED, and the held store key was dropped).
+    let Some(fake) = Fake::start().await else {
+        return;
+    };
+    fake.create_key_with(
+        "k",
+        serde_json::json!({
+            "purpose": "ENCRYPT_DECRYPT",
+            "versionTemplate": { "protectionLevel": "HSM" },
+        }),
+        false,
+    )
+    .await;
+    let (d, mut c) = start(&[&fake.uri("k")]).await;
+    let held = hold_store_key(&mut c).await;
+    let s = wait_for_state(&mut c, "k", KeyState::Active).await;
+    assert!(
+        s.detail.contains("(HSM)"),
+        "the check learnt the level: {s:?}"
+    );
+    for _ in 0..3 {
+        let r = c
+            .wrap_key(WrapKeyRequest {
+                key: "k".into(),
+                plaintext: vec![1u8; 4096],
+                context: big_context(),
+            })
+            .await;
+        let (code, message) = code(r, NO_SECRETS);
+        assert_eq!(code, Code::InvalidArgument, "{message}");
+        assert!(message.contains("HSM"), "{message}");
+        assert_all_active(&mut c, "an over-limit WrapKey").await;
+    }
+    assert_eq!(store_key(&mut c, false).await.expect("still held"), held);
+    // A request within the limit still works, under the same key.
+    let w = c
+        .wrap_key(WrapKeyRequest {
+            key: "k".into(),
+            plaintext: vec![1u8; 2048],
+            context: big_context(),
+        })
+        .await
+        .expect("within the limit")
+        .into_inner();
+    let back = c
+        .unwrap_key(UnwrapKeyRequest {
+            wrapped: w.wrapped,
+            context: big_context(),
+        })
+        .await
+        .expect("unwrap");
+    assert_eq!(back.into_inner().plaintext, vec![1u8; 2048]);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn daemon_every_edited_byte_is_refused_and_changes_nothing() {
+    let Some(fake) = Fake::start().await else {
+        return;
+    };
+    fake.create_key("k").await;
+    let (d, mut c) = start(&[&fake.uri("k")]).await;
+    every_edited_byte_is_refused(&mut c, NO_SECRETS).await;
+    d.stop().await;
 }

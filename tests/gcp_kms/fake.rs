@@ -118,6 +118,9 @@ impl Fake {
     }
 
     /// A new key from a CryptoKey in proto3 JSON (e.g. a short destroyScheduledDuration).
+    /// The fake denies by default, as Cloud KMS does: the new key's policy grants
+    /// `allUsers` (the anonymous caller of [`Fake::uri`]) the encrypter/decrypter and viewer
+    /// roles; tests about IAM replace it with [`Fake::set_bindings`].
     pub async fn create_key_with(
         &self,
         id: &str,
@@ -135,6 +138,11 @@ impl Fake {
             .send()
             .await
             .expect("CreateCryptoKey");
+        self.set_bindings(
+            &made.name,
+            &[(ENCRYPTER, &["allUsers"]), (VIEWER, &["allUsers"])],
+        )
+        .await;
         made.name
     }
 

@@ -7,8 +7,8 @@ use tonic::Code;
 
 use crate::bao::Bao;
 use crate::common::backend_daemon::{
-    both_fail, refused_while, start, status_text, survives_the_loss_of_either, unwrap, wrap,
-    NO_SECRETS,
+    both_fail, code, every_edited_byte_is_refused, hold_store_key, refused_while, start,
+    status_text, store_key, survives_the_loss_of_either, unwrap, wrap, NO_SECRETS,
 };
 use crate::common::wait_for_state;
 
@@ -125,4 +125,64 @@ async fn daemon_vault_plus_mock_survives_the_loss_of_either() {
     let (uri, _) = bao.setup("k");
     let w = survives_the_loss_of_either(&uri, "vault-transit-two-uris", move || bao.kill()).await;
     assert!(w.key_version.contains("v1"), "{}", w.key_version);
+}
+
+#[tokio::test]
+async fn daemon_policy_cut_to_read_only_is_revoked_at_the_next_check() {
+    // Issue 6 item 5: the token can still READ the key, so a status check that only reads
+    // it saw nothing; capabilities-self shows the lost encrypt/decrypt rights.
+    let Some(bao) = Bao::start() else { return };
+    let (uri, token) = bao.setup("k");
+    let (d, mut c) = start(&[&uri]).await;
+    let w = wrap(&mut c, b"payload").await.expect("wrap");
+    hold_store_key(&mut c).await;
+
+    bao.policy(
+        "daemon-k",
+        "path \"transit/keys/k\" { capabilities = [\"read\"] }\n",
+    );
+    let s = wait_for_state(&mut c, "k", KeyState::Revoked).await;
+    let shown = format!("{s:?}");
+    assert!(shown.contains("transit/encrypt/k"), "{shown}");
+    refused_while(&mut c, &w.wrapped, "REVOKED", &[&token]).await;
+    let (code, _) = code(store_key(&mut c, false).await, &[&token]);
+    assert_eq!(
+        code,
+        Code::FailedPrecondition,
+        "the held store key is dropped"
+    );
+
+    bao.policy("daemon-k", &crate::bao::daemon_policy("k"));
+    wait_for_state(&mut c, "k", KeyState::Active).await;
+    assert_eq!(
+        unwrap(&mut c, &w.wrapped).await.expect("restored"),
+        b"payload"
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn daemon_decrypt_right_alone_lost_is_revoked_at_the_next_check() {
+    let Some(bao) = Bao::start() else { return };
+    let (uri, _) = bao.setup("k");
+    let (d, mut c) = start(&[&uri]).await;
+    bao.policy(
+        "daemon-k",
+        "path \"transit/keys/k\" { capabilities = [\"read\"] }\n\
+         path \"transit/encrypt/k\" { capabilities = [\"update\"] }\n",
+    );
+    let s = wait_for_state(&mut c, "k", KeyState::Revoked).await;
+    assert!(format!("{s:?}").contains("transit/decrypt/k"), "{s:?}");
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn daemon_every_edited_byte_is_refused_and_changes_nothing() {
+    // Also Vault's 400 path: a Vault ciphertext edited anywhere is a 400 from Vault, which
+    // must leave the key ACTIVE and the held store key handed out.
+    let Some(bao) = Bao::start() else { return };
+    let (uri, token) = bao.setup("k");
+    let (d, mut c) = start(&[&uri]).await;
+    every_edited_byte_is_refused(&mut c, &[&token]).await;
+    d.stop().await;
 }

@@ -26,7 +26,19 @@
 //! at $0.03 per 10,000 requests about $0.29 a month per node and key), all well inside the
 //! request quotas. Revocation that DescribeKey itself sees (a policy denying everything,
 //! deleted or expired credentials) is REVOKED at the next poll; a Decrypt-only revocation
-//! within one proof interval.
+//! within one proof interval, or at once on a node whose real Decrypt is refused: an
+//! `AccessDeniedException` on Encrypt or Decrypt is REVOKED for the whole key (AWS has no
+//! per-version grants), never scoped to one blob. AWS offers no free way to test the
+//! permission: `DryRun` is billed and rate-limited like the real call.
+//!
+//! # Limits (AWS KMS API reference)
+//!
+//! `Encrypt` takes at most 4096 bytes of plaintext ([`MAX_PLAINTEXT`]), refused before the
+//! call; `Decrypt` takes a `CiphertextBlob` of 1 to 6144 bytes ([`MAX_CIPHERTEXT`]): a
+//! longer blob is refused as a bad ciphertext without a (billable) call. AWS documents no
+//! size limit on the encryption context small enough to matter here, so none is applied;
+//! should KMS refuse one anyway, the `ValidationException` is the caller's request
+//! (INVALID_ARGUMENT), never a key-state change.
 //!
 //! # Errors
 //!
@@ -65,6 +77,11 @@ pub const PROOF_INTERVAL: Duration = Duration::from_secs(10 * 60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest one SDK attempt (connect, send, answer) may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The documented maximum plaintext of `Encrypt` (symmetric keys, SYMMETRIC_DEFAULT).
+pub const MAX_PLAINTEXT: usize = 4096;
+/// The documented maximum `CiphertextBlob` of `Decrypt`.
+pub const MAX_CIPHERTEXT: usize = 6144;
 
 const CANARY: &[u8] = b"kms-broker liveness canary v1";
 const CANARY_CONTEXT: (&str, &str) = ("kms-broker:purpose", "liveness-canary");
@@ -279,6 +296,7 @@ impl KmsBackend for AwsBackend {
         plaintext: &SecretBytes,
         aad: &Aad,
     ) -> Result<Ciphertext, BackendError> {
+        self.check_size(plaintext.len(), aad)?;
         let bytes = self
             .kms_encrypt(plaintext.expose(), aad.context_map().into_iter().collect())
             .await?;
@@ -295,6 +313,11 @@ impl KmsBackend for AwsBackend {
         _key_version: &str,
         aad: &Aad,
     ) -> Result<Decrypted, BackendError> {
+        if ciphertext.is_empty() || ciphertext.len() > MAX_CIPHERTEXT {
+            return Err(BackendError::invalid_ciphertext(format!(
+                "an AWS KMS ciphertext is 1 to {MAX_CIPHERTEXT} bytes"
+            )));
+        }
         let plaintext = self
             .kms_decrypt(ciphertext, aad.context_map().into_iter().collect())
             .await?;
@@ -302,6 +325,15 @@ impl KmsBackend for AwsBackend {
             plaintext,
             key_version: None,
         })
+    }
+
+    fn check_size(&self, payload_len: usize, _aad: &Aad) -> Result<(), BackendError> {
+        if payload_len > MAX_PLAINTEXT {
+            return Err(BackendError::invalid_request(format!(
+                "AWS KMS Encrypt takes at most {MAX_PLAINTEXT} bytes of plaintext"
+            )));
+        }
+        Ok(())
     }
 
     async fn check(&self) -> Result<KeyHealth, BackendError> {

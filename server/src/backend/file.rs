@@ -10,23 +10,21 @@
 //! - The key file is read on every call. It is 32 bytes, and this is what makes revocation
 //!   work: `chmod 000 PATH` (REVOKED) or deleting it (DESTROYED) takes effect at the next
 //!   call and the next RevokeStatus poll, with no restart.
-//! - Before the key is read, the open handle is checked: a regular file, not group/world
-//!   accessible (mode `& 0o077 == 0`), exactly 32 bytes. Anything else is DISABLED with a
+//! - The key is read by [`crate::fs::read_private`], which checks the open handle: a regular
+//!   file, owned by the daemon's user or root, not group/world accessible (mode
+//!   `& 0o077 == 0`); and it must be exactly 32 bytes. Anything else is DISABLED with a
 //!   message that names the path and the fix.
 //!
 //! Create a key with `kms-broker serve --dev` (see [`create_key_file`]) or by hand:
 //! `(umask 077; head -c 32 /dev/urandom > PATH)`.
 
-use std::fs::File;
-use std::io::{self, Read};
-use std::os::unix::fs::PermissionsExt;
+use std::io;
 use std::path::Path;
 
 use aes_gcm::aead::{Aead, AeadCore, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
 
 use super::{Aad, BackendError, Ciphertext, Decrypted, FailureClass, KeyHealth, KmsBackend};
 use crate::key_uri::FileUri;
@@ -184,64 +182,39 @@ pub(crate) fn open(
         })
 }
 
-/// Opens, checks and reads the key file, classifying every failure (STYLE lesson 3).
-/// The checks run on the open handle, so the file checked is the file read.
+/// Reads the key file through [`crate::fs::read_private`] (every check on the open handle,
+/// so the file checked is the file read) and classifies each failure (STYLE lesson 3):
+/// missing → DESTROYED, permission denied or owner-read bit off → REVOKED (an operator's
+/// `chmod 000`), insecure mode, not a regular file, wrong owner or wrong size → DISABLED
+/// (with the fix), other I/O → UNREACHABLE.
 fn load_key(path: &Path) -> Result<SecretBytes, BackendError> {
+    use crate::fs::PrivateFileError as E;
     let shown = path.display();
-    let mut file = File::open(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => BackendError::new(
-            FailureClass::Destroyed,
-            format!("key file {shown} does not exist"),
-        ),
-        io::ErrorKind::PermissionDenied => BackendError::new(
-            FailureClass::Revoked,
-            format!("key file {shown} cannot be read: permission denied"),
-        ),
-        _ => BackendError::unreachable(format!("key file {shown} cannot be opened: {e}")),
-    })?;
-    let meta = file
-        .metadata()
-        .map_err(|e| BackendError::unreachable(format!("key file {shown}: cannot stat: {e}")))?;
-    let disabled = |why: String| BackendError::new(FailureClass::Disabled, why);
-    if !meta.is_file() {
-        return Err(disabled(format!("key file {shown} is not a regular file")));
-    }
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(disabled(format!(
-            "key file {shown} has mode {mode:04o}: group and others must have no access; \
-             fix: chmod 600 {shown}"
-        )));
-    }
-    // A process running as root opens a mode-000 file anyway; treat the missing owner
-    // read bit as the operator's revocation, exactly as EACCES is for everyone else.
-    if mode & 0o400 == 0 {
-        return Err(BackendError::new(
-            FailureClass::Revoked,
+    let wrong_size = |len: u64| {
+        BackendError::new(
+            FailureClass::Disabled,
             format!(
-                "key file {shown} has mode {mode:04o} (not readable): revoked; \
-                 to restore it: chmod 600 {shown}"
+                "key file {shown} must be exactly {KEY_LEN} bytes, found {len}; fix: create a new \
+                 key with `(umask 077; head -c {KEY_LEN} /dev/urandom > {shown})`"
             ),
-        ));
+        )
+    };
+    let bytes = crate::fs::read_private(path, KEY_LEN as u64).map_err(|e| {
+        let class = match &e {
+            E::Missing { .. } => FailureClass::Destroyed,
+            E::Denied { .. } => FailureClass::Revoked,
+            E::TooLarge { len, .. } => return wrong_size(*len),
+            E::NotRegular { .. } | E::Insecure { .. } | E::WrongOwner { .. } => {
+                FailureClass::Disabled
+            }
+            E::Io { .. } => FailureClass::Unreachable,
+        };
+        BackendError::new(class, format!("key file {e}"))
+    })?;
+    if bytes.len() != KEY_LEN {
+        return Err(wrong_size(bytes.len() as u64));
     }
-    if meta.len() != KEY_LEN as u64 {
-        return Err(disabled(format!(
-            "key file {shown} must be exactly {KEY_LEN} bytes, found {}; fix: create a new \
-             key with `(umask 077; head -c {KEY_LEN} /dev/urandom > {shown})`",
-            meta.len()
-        )));
-    }
-    let io_err =
-        |e: io::Error| BackendError::unreachable(format!("key file {shown}: cannot read: {e}"));
-    let mut buf = Zeroizing::new([0u8; KEY_LEN]);
-    file.read_exact(&mut buf[..]).map_err(io_err)?;
-    // The file could have grown between stat and read; a key with a tail is not a key.
-    if file.read(&mut [0u8; 1]).map_err(io_err)? != 0 {
-        return Err(disabled(format!(
-            "key file {shown} changed while it was read; must be exactly {KEY_LEN} bytes"
-        )));
-    }
-    Ok(SecretBytes::copy_from(&buf[..]))
+    Ok(SecretBytes::copy_from(&bytes))
 }
 
 /// Writes a new random key file at `path` with mode 0600, atomically (temp file, fsync,
@@ -256,6 +229,7 @@ pub fn create_key_file(path: &Path) -> io::Result<()> {
 mod tests {
     use std::collections::BTreeMap;
     use std::fs;
+    use std::os::unix::fs::PermissionsExt;
     use std::path::PathBuf;
 
     use super::*;

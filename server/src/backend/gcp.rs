@@ -14,6 +14,10 @@
 //! `ciphertext_crc32c`, `plaintext_crc32c`). A mismatch means the bytes were damaged on
 //! the way, so it is reported as Unreachable and the daemon's retry policy tries again.
 //!
+//! Size limits depend on the key's protection level (HSM: 8 KiB of plaintext and AAD
+//! combined): see `limits`, which learns the level and refuses over-limit requests before
+//! the call, as INVALID_ARGUMENT.
+//!
 //! The SDK is told to make exactly ONE attempt per call ([`NeverRetry`]): deadlines and
 //! retries belong to [`super::resilient`]. Errors are classified in [`errors`].
 
@@ -32,6 +36,7 @@ use crate::secret::SecretBytes;
 
 // Private to this backend: `backend/mod.rs` needs no line for them.
 mod classify;
+mod limits;
 mod uri;
 
 use classify::{classify, integrity, Op};
@@ -56,6 +61,8 @@ const USE_PERMISSIONS: [&str; 2] = [
 pub struct GcpBackend {
     uri: GcpUri,
     client: KeyManagementService,
+    /// The primary version's protection level, as last seen (it sets the size limits).
+    level: limits::Level,
 }
 
 impl fmt::Debug for GcpBackend {
@@ -87,7 +94,11 @@ impl GcpBackend {
             };
             format!("{}: {why}", uri.redacted())
         })?;
-        Ok(Self { uri, client })
+        Ok(Self {
+            uri,
+            client,
+            level: limits::Level::default(),
+        })
     }
 }
 
@@ -140,6 +151,7 @@ impl KmsBackend for GcpBackend {
         aad: &Aad,
     ) -> Result<Ciphertext, BackendError> {
         let aad = aad.bytes();
+        self.level.check(plaintext.len(), aad.len())?;
         let (pt_crc, aad_crc) = (crc(plaintext.expose()), crc(&aad));
         let resp = self
             .client
@@ -176,6 +188,7 @@ impl KmsBackend for GcpBackend {
         if !ours {
             return Err(integrity(Op::Encrypt, "the response names another key"));
         }
+        self.level.learn(&resp.protection_level);
         Ok(Ciphertext {
             bytes: resp.ciphertext.into(),
             key_version: resp.name,
@@ -188,6 +201,12 @@ impl KmsBackend for GcpBackend {
         _key_version: &str,
         aad: &Aad,
     ) -> Result<Decrypted, BackendError> {
+        if ciphertext.is_empty() || ciphertext.len() > limits::MAX_CIPHERTEXT {
+            return Err(BackendError::invalid_ciphertext(format!(
+                "not a Cloud KMS ciphertext of this daemon (1 to {} bytes)",
+                limits::MAX_CIPHERTEXT
+            )));
+        }
         let aad = aad.bytes();
         let (ct_crc, aad_crc) = (crc(ciphertext), crc(&aad));
         let resp = self
@@ -207,10 +226,19 @@ impl KmsBackend for GcpBackend {
         if resp.plaintext_crc32c != Some(crc(plaintext.expose())) {
             return Err(integrity(Op::Decrypt, "plaintext checksum mismatch"));
         }
+        // Only the primary's level sets Encrypt's limits; a blob of an older version says
+        // nothing about it.
+        if resp.used_primary {
+            self.level.learn(&resp.protection_level);
+        }
         Ok(Decrypted {
             plaintext,
             key_version: None,
         })
+    }
+
+    fn check_size(&self, payload_len: usize, aad: &Aad) -> Result<(), BackendError> {
+        self.level.check(payload_len, aad.encoded_len())
     }
 
     async fn check(&self) -> Result<KeyHealth, BackendError> {
@@ -247,6 +275,9 @@ impl KmsBackend for GcpBackend {
                 ),
             ));
         }
+        if let Some(template) = &key.version_template {
+            self.level.learn(&template.protection_level);
+        }
         let Some(primary) = key.primary else {
             // The key exists but cannot encrypt until an operator sets a primary version:
             // reversible, and nothing says key material is gone.
@@ -255,15 +286,18 @@ impl KmsBackend for GcpBackend {
                 "the key has no primary version (gcloud kms keys set-primary-version)",
             ));
         };
+        // The primary's own level wins over the template's (which only shapes new versions).
+        self.level.learn(&primary.protection_level);
         // The short version id ("3") reads better in RevokeStatus than the full name.
         let id = primary.name.rsplit('/').next().unwrap_or(&primary.name);
         let state = primary.state.name().unwrap_or("UNKNOWN");
         let class = match primary.state {
             CryptoKeyVersionState::Enabled => {
+                let hsm = if self.level.is_hsm() { " (HSM)" } else { "" };
                 return Ok(KeyHealth {
-                    detail: format!("primary version {id}"),
+                    detail: format!("primary version {id}{hsm}"),
                     version: Some(primary.name.clone()),
-                })
+                });
             }
             CryptoKeyVersionState::DestroyScheduled
             | CryptoKeyVersionState::Destroyed

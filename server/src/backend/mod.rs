@@ -17,11 +17,14 @@ use crate::state::KeyState;
 
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod error_text;
 pub mod file;
 #[cfg(feature = "gcp")]
 pub mod gcp;
 #[cfg(feature = "mock-kms")]
 pub mod mock;
+pub mod net;
+pub mod params;
 pub mod resilient;
 #[cfg(feature = "vault")]
 pub mod vault;

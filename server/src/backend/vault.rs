@@ -32,7 +32,10 @@
 //!   (`vault:vN:…`) as is, and `key_version` = `vN`, Vault's own spelling.
 //! - **unwrap**: `POST <mount>/decrypt/<key>` with the same `associated_data` and
 //!   `context`.
-//! - **status check**: `GET <mount>/keys/<key>` (metadata only, no crypto).
+//! - **status check**: `GET <mount>/keys/<key>` (metadata only, no crypto), then
+//!   `sys/capabilities-self` on the encrypt and decrypt paths: a token whose policy was
+//!   cut to `read` is REVOKED at the next check, not only at the next unwrap (see
+//!   `vault/capabilities.rs`, also for tokens without the `default` policy).
 //!
 //! **No key is ever created by accident.** Vault's encrypt endpoint creates a missing key
 //! ("upsert"). The daemon reads the key before every encrypt and stops if it is missing
@@ -48,7 +51,8 @@
 //! | key readable, usable | ACTIVE |
 //! | key `soft_deleted` (OpenBao: `DELETE <mount>/keys/<key>/soft-delete`, undone by `POST …/soft-delete-restore`) | DISABLED |
 //! | key type cannot bind associated data (e.g. `rsa-2048`) | DISABLED (fix the config) |
-//! | 401 / 403 (token revoked, expired, policy changed) | REVOKED |
+//! | 401 / 403 (token revoked, expired, policy changed) on any call | REVOKED |
+//! | capabilities-self: no `update` on `<mount>/encrypt/<key>` or `<mount>/decrypt/<key>` | REVOKED |
 //! | 404 (key deleted, mount gone) | DESTROYED |
 //! | connection error, timeout, 429, 5xx (503 sealed / standby) | UNREACHABLE |
 //!
@@ -57,10 +61,19 @@
 //! as never soft-deleted); there, take the daemon's policy away (REVOKED) instead.
 //!
 //! Vault answers 400 for several different refusals (soft-deleted key, key not found on
-//! decrypt, wrong AAD, retired version). Rather than parse its English, a 400 is followed
-//! by one key read, and the key's state decides: missing → DESTROYED, soft-deleted →
-//! DISABLED, otherwise the ciphertext is at fault → InvalidCiphertext (on encrypt, a 400
-//! for a healthy key → DISABLED with Vault's message, as the key is unusable to us).
+//! decrypt, wrong AAD, retired version, a request it cannot take). Rather than parse its
+//! English, a 400 is followed by one key read, and the KEY's state decides: missing →
+//! DESTROYED, soft-deleted → DISABLED. A healthy key means the request was at fault: the
+//! ciphertext on decrypt (InvalidCiphertext), the request on encrypt (InvalidRequest).
+//! Neither changes the key's state: a caller cannot switch a key off for everyone by
+//! sending something Vault refuses.
+//!
+//! # Limits
+//!
+//! Vault has no per-request limit near the contract's (its `max_request_size` is 32 MiB),
+//! so nothing is refused before the call. UnwrapKey ciphertexts longer than
+//! [`MAX_CIPHERTEXT`] (the base64 text of 8 KiB, plus the `vault:vN:` prefix) are refused
+//! without a call: no ciphertext of a 4 KiB plaintext is that long.
 //!
 //! A blob whose version is below the key's `min_decryption_version` (the operator retired
 //! that version) fails **InvalidCiphertext**, not DISABLED: the key itself is healthy and
@@ -81,34 +94,32 @@
 //! The token and plaintexts live in zeroized buffers on our side; vaultrs and its HTTP
 //! client copy them into request headers and bodies we cannot wipe.
 
+mod capabilities;
+mod ciphertext;
 mod classify;
+mod client;
 mod token;
 mod uri;
 
 use std::fmt;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use vaultrs::api::transit::requests::{DecryptDataRequest, EncryptDataRequest};
-use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
+use vaultrs::client::VaultClient;
 use zeroize::Zeroizing;
 
 use super::{Aad, BackendError, Ciphertext, Decrypted, FailureClass, KeyHealth, KmsBackend};
 use crate::secret::SecretBytes;
+use capabilities::Rights;
+pub use ciphertext::MAX_CIPHERTEXT;
 use classify::is_denied;
-use classify::{classify, http_status, KeyInfo};
+use classify::{after_400, classify, http_status, KeyInfo, Op};
+use client::build_client;
 use token::{Lease, Token};
 pub use uri::{TokenSource, VaultUri};
-
-/// Per-request HTTP timeout. The daemon's retry policy cuts an attempt sooner if it is
-/// configured shorter; this only keeps a hung connection from living forever.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Longest Vault ciphertext we pass on: a 4 KiB plaintext makes about 5.5 KiB.
-const MAX_CIPHERTEXT: usize = 16 * 1024;
 
 /// One Vault Transit key.
 pub struct VaultBackend {
@@ -193,74 +204,25 @@ impl VaultBackend {
         // transit read lacks `soft_deleted` and `latest_version`.
         let info: KeyInfo = vaultrs::kv1::get(client, self.uri.mount(), &path)
             .await
-            .map_err(|e| classify("read key", &e))?;
+            .map_err(|e| classify(Op::ReadKey, &e))?;
         info.usable(self.uri.mount(), self.uri.key())?;
         Ok(info)
     }
 
-    /// A 400 from encrypt/decrypt: one key read says whether the key or the ciphertext is
-    /// at fault (see the module docs).
+    /// A 400 from encrypt/decrypt: one key read says whether the key or the request is at
+    /// fault (see the module docs). Only the key read can change the key's state.
     async fn explain_400(
         &self,
         client: &VaultClient,
-        op: &str,
+        op: Op,
         vault_says: &str,
         blob_version: Option<u64>,
     ) -> BackendError {
-        let info = match self.read_key(client).await {
-            Ok(info) => info,
-            Err(e) => return e,
-        };
-        match blob_version {
-            Some(v) if v < info.min_decryption_version => BackendError::invalid_ciphertext(format!(
-                "ciphertext is from key version v{v}, below the key's min_decryption_version {} (retired by the operator)",
-                info.min_decryption_version
-            )),
-            Some(_) => BackendError::invalid_ciphertext(format!("Vault refused to decrypt: {vault_says}")),
-            None => BackendError::new(FailureClass::Disabled, format!("Vault refused to {op}: {vault_says}")),
+        match self.read_key(client).await {
+            Ok(info) => after_400(op, &info, vault_says, blob_version),
+            Err(e) => e,
         }
     }
-}
-
-fn build_client(uri: &VaultUri, token: &Token) -> Result<VaultClient, String> {
-    // Every setting is given explicitly so that VAULT_ADDR, VAULT_TOKEN, VAULT_CACERT,
-    // VAULT_SKIP_VERIFY or VAULT_CLIENT_CERT in the daemon's environment change nothing.
-    // reqwest (built with `rustls-no-provider`) panics without a process-wide crypto
-    // provider. The daemon installs aws-lc-rs at start; this makes the backend safe in any
-    // other embedding (tools, tests). A no-op when one is installed already.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let address = uri.address();
-    url::Url::parse(&address).map_err(|_| "cannot form the Vault address".to_string())?;
-    let mut b = VaultClientSettingsBuilder::default();
-    b.address(&address)
-        .token(token.expose())
-        .verify(true)
-        .ca_certs(
-            uri.ca_file()
-                .map(|p| p.display().to_string())
-                .into_iter()
-                .collect(),
-        )
-        .identity(None)
-        .timeout(Some(REQUEST_TIMEOUT))
-        .namespace(uri.namespace().map(str::to_owned))
-        .wrapping(false);
-    // The builder's error could only be about the address, never the token.
-    let settings = b
-        .build()
-        .map_err(|_| "invalid Vault client settings".to_string())?;
-    VaultClient::new(settings)
-        .map_err(|e| format!("cannot set up the Vault client for {}: {e}", uri.redacted()))
-}
-
-/// `vault:v3:…` → 3.
-fn ciphertext_version(ct: &str) -> Option<u64> {
-    let rest = ct.strip_prefix("vault:v")?;
-    let (v, body) = rest.split_once(':')?;
-    if body.is_empty() || v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    v.parse().ok()
 }
 
 #[async_trait]
@@ -289,17 +251,17 @@ impl KmsBackend for VaultBackend {
             Ok(r) => r,
             Err(e) => {
                 return Err(match http_status(&e) {
-                    Some((400, says)) => self.explain_400(&client, "encrypt", &says, None).await,
+                    Some((400, says)) => self.explain_400(&client, Op::Encrypt, &says, None).await,
                     // 403 on encrypt also means "missing key, no create capability".
                     Some((403, _)) => match self.read_key(&client).await {
                         Err(read) if read.class == FailureClass::Destroyed => read,
-                        _ => classify("encrypt", &e),
+                        _ => classify(Op::Encrypt, &e),
                     },
-                    _ => classify("encrypt", &e),
+                    _ => classify(Op::Encrypt, &e),
                 });
             }
         };
-        let version = ciphertext_version(&resp.ciphertext).ok_or_else(|| {
+        let version = ciphertext::version(&resp.ciphertext).ok_or_else(|| {
             BackendError::unreachable("Vault's ciphertext has no vault:vN: prefix")
         })?;
         Ok(Ciphertext {
@@ -314,23 +276,7 @@ impl KmsBackend for VaultBackend {
         key_version: &str,
         aad: &Aad,
     ) -> Result<Decrypted, BackendError> {
-        if ciphertext.len() > MAX_CIPHERTEXT {
-            return Err(BackendError::invalid_ciphertext(
-                "Vault ciphertext too long",
-            ));
-        }
-        let ct = std::str::from_utf8(ciphertext)
-            .map_err(|_| BackendError::invalid_ciphertext("not a Vault ciphertext"))?;
-        let version = ciphertext_version(ct).ok_or_else(|| {
-            BackendError::invalid_ciphertext("not a Vault ciphertext (no vault:vN: prefix)")
-        })?;
-        // Accept "vN" and a bare "N"; anything else disagrees with the ciphertext itself.
-        let recorded = key_version.strip_prefix('v').unwrap_or(key_version);
-        if !key_version.is_empty() && recorded != version.to_string() {
-            return Err(BackendError::invalid_ciphertext(
-                "key version does not match the ciphertext",
-            ));
-        }
+        let (ct, version) = ciphertext::parse(ciphertext, key_version)?;
         let client = self.client();
         let ad = B64.encode(aad.bytes());
         let mut opts = DecryptDataRequest::builder();
@@ -348,10 +294,10 @@ impl KmsBackend for VaultBackend {
             Err(e) => {
                 return Err(match http_status(&e) {
                     Some((400, says)) => {
-                        self.explain_400(&client, "decrypt", &says, Some(version))
+                        self.explain_400(&client, Op::Decrypt, &says, Some(version))
                             .await
                     }
-                    _ => classify("decrypt", &e),
+                    _ => classify(Op::Decrypt, &e),
                 })
             }
         };
@@ -373,12 +319,16 @@ impl KmsBackend for VaultBackend {
         }
         let client = self.client();
         let info = self.read_key(&client).await?;
+        let rights = capabilities::check(&client, self.uri.mount(), self.uri.key()).await?;
         let mut detail = format!("latest version v{}", info.latest_version);
         if info.min_decryption_version > 1 {
             detail.push_str(&format!(
                 ", min_decryption_version {}",
                 info.min_decryption_version
             ));
+        }
+        if rights == Rights::Unknown {
+            detail.push_str("; cannot check the token's encrypt/decrypt rights (sys/capabilities-self refused: attach the `default` policy), a lost right shows at the next wrap or unwrap");
         }
         if let Some(note) = lease.maintain(&client).await {
             detail.push_str("; ");
@@ -394,14 +344,6 @@ impl KmsBackend for VaultBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn versions() {
-        assert_eq!(ciphertext_version("vault:v12:abc"), Some(12));
-        assert_eq!(ciphertext_version("vault:v1:"), None);
-        assert_eq!(ciphertext_version("vault:vx:abc"), None);
-        assert_eq!(ciphertext_version("nope"), None);
-    }
 
     #[tokio::test]
     async fn new_does_not_contact_vault_and_debug_hides_the_token() {

@@ -8,10 +8,11 @@
 //   verified (a test stand-in), but an expired token, a token that is not a JWT, or one from
 //   an account disabled through /_fake/serviceAccounts:disable is UNAUTHENTICATED (401).
 //
-// Policies: a key or key ring with no policy ever set allows everything (so a fresh fake is
-// usable without set-up); once setIamPolicy was called on the key or its ring, the crypto and
-// read methods need a binding whose role grants the permission to a matching member. Admin
-// methods (create, update, destroy, setIamPolicy, …) are never checked.
+// Policies deny by default, as Cloud KMS does: the crypto and read methods need a binding, on
+// the key or its ring, whose role grants the permission to a matching member (allow policies
+// are additive down the hierarchy). A key or ring with no policy grants nothing. Admin
+// methods (create, update, destroy, setIamPolicy, …) are never checked: the tests are the
+// admin. (The tests' `Fake::create_key` grants `allUsers` explicitly, for AUTH=none.)
 
 const { ApiError } = require('./errors');
 
@@ -75,7 +76,6 @@ function memberMatches(member, principal) {
 // `policies`: the policies on the resource and its parents (undefined where never set).
 function permitted(policies, principal, permission) {
   const set = policies.filter(Boolean);
-  if (set.length === 0) return true;
   return set.some((p) => (p.bindings || []).some((b) => (ROLES[b.role] || []).includes(permission)
     && (b.members || []).some((m) => memberMatches(m, principal))));
 }

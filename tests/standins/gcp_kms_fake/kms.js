@@ -8,6 +8,10 @@
 // ciphertext+tag`, the header authenticated along with the caller's AAD, so like Cloud KMS
 // a ciphertext names its version and Decrypt on the CryptoKey finds it. Messages follow
 // Cloud KMS's wording where it is known ("… is not enabled, current state is: DISABLED.").
+//
+// Protection levels: a key is SOFTWARE unless created with versionTemplate.protectionLevel
+// HSM. Limits follow EncryptRequest's documentation: SOFTWARE, 64 KiB of plaintext and
+// 64 KiB of AAD; HSM, plaintext and AAD together at most 8 KiB (INVALID_ARGUMENT beyond).
 
 const crypto = require('crypto');
 const fs = require('fs');
@@ -22,6 +26,8 @@ const KEY_RE = /^(projects\/[^/]+\/locations\/[^/]+\/keyRings\/[^/]+)\/cryptoKey
 const VERSION_RE = /^(projects\/[^/]+\/locations\/[^/]+\/keyRings\/[^/]+\/cryptoKeys\/[^/]+)\/cryptoKeyVersions\/([^/]+)$/;
 const ID_RE = /^[a-zA-Z0-9_-]{1,63}$/;
 const MAX_DATA = 64 * 1024;
+const HSM_MAX_COMBINED = 8 * 1024;
+const LEVELS = ['SOFTWARE', 'HSM'];
 const DEFAULT_DESTROY_MS = 30 * 24 * 3600 * 1000; // Cloud KMS's default: 30 days
 const HEADER = 1 + 8 + 4 + 12;
 const EMPTY_POLICY_ETAG = Buffer.from('ACAB', 'base64');
@@ -38,6 +44,7 @@ class Kms {
     this.stateFile = stateFile;
     this.purposeEnum = root.lookupEnum('google.cloud.kms.v1.CryptoKey.CryptoKeyPurpose');
     this.stateEnum = root.lookupEnum('google.cloud.kms.v1.CryptoKeyVersion.CryptoKeyVersionState');
+    this.levelEnum = root.lookupEnum('google.cloud.kms.v1.ProtectionLevel');
     this.keyRings = {};
     this.keys = {};
     if (stateFile && fs.existsSync(stateFile)) {
@@ -112,7 +119,7 @@ class Kms {
     return {
       name: `${key.name}/cryptoKeyVersions/${v.id}`,
       state: v.state,
-      protectionLevel: 'SOFTWARE',
+      protectionLevel: key.level || 'SOFTWARE',
       algorithm: 'GOOGLE_SYMMETRIC_ENCRYPTION',
       createTime: ts(v.createTime),
       generateTime: ts(v.createTime),
@@ -128,7 +135,7 @@ class Kms {
       primary: primary ? this.versionView(key, primary) : undefined,
       purpose: 'ENCRYPT_DECRYPT',
       createTime: ts(key.createTime),
-      versionTemplate: { protectionLevel: 'SOFTWARE', algorithm: 'GOOGLE_SYMMETRIC_ENCRYPTION' },
+      versionTemplate: { protectionLevel: key.level || 'SOFTWARE', algorithm: 'GOOGLE_SYMMETRIC_ENCRYPTION' },
       destroyScheduledDuration: { seconds: Math.floor(key.destroyMs / 1000), nanos: (key.destroyMs % 1000) * 1e6 },
       labels: key.labels,
     };
@@ -178,10 +185,17 @@ class Kms {
     if (this.enumName(this.purposeEnum, body.purpose) !== 'ENCRYPT_DECRYPT') {
       throw ApiError.invalid('The fake supports only purpose ENCRYPT_DECRYPT.');
     }
+    const template = body.versionTemplate || {};
+    const level = template.protectionLevel === undefined || template.protectionLevel === null
+      ? 'SOFTWARE' : this.enumName(this.levelEnum, template.protectionLevel);
+    if (level !== 'PROTECTION_LEVEL_UNSPECIFIED' && !LEVELS.includes(level)) {
+      throw ApiError.invalid('The fake supports only protection levels SOFTWARE and HSM.');
+    }
     const d = body.destroyScheduledDuration;
     const destroyMs = d ? Number(d.seconds.toString()) * 1000 + Math.floor((d.nanos || 0) / 1e6) : DEFAULT_DESTROY_MS;
     const key = {
       name, createTime: Date.now(), destroyMs, labels: { ...(body.labels || {}) },
+      level: level === 'HSM' ? 'HSM' : 'SOFTWARE',
       primaryId: null, nextId: 1, versions: {}, policy: undefined,
     };
     if (!req.skipInitialVersionCreation) key.primaryId = this.newVersion(key).id;
@@ -317,6 +331,11 @@ class Kms {
     if (plaintext.length === 0) throw ApiError.invalid('plaintext is required.');
     if (plaintext.length > MAX_DATA) throw ApiError.invalid(`The plaintext must be at most ${MAX_DATA} bytes.`);
     if (aad.length > MAX_DATA) throw ApiError.invalid(`The additional_authenticated_data must be at most ${MAX_DATA} bytes.`);
+    if (key.level === 'HSM' && plaintext.length + aad.length > HSM_MAX_COMBINED) {
+      throw ApiError.invalid(
+        `The combined length of the plaintext and additional_authenticated_data fields must be no larger than ${HSM_MAX_COMBINED} bytes for HSM keys.`,
+      );
+    }
     checkCrc(req.plaintextCrc32c, plaintext, 'plaintext');
     checkCrc(req.additionalAuthenticatedDataCrc32c, aad, 'additional_authenticated_data');
     const id = m[2] || key.primaryId;
@@ -341,7 +360,7 @@ class Kms {
       verifiedPlaintextCrc32c: req.plaintextCrc32c !== null && req.plaintextCrc32c !== undefined,
       verifiedAdditionalAuthenticatedDataCrc32c:
         req.additionalAuthenticatedDataCrc32c !== null && req.additionalAuthenticatedDataCrc32c !== undefined,
-      protectionLevel: 'SOFTWARE',
+      protectionLevel: key.level || 'SOFTWARE',
     };
   }
 
@@ -377,7 +396,7 @@ class Kms {
       plaintext,
       plaintextCrc32c: { value: crc32c(plaintext) },
       usedPrimary: id === key.primaryId,
-      protectionLevel: 'SOFTWARE',
+      protectionLevel: key.level || 'SOFTWARE',
     };
   }
 }

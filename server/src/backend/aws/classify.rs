@@ -4,6 +4,12 @@
 //! unmodelled errors (`AccessDeniedException` and the auth codes are not in KMS's model),
 //! then the HTTP status. Anything we cannot place is UNREACHABLE: the daemon retries it and
 //! the grace period bounds it, where a wrong "revoked" would drop keys for nothing.
+//!
+//! A request the CALLER shaped can never change a key's state: on Encrypt and Decrypt a
+//! `ValidationException` or another 4xx that names no key state is InvalidRequest (on
+//! Decrypt: InvalidCiphertext, as the blob is what the caller sent). An authoritative
+//! denial (`AccessDeniedException`, 403) on Encrypt or Decrypt is REVOKED for the whole
+//! key: AWS has no per-version grants.
 
 use std::error::Error as StdError;
 
@@ -15,9 +21,10 @@ use aws_sdk_kms::operation::encrypt::EncryptError;
 use aws_sdk_kms::types::{KeyMetadata, KeySpec, KeyState, KeyUsageType};
 use aws_smithy_types::error::ErrorMetadata;
 
+use crate::backend::error_text::{chain_of, chain_text, short};
 use crate::backend::{BackendError, FailureClass};
 
-use FailureClass::{Destroyed, Disabled, InvalidCiphertext, Revoked, Unreachable};
+use FailureClass::{Destroyed, Disabled, InvalidCiphertext, InvalidRequest, Revoked, Unreachable};
 
 /// Error codes that mean "these credentials may not do this (any more)". KMS itself models
 /// none of them; they come from IAM/STS and the request signer.
@@ -59,7 +66,7 @@ const TRANSIENT_CODES: &[&str] = &[
 ];
 
 pub(super) fn encrypt(err: &SdkError<EncryptError, HttpResponse>) -> BackendError {
-    classify("Encrypt", err, |e| match e {
+    classify("Encrypt", Some(InvalidRequest), err, |e| match e {
         EncryptError::DisabledException(_) | EncryptError::InvalidKeyUsageException(_) => {
             Some(Disabled)
         }
@@ -70,12 +77,14 @@ pub(super) fn encrypt(err: &SdkError<EncryptError, HttpResponse>) -> BackendErro
         EncryptError::DependencyTimeoutException(_)
         | EncryptError::KmsInternalException(_)
         | EncryptError::KeyUnavailableException(_) => Some(Unreachable),
+        // Plaintext over 4096 bytes, an encryption context KMS will not take.
+        e if e.code() == Some("ValidationException") => Some(InvalidRequest),
         _ => None,
     })
 }
 
 pub(super) fn decrypt(err: &SdkError<DecryptError, HttpResponse>) -> BackendError {
-    classify("Decrypt", err, |e| match e {
+    classify("Decrypt", Some(InvalidCiphertext), err, |e| match e {
         DecryptError::InvalidCiphertextException(_) | DecryptError::IncorrectKeyException(_) => {
             Some(InvalidCiphertext)
         }
@@ -96,7 +105,7 @@ pub(super) fn decrypt(err: &SdkError<DecryptError, HttpResponse>) -> BackendErro
 }
 
 pub(super) fn describe_key(err: &SdkError<DescribeKeyError, HttpResponse>) -> BackendError {
-    classify("DescribeKey", err, |e| match e {
+    classify("DescribeKey", None, err, |e| match e {
         DescribeKeyError::NotFoundException(_) | DescribeKeyError::InvalidArnException(_) => {
             Some(Destroyed)
         }
@@ -151,9 +160,11 @@ pub(super) fn key_metadata(meta: &KeyMetadata) -> Result<(), BackendError> {
 }
 
 /// The shared part: typed variant → error code → HTTP status, for a service error; the
-/// transport kinds by what they are.
+/// transport kinds by what they are. `caller_4xx` is the class of a 4xx that names no key
+/// state on an operation carrying the caller's data (`None`: the operation carries none).
 fn classify<E>(
     op: &str,
+    caller_4xx: Option<FailureClass>,
     err: &SdkError<E, HttpResponse>,
     typed: impl Fn(&E) -> Option<FailureClass>,
 ) -> BackendError
@@ -173,7 +184,7 @@ where
                 .unwrap_or("unknown error");
             let class = typed(e)
                 .or_else(|| by_code(code, e.message().unwrap_or_default()))
-                .unwrap_or_else(|| by_status(status));
+                .unwrap_or_else(|| by_status(status, caller_4xx));
             let message = e
                 .message()
                 .map(|m| format!(": {}", short(m)))
@@ -184,7 +195,7 @@ where
         SdkError::ResponseError(ctx) => {
             let status = ctx.raw().status().as_u16();
             BackendError::new(
-                by_status(status),
+                by_status(status, None),
                 format!("{op}: unreadable answer (HTTP {status})"),
             )
         }
@@ -192,9 +203,9 @@ where
         // …), which the SDK runs before sending: an auth refusal there means REVOKED.
         SdkError::DispatchFailure(_) => {
             let class = auth_refusal_in_chain(err).unwrap_or(Unreachable);
-            BackendError::new(class, format!("{op}: {}", short(&chain(err))))
+            BackendError::new(class, format!("{op}: {}", chain_text(err)))
         }
-        _ => BackendError::unreachable(format!("{op}: {}", short(&chain(err)))),
+        _ => BackendError::unreachable(format!("{op}: {}", chain_text(err))),
     }
 }
 
@@ -214,10 +225,12 @@ fn by_code(code: &str, message: &str) -> Option<FailureClass> {
     }
 }
 
-fn by_status(status: u16) -> FailureClass {
-    match status {
-        401 | 403 => Revoked,
-        // 429, 5xx, and 4xx codes we do not know: retry, then UNREACHABLE.
+fn by_status(status: u16, caller_4xx: Option<FailureClass>) -> FailureClass {
+    match (status, caller_4xx) {
+        (401 | 403, _) => Revoked,
+        // 408 and 429 are the service's trouble, not the request's.
+        (400..=499, Some(caller)) if status != 408 && status != 429 => caller,
+        // 5xx, and 4xx codes we do not know on a metadata call: retry, then UNREACHABLE.
         _ => Unreachable,
     }
 }
@@ -226,43 +239,15 @@ fn by_status(status: u16) -> FailureClass {
 /// credentials error), found either as an `ErrorMetadata` or as a typed error whose
 /// Display starts with its code.
 fn auth_refusal_in_chain(err: &(dyn StdError + 'static)) -> Option<FailureClass> {
-    let mut next: Option<&(dyn StdError + 'static)> = Some(err);
-    while let Some(e) = next {
-        let code = match e.downcast_ref::<ErrorMetadata>() {
-            Some(meta) => meta.code().map(str::to_owned),
-            None => e.to_string().split(':').next().map(|s| s.trim().to_owned()),
-        };
-        if code.is_some_and(|c| AUTH_CODES.contains(&c.as_str())) {
-            return Some(Revoked);
-        }
-        next = e.source();
-    }
-    None
-}
-
-/// Each error of the chain's Display, joined: "dispatch failure: io error: …".
-fn chain(err: &(dyn StdError + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next: Option<&(dyn StdError + 'static)> = Some(err);
-    while let Some(e) = next {
-        let shown = e.to_string();
-        // Wrappers often repeat their source's text; say each thing once.
-        if parts.last().is_none_or(|last| !last.contains(&shown)) {
-            parts.push(shown);
-        }
-        next = e.source();
-    }
-    parts.join(": ")
-}
-
-/// Details reach RevokeStatus: keep them to one short line.
-fn short(s: &str) -> String {
-    const MAX: usize = 240;
-    let one_line = s.replace(['\n', '\r'], " ");
-    match one_line.char_indices().nth(MAX) {
-        Some((i, _)) => format!("{}…", &one_line[..i]),
-        None => one_line,
-    }
+    chain_of(err)
+        .any(|e| {
+            let code = match e.downcast_ref::<ErrorMetadata>() {
+                Some(meta) => meta.code().map(str::to_owned),
+                None => e.to_string().split(':').next().map(|s| s.trim().to_owned()),
+            };
+            code.is_some_and(|c| AUTH_CODES.contains(&c.as_str()))
+        })
+        .then_some(Revoked)
 }
 
 #[cfg(test)]
@@ -310,7 +295,9 @@ mod tests {
             ("KMSInternalException", 500, Unreachable),
             ("SomethingNew", 503, Unreachable),
             ("SomethingNew", 403, Revoked),
-            ("SomethingNew", 400, Unreachable),
+            ("SomethingNew", 400, InvalidRequest),
+            ("SomethingNew", 429, Unreachable),
+            ("ValidationException", 400, InvalidRequest),
             ("DisabledException", 400, Disabled),
             ("KMSInvalidStateException", 400, Destroyed),
             ("NotFoundException", 400, Destroyed),
@@ -321,6 +308,16 @@ mod tests {
         assert_eq!(
             decrypt(&SdkError::service_error(e, response(400))).class,
             InvalidCiphertext
+        );
+        let e = DecryptError::generic(generic("SomethingNew", "?"));
+        assert_eq!(
+            decrypt(&SdkError::service_error(e, response(400))).class,
+            InvalidCiphertext
+        );
+        let e = DescribeKeyError::generic(generic("SomethingNew", "?"));
+        assert_eq!(
+            describe_key(&SdkError::service_error(e, response(400))).class,
+            Unreachable
         );
         let e = DescribeKeyError::generic(generic("AccessDeniedException", "no"));
         assert_eq!(

@@ -10,11 +10,21 @@
 //! | `FAILED_PRECONDITION` "… PENDING_GENERATION / PENDING_IMPORT" | Unreachable (it settles) |
 //! | `INVALID_ARGUMENT` on Decrypt | InvalidCiphertext |
 //! | `INVALID_ARGUMENT` naming a checksum (`…_crc32c`) | Unreachable (corrupted in transit) |
-//! | other `INVALID_ARGUMENT` on Encrypt / GetCryptoKey | Disabled (the key cannot serve us) |
+//! | other `INVALID_ARGUMENT` on Encrypt (too large for an HSM key, …) | InvalidRequest |
+//! | other `INVALID_ARGUMENT` on GetCryptoKey / TestIamPermissions | Disabled (the key cannot serve us) |
 //! | `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `INTERNAL`, other codes | Unreachable |
 //! | a 401/403 without a Google body (e.g. a proxy) | Revoked |
 //! | any other HTTP status without a Google body, incl. 404 | Unreachable |
 //! | connect, timeout, I/O, a garbled response | Unreachable |
+//!
+//! Evidence about the key, and only that, changes its state:
+//! - `INVALID_ARGUMENT` on Encrypt is about the request the caller shaped (size, AAD), so it
+//!   is InvalidRequest and never DISABLED;
+//! - a `FAILED_PRECONDITION` on Decrypt names the version the CIPHERTEXT was made with (Cloud
+//!   KMS disables and destroys versions one by one), so it is version-scoped: that blob is
+//!   refused, the key's state is the status check's to say;
+//! - `PERMISSION_DENIED` / `UNAUTHENTICATED` on any call is REVOKED for the whole key: IAM
+//!   grants are per key (or ring), never per version.
 //!
 //! A bare 404 (no Google error body) is not proof that the key is gone: it is what a wrong
 //! `GCP_ENDPOINT` or a proxy answers, and DESTROYED drops held key material at once.
@@ -27,6 +37,7 @@ use google_cloud_gax::error::rpc::Code;
 use google_cloud_gax::error::Error as GaxError;
 
 use super::{BackendError, FailureClass};
+use crate::backend::error_text::{short, source_of};
 
 /// The Cloud KMS call that failed, for classification and messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,9 +59,6 @@ impl Op {
     }
 }
 
-/// Longest slice of a server message we repeat.
-const MAX_MESSAGE: usize = 200;
-
 /// Classifies an error from the Cloud KMS client.
 pub fn classify(op: Op, err: &GaxError) -> BackendError {
     let what = op.name();
@@ -61,7 +69,12 @@ pub fn classify(op: Op, err: &GaxError) -> BackendError {
         };
         let msg = short(&status.message);
         let class = class_for(op, code, &status.message);
-        return BackendError::new(class, format!("{what}: {} {msg}", code.name()));
+        let e = BackendError::new(class, format!("{what}: {} {msg}", code.name()));
+        return if op == Op::Decrypt && code == Code::FailedPrecondition {
+            e.version_scoped()
+        } else {
+            e
+        };
     }
     if let Some(cred) = source_of::<google_cloud_gax::error::CredentialsError>(err) {
         // Transient: the token source (metadata server, STS) did not answer. Otherwise the
@@ -103,26 +116,18 @@ pub fn classify(op: Op, err: &GaxError) -> BackendError {
     BackendError::unreachable(format!("{what}: {detail}"))
 }
 
-/// The first error of type `T` in `err`'s source chain.
-fn source_of<T: std::error::Error + 'static>(err: &GaxError) -> Option<&T> {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
-    while let Some(e) = next {
-        if let Some(t) = e.downcast_ref::<T>() {
-            return Some(t);
-        }
-        next = e.source();
-    }
-    None
-}
-
 fn class_for(op: Op, code: Code, message: &str) -> FailureClass {
     match code {
         Code::PermissionDenied | Code::Unauthenticated => FailureClass::Revoked,
         Code::NotFound => FailureClass::Destroyed,
         Code::FailedPrecondition => precondition_class(message),
         Code::InvalidArgument if names_checksum(message) => FailureClass::Unreachable,
-        Code::InvalidArgument if op == Op::Decrypt => FailureClass::InvalidCiphertext,
-        Code::InvalidArgument => FailureClass::Disabled,
+        Code::InvalidArgument => match op {
+            Op::Decrypt => FailureClass::InvalidCiphertext,
+            // Encrypt carries the caller's plaintext and AAD: the request is at fault.
+            Op::Encrypt => FailureClass::InvalidRequest,
+            Op::GetCryptoKey | Op::TestIamPermissions => FailureClass::Disabled,
+        },
         _ => FailureClass::Unreachable,
     }
 }
@@ -158,14 +163,6 @@ fn code_from_http(http: u16) -> Code {
         429 => Code::ResourceExhausted,
         504 => Code::DeadlineExceeded,
         _ => Code::Unavailable,
-    }
-}
-
-fn short(message: &str) -> String {
-    let one_line = message.replace(['\n', '\r'], " ");
-    match one_line.char_indices().nth(MAX_MESSAGE) {
-        Some((i, _)) => format!("{}…", &one_line[..i]),
-        None => one_line,
     }
 }
 
@@ -207,7 +204,8 @@ mod tests {
                 "The checksum in field ciphertext_crc32c did not match the data in field ciphertext.",
                 FailureClass::Unreachable,
             ),
-            (Op::Encrypt, Code::InvalidArgument, "bad purpose", FailureClass::Disabled),
+            (Op::Encrypt, Code::InvalidArgument, "The combined length of plaintext and additional_authenticated_data must be at most 8192 bytes for HSM keys.", FailureClass::InvalidRequest),
+            (Op::GetCryptoKey, Code::InvalidArgument, "bad name", FailureClass::Disabled),
             (Op::Encrypt, Code::Unavailable, "", FailureClass::Unreachable),
             (Op::Encrypt, Code::ResourceExhausted, "quota", FailureClass::Unreachable),
             (Op::Decrypt, Code::DeadlineExceeded, "", FailureClass::Unreachable),
@@ -217,6 +215,28 @@ mod tests {
             let got = classify(op, &service(code, msg));
             assert_eq!(got.class, want, "{op:?} {code:?} {msg}");
             assert!(got.detail.starts_with(op.name()), "{}", got.detail);
+        }
+    }
+
+    #[test]
+    fn only_key_evidence_is_evidence() {
+        use crate::state::KeyState;
+        let disabled = "projects/p/locations/l/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1 is not enabled, current state is: DISABLED.";
+        // A decrypt refused because the blob's version is off: refused, but not the key.
+        let e = classify(Op::Decrypt, &service(Code::FailedPrecondition, disabled));
+        assert_eq!((e.class, e.evidence()), (FailureClass::Disabled, None));
+        // Encrypt uses the primary: that is the key's state.
+        let e = classify(Op::Encrypt, &service(Code::FailedPrecondition, disabled));
+        assert_eq!(e.evidence(), Some(KeyState::Disabled));
+        // A denial on a crypto call is the whole key's, at once.
+        for op in [Op::Encrypt, Op::Decrypt] {
+            let e = classify(op, &service(Code::PermissionDenied, "Permission denied"));
+            assert_eq!(e.evidence(), Some(KeyState::Revoked), "{op:?}");
+        }
+        // What the caller shaped is never evidence.
+        for op in [Op::Encrypt, Op::Decrypt] {
+            let e = classify(op, &service(Code::InvalidArgument, "too large"));
+            assert_eq!(e.evidence(), None, "{op:?}");
         }
     }
 

@@ -21,10 +21,14 @@ use std::sync::Arc;
 use base64::Engine;
 use url::Url;
 
+use crate::backend::{net, params::Params};
 use crate::secret::SecretBytes;
 
 /// Parameters whose values may be shown; everything else is redacted (allow-list).
 const PUBLIC_PARAMS: &[&str] = &["AUTH", "GCP_ENDPOINT"];
+
+/// Every parameter a `gs:///` URI takes.
+const KNOWN_PARAMS: &[&str] = &["AUTH", "CREDENTIALS", "GCP_ENDPOINT"];
 
 const SHAPE: &str = "gs:///projects/P/locations/L/keyRings/R/cryptoKeys/K?AUTH=implicit";
 
@@ -71,25 +75,15 @@ impl GcpUri {
         }
         let key_name = parse_key_name(url.path())?;
 
-        let (mut auth, mut creds, mut endpoint) = (None, None, None);
-        for (k, v) in url.query_pairs() {
-            let slot = match k.as_ref() {
-                "AUTH" => &mut auth,
-                "CREDENTIALS" => &mut creds,
-                "GCP_ENDPOINT" => &mut endpoint,
-                other => {
-                    return Err(format!(
-                        "unknown parameter {}: gs:/// URIs take AUTH, CREDENTIALS and GCP_ENDPOINT",
-                        printable_name(other)
-                    ))
-                }
-            };
-            if slot.replace(v.into_owned()).is_some() {
-                return Err(format!("parameter {k} is given twice"));
-            }
-        }
-
-        let endpoint = endpoint.map(|e| parse_endpoint(&e)).transpose()?;
+        let mut p = Params::read(url, KNOWN_PARAMS, "gs")?;
+        let (auth, creds, endpoint) = (
+            p.take("AUTH"),
+            p.take("CREDENTIALS"),
+            p.take("GCP_ENDPOINT"),
+        );
+        let endpoint = endpoint
+            .map(|e| net::endpoint(&e, "GCP_ENDPOINT"))
+            .transpose()?;
         let auth = match (auth.as_deref(), creds) {
             (Some("implicit"), None) => GcpAuth::Implicit,
             (Some("implicit"), Some(_)) => {
@@ -106,7 +100,11 @@ impl GcpUri {
                 if creds.is_some() {
                     return Err("AUTH=none takes no CREDENTIALS".into());
                 }
-                if !endpoint.as_deref().is_some_and(is_loopback_endpoint) {
+                let loopback = endpoint
+                    .as_deref()
+                    .and_then(|e| Url::parse(e).ok())
+                    .is_some_and(|u| net::is_loopback_url(&u));
+                if !loopback {
                     return Err("AUTH=none (no credentials) is only for a local test endpoint: it needs GCP_ENDPOINT=http://127.0.0.1:PORT".into());
                 }
                 GcpAuth::None
@@ -213,58 +211,6 @@ fn check_segment(what: &str, s: &str, ok: impl Fn(char) -> bool) -> Result<(), S
         ));
     }
     Ok(())
-}
-
-/// A query parameter name is echoed only when it looks like a name; a malformed query could
-/// otherwise put a secret in the name position (`?eyJ0eXBlIjo…`).
-fn printable_name(name: &str) -> String {
-    if !name.is_empty()
-        && name.len() <= 32
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-    {
-        format!("{name:?}")
-    } else {
-        "(name not shown)".into()
-    }
-}
-
-fn parse_endpoint(raw: &str) -> Result<String, String> {
-    let url = Url::parse(raw).map_err(|_| {
-        "GCP_ENDPOINT is not a URL; e.g. https://cloudkms.googleapis.com".to_string()
-    })?;
-    let ok_shape = matches!(url.path(), "" | "/")
-        && url.query().is_none()
-        && url.fragment().is_none()
-        && url.username().is_empty()
-        && url.password().is_none()
-        && url.host_str().is_some_and(|h| !h.is_empty());
-    if !ok_shape {
-        return Err("GCP_ENDPOINT must be scheme://host[:port] with no path, query or user".into());
-    }
-    let out = url.as_str().trim_end_matches('/').to_owned();
-    match url.scheme() {
-        "https" => Ok(out),
-        // Plain HTTP would put bearer tokens and key material on the wire; only loopback,
-        // where the test fake listens, is acceptable.
-        "http" if is_loopback_endpoint(&out) => Ok(out),
-        "http" => Err(
-            "GCP_ENDPOINT may use http:// only towards 127.0.0.1, [::1] or localhost; use https://"
-                .into(),
-        ),
-        _ => Err("GCP_ENDPOINT must be an https:// URL".into()),
-    }
-}
-
-fn is_loopback_endpoint(endpoint: &str) -> bool {
-    let Ok(url) = Url::parse(endpoint) else {
-        return false;
-    };
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
-    }
 }
 
 /// Decodes `CREDENTIALS` (standard or URL-safe base64, padded or not) into the key JSON and
@@ -413,9 +359,11 @@ mod tests {
 
     #[test]
     fn unknown_and_repeated_params_fail() {
-        assert!(parse(&format!("{KEY}?AUTH=implicit&REGION=x"))
-            .unwrap_err()
-            .contains("REGION"));
+        let e = parse(&format!("{KEY}?AUTH=implicit&REGION=x")).unwrap_err();
+        assert!(
+            e.contains("unknown parameter") && !e.contains("REGION"),
+            "{e}"
+        );
         assert!(parse(&format!("{KEY}?AUTH=implicit&AUTH=implicit"))
             .unwrap_err()
             .contains("twice"));

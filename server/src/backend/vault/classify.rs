@@ -8,7 +8,43 @@
 use serde::Deserialize;
 use vaultrs::error::ClientError;
 
+use crate::backend::error_text::{root_cause, short};
 use crate::backend::{BackendError, FailureClass};
+
+/// The Vault call that failed: classification is per operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Op {
+    /// `POST <mount>/encrypt/<key>`: carries the caller's plaintext and context.
+    Encrypt,
+    /// `POST <mount>/decrypt/<key>`: carries the caller's ciphertext and context.
+    Decrypt,
+    /// `GET <mount>/keys/<key>`.
+    ReadKey,
+    /// `POST sys/capabilities-self`.
+    Capabilities,
+    /// `GET auth/token/lookup-self`.
+    LookupSelf,
+    /// `POST auth/token/renew-self`.
+    RenewSelf,
+}
+
+impl Op {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Op::Encrypt => "encrypt",
+            Op::Decrypt => "decrypt",
+            Op::ReadKey => "read key",
+            Op::Capabilities => "capabilities-self",
+            Op::LookupSelf => "token lookup-self",
+            Op::RenewSelf => "token renew-self",
+        }
+    }
+
+    /// Whether a 404 here means the key (or its mount) is gone.
+    fn names_the_key(self) -> bool {
+        matches!(self, Op::Encrypt | Op::Decrypt | Op::ReadKey)
+    }
+}
 
 /// Key types whose transit encrypt binds `associated_data`.
 const AEAD_TYPES: &[&str] = &[
@@ -71,9 +107,37 @@ pub(super) fn is_denied(e: &ClientError) -> bool {
     matches!(http_status(e), Some((401 | 403, _)))
 }
 
-/// Classifies a failed call `op` by status (a 400 here is taken as-is; callers that can
-/// tell the key's fault from the ciphertext's handle 400 first).
-pub(super) fn classify(op: &str, e: &ClientError) -> BackendError {
+/// The answer to a 400 when the key itself reads as healthy: the request was at fault.
+pub(super) fn after_400(
+    op: Op,
+    info: &KeyInfo,
+    vault_says: &str,
+    blob_version: Option<u64>,
+) -> BackendError {
+    match (op, blob_version) {
+        (Op::Decrypt, Some(v)) if v < info.min_decryption_version => {
+            BackendError::invalid_ciphertext(format!(
+                "ciphertext is from key version v{v}, below the key's min_decryption_version {} (retired by the operator)",
+                info.min_decryption_version
+            ))
+        }
+        (Op::Decrypt, _) => {
+            BackendError::invalid_ciphertext(format!("Vault refused to decrypt: {vault_says}"))
+        }
+        _ => BackendError::invalid_request(format!(
+            "Vault refused to {}: {vault_says}",
+            op.name()
+        )),
+    }
+}
+
+/// Classifies a failed call by operation and status. A 400 on encrypt is the caller's
+/// request (InvalidRequest), on decrypt the caller's blob (InvalidCiphertext): neither ever
+/// changes a key's state (callers that can ask the key first do so, see
+/// `VaultBackend::explain_400`). 401/403 is REVOKED on every operation: Vault policies
+/// grant paths, never key versions.
+pub(super) fn classify(op: Op, e: &ClientError) -> BackendError {
+    let op_name = op.name();
     let Some((code, says)) = http_status(e) else {
         return match e {
             // Transport (connection refused, timeout, TLS), or an answer that is not
@@ -81,55 +145,35 @@ pub(super) fn classify(op: &str, e: &ClientError) -> BackendError {
             // whose text may quote a response body (a plaintext, on decrypt).
             ClientError::RestClientError { source } => {
                 let cause = root_cause(source).unwrap_or_else(|| "unexpected answer".into());
-                BackendError::unreachable(format!("Vault {op}: {cause}"))
+                BackendError::unreachable(format!("Vault {op_name}: {cause}"))
             }
             // vaultrs's own variants display fixed texts (no source, no body).
-            _ => BackendError::unreachable(format!("Vault {op}: {e}")),
+            _ => BackendError::unreachable(format!("Vault {op_name}: {e}")),
         };
     };
     let with = |what: &str| {
         if says.is_empty() {
-            format!("Vault {op}: HTTP {code} ({what})")
+            format!("Vault {op_name}: HTTP {code} ({what})")
         } else {
-            format!("Vault {op}: HTTP {code} ({what}): {says}")
+            format!("Vault {op_name}: HTTP {code} ({what}): {says}")
         }
     };
-    match code {
-        401 | 403 => BackendError::new(
+    match (code, op) {
+        (401 | 403, _) => BackendError::new(
             FailureClass::Revoked,
             with("token revoked, expired or not allowed"),
         ),
-        404 => BackendError::new(FailureClass::Destroyed, with("key or mount not found")),
+        (404, op) if op.names_the_key() => {
+            BackendError::new(FailureClass::Destroyed, with("key or mount not found"))
+        }
         // 412: a performance standby not yet consistent; 429 rate limit (and 472/473 DR /
         // perf standby); 5xx: sealed (503), uninitialized, internal.
-        412 | 429 | 472 | 473 | 500..=599 => BackendError::unreachable(with("Vault unavailable")),
-        400 => BackendError::new(FailureClass::InvalidCiphertext, with("refused")),
+        (412 | 429 | 472 | 473 | 500..=599, _) => {
+            BackendError::unreachable(with("Vault unavailable"))
+        }
+        (400, Op::Encrypt) => BackendError::invalid_request(with("refused the request")),
+        (400, Op::Decrypt) => BackendError::invalid_ciphertext(with("refused the ciphertext")),
         _ => BackendError::unreachable(with("unexpected status")),
-    }
-}
-
-/// The innermost error text (e.g. "Connection refused (os error 111)", "operation timed
-/// out"): what an operator needs, without the layers of "error sending request". `None`
-/// if a JSON error is in the chain.
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut cur = e;
-    loop {
-        if cur.is::<serde_json::Error>() {
-            return None;
-        }
-        match cur.source() {
-            Some(next) => cur = next,
-            None => return Some(short(&cur.to_string())),
-        }
-    }
-}
-
-/// One line, at most 160 characters.
-fn short(s: &str) -> String {
-    let one: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    match one.char_indices().nth(160) {
-        Some((i, _)) => format!("{}…", &one[..i]),
-        None => one,
     }
 }
 
@@ -145,17 +189,37 @@ mod tests {
     }
 
     #[test]
-    fn statuses() {
-        for (code, msg, want) in [
-            (403, "permission denied", FailureClass::Revoked),
-            (404, "", FailureClass::Destroyed),
-            (503, "Vault is sealed", FailureClass::Unreachable),
-            (429, "", FailureClass::Unreachable),
+    fn statuses_per_operation() {
+        use FailureClass::*;
+        use Op::*;
+        for (op, code, want) in [
+            (ReadKey, 403, Revoked),
+            (Encrypt, 403, Revoked),
+            (Decrypt, 403, Revoked),
+            (Capabilities, 403, Revoked),
+            (ReadKey, 404, Destroyed),
+            (Decrypt, 404, Destroyed),
+            (Capabilities, 404, Unreachable),
+            (LookupSelf, 404, Unreachable),
+            (ReadKey, 503, Unreachable),
+            (Encrypt, 429, Unreachable),
+            (Encrypt, 400, InvalidRequest),
+            (Decrypt, 400, InvalidCiphertext),
+            (ReadKey, 400, Unreachable),
+            (RenewSelf, 400, Unreachable),
         ] {
-            assert_eq!(classify("read", &api(code, msg)).class, want, "{code}");
+            let e = classify(op, &api(code, "m"));
+            assert_eq!(e.class, want, "{op:?} {code}");
+            assert!(
+                e.detail.starts_with(&format!("Vault {}:", op.name())),
+                "{}",
+                e.detail
+            );
+            // Denials are about the whole key, never one version.
+            assert!(!e.version_only);
         }
         let e = classify(
-            "read",
+            ReadKey,
             &api(403, "1 error occurred:\n\t* permission denied\n\n"),
         );
         assert!(
@@ -163,6 +227,38 @@ mod tests {
             "{}",
             e.detail
         );
+    }
+
+    #[test]
+    fn a_400_on_a_healthy_key_is_never_key_evidence() {
+        let info = KeyInfo {
+            key_type: "aes256-gcm96".into(),
+            latest_version: 3,
+            min_decryption_version: 2,
+            soft_deleted: false,
+        };
+        let e = after_400(Op::Encrypt, &info, "bad request", None);
+        assert_eq!(
+            (e.class, e.evidence()),
+            (FailureClass::InvalidRequest, None)
+        );
+        let e = after_400(
+            Op::Decrypt,
+            &info,
+            "cipher: message authentication failed",
+            Some(3),
+        );
+        assert_eq!(
+            (e.class, e.evidence()),
+            (FailureClass::InvalidCiphertext, None)
+        );
+        let e = after_400(Op::Decrypt, &info, "", Some(1));
+        assert!(
+            e.detail.contains("min_decryption_version 2"),
+            "{}",
+            e.detail
+        );
+        assert_eq!(e.evidence(), None);
     }
 
     #[test]
@@ -188,10 +284,5 @@ mod tests {
                 .class,
             FailureClass::Disabled
         );
-    }
-
-    #[test]
-    fn short_is_short() {
-        assert_eq!(short(&"x".repeat(500)).chars().count(), 161);
     }
 }

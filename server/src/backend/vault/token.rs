@@ -1,9 +1,12 @@
 //! The daemon's Vault token: where it comes from, and keeping it alive.
 //!
 //! - **Loading.** `TOKEN_FILE` is read at start and re-read at every status check, so a
-//!   Vault Agent file sink (or an operator) can swap the token without a restart; a file
-//!   that other users may read is refused (`chmod 600`; in Kubernetes `defaultMode: 0400`).
-//!   `TOKEN_ENV` is read once at start.
+//!   Vault Agent file sink (or an operator) can swap the token without a restart. It is
+//!   read by [`crate::fs::read_private`], the daemon's one reader of secret files, which
+//!   checks the OPEN handle (no check-then-read race): a regular file, owned by the
+//!   daemon's user or root, with no access for group or others (`chmod 600`; in Kubernetes
+//!   `defaultMode: 0400`; a Vault Agent `file` sink needs `mode = 0600`, its default
+//!   0640 is refused). `TOKEN_ENV` is read once at start.
 //! - **Renewal (renew-on-check).** At the first status check with a token, the daemon
 //!   looks it up (`auth/token/lookup-self`); from then on it tracks the expiry locally and,
 //!   at a status check that finds less than half the token's TTL (or period) left, renews
@@ -17,7 +20,6 @@
 //! message here formats it.
 
 use std::fmt;
-use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -25,6 +27,7 @@ use tokio::time::Instant;
 use vaultrs::client::VaultClient;
 use zeroize::Zeroizing;
 
+use super::classify::{classify, Op};
 use super::uri::TokenSource;
 
 /// Longest token file we read: tokens are ~100 bytes; anything bigger is a wrong path.
@@ -70,28 +73,15 @@ impl fmt::Debug for Token {
 pub(super) fn load(source: &TokenSource) -> Result<Token, String> {
     match source {
         TokenSource::File(path) => {
-            let shown = path.display();
-            let meta = std::fs::metadata(path)
-                .map_err(|e| format!("cannot read Vault token file {shown}: {e}"))?;
-            if !meta.is_file() {
-                return Err(format!("Vault token file {shown} is not a regular file"));
-            }
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o007 != 0 {
-                return Err(format!(
-                    "Vault token file {shown} is open to other users (mode {mode:04o}): chmod 600 it"
-                ));
-            }
-            if meta.len() > MAX_TOKEN_FILE {
-                return Err(format!(
-                    "Vault token file {shown} is too big to hold a token"
-                ));
-            }
-            let raw = Zeroizing::new(
-                std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read Vault token file {shown}: {e}"))?,
-            );
-            Token::validate(&raw, &format!("file {shown}"))
+            let raw = crate::fs::read_private(path, MAX_TOKEN_FILE)
+                .map_err(|e| format!("Vault token file: {e}"))?;
+            let text = std::str::from_utf8(&raw).map_err(|_| {
+                format!(
+                    "the Vault token file {} is not text: a token is printable ASCII",
+                    path.display()
+                )
+            })?;
+            Token::validate(text, &format!("file {}", path.display()))
         }
         TokenSource::Env(name) => {
             let raw = Zeroizing::new(std::env::var(name).map_err(|_| {
@@ -162,7 +152,8 @@ impl Lease {
                     if super::is_denied(&e) {
                         self.lookup_denied = true;
                     }
-                    tracing::warn!(error = %e, "cannot look up the Vault token (is the `default` policy attached?); token renewal is off until it works");
+                    let e = classify(Op::LookupSelf, &e);
+                    tracing::warn!(error = %e.detail, "cannot look up the Vault token (is the `default` policy attached?); token renewal is off until it works");
                     return None;
                 }
             }
@@ -193,7 +184,8 @@ impl Lease {
                 None
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot renew the Vault token");
+                let e = classify(Op::RenewSelf, &e);
+                tracing::warn!(error = %e.detail, "cannot renew the Vault token");
                 Some(format!("token renewal failed; expires in {}", human(left)))
             }
         }
@@ -208,6 +200,7 @@ fn human(d: Duration) -> String {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
 
     fn file_with(mode: u32, content: &str) -> tempfile::NamedTempFile {
         let mut f = tempfile::NamedTempFile::new().unwrap();
@@ -226,9 +219,22 @@ mod tests {
 
     #[test]
     fn refuses_world_readable_empty_and_odd_files() {
-        let f = file_with(0o644, "s.SECRETTOKEN");
+        // Group-readable is refused too (the old check let 0640 through).
+        for mode in [0o644, 0o640, 0o604] {
+            let f = file_with(mode, "s.SECRETTOKEN");
+            let e = load(&TokenSource::File(f.path().into())).unwrap_err();
+            assert!(
+                e.contains("chmod 600") && !e.contains("SECRET"),
+                "{mode:o}: {e}"
+            );
+        }
+        let f = file_with(0o600, "s.\u{ff}");
+        std::fs::write(f.path(), b"s.\xff\xfe").unwrap();
         let e = load(&TokenSource::File(f.path().into())).unwrap_err();
-        assert!(e.contains("chmod 600") && !e.contains("SECRET"), "{e}");
+        assert!(e.contains("not text"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let e = load(&TokenSource::File(dir.path().into())).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
         let f = file_with(0o600, "  \n");
         assert!(load(&TokenSource::File(f.path().into()))
             .unwrap_err()

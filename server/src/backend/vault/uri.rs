@@ -2,11 +2,11 @@
 //! at config load (STYLE lesson 6). The shape is documented on [`crate::backend::vault`].
 
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr};
 use std::path::PathBuf;
 
 use url::{Host, Url};
 
+use crate::backend::{net, params::Params};
 use crate::key_uri::redact_query;
 
 /// Vault's default API port.
@@ -65,57 +65,49 @@ impl VaultUri {
         let port = url.port().unwrap_or(DEFAULT_PORT);
         let (mount, key) = parse_path(url.path())?;
 
-        let mut tls = None;
-        let mut token = None;
-        let mut namespace = None;
-        let mut ca_file = None;
-        let mut seen: Vec<String> = Vec::new();
-        for (name, value) in url.query_pairs() {
-            if seen.iter().any(|s| *s == name) {
-                return Err(format!(
-                    "vault URI parameter {} is given twice",
-                    shown(&name)
-                ));
-            }
-            seen.push(name.to_string());
-            match &*name {
-                "TLS" => {
-                    tls = Some(match &*value {
-                        "true" => true,
-                        "false" => false,
-                        _ => return Err("vault URI parameter TLS must be true or false".into()),
-                    })
-                }
-                "TOKEN_FILE" => {
-                    let p = absolute(&value, "TOKEN_FILE")?;
-                    set_token(&mut token, TokenSource::File(p))?;
-                }
-                "TOKEN_ENV" => {
-                    if !is_env_name(&value) {
-                        return Err("vault URI parameter TOKEN_ENV must name an environment variable ([A-Za-z_][A-Za-z0-9_]*)".into());
-                    }
-                    set_token(&mut token, TokenSource::Env(value.into_owned()))?;
-                }
-                "NAMESPACE" => {
-                    let ns = value.trim_matches('/');
-                    if !is_path(ns) {
-                        return Err("vault URI parameter NAMESPACE must be a path like team1 or team1/child".into());
-                    }
-                    namespace = Some(ns.to_owned());
-                }
-                "CA_FILE" => ca_file = Some(absolute(&value, "CA_FILE")?),
-                "TOKEN" | "VAULT_TOKEN" => {
-                    return Err("vault URIs do not take an inline token: put it in a file (TOKEN_FILE=/path, mode 0600) or an environment variable (TOKEN_ENV=NAME)".into())
-                }
-                other => {
-                    return Err(format!(
-                        "unknown vault URI parameter {}: use {}",
-                        shown(other),
-                        PARAMS.join(", ")
-                    ))
-                }
-            }
+        // A token pasted inline gets its own answer (where to put it instead); the shared
+        // reader would only call it unknown.
+        if url
+            .query_pairs()
+            .any(|(name, _)| matches!(&*name, "TOKEN" | "VAULT_TOKEN"))
+        {
+            return Err("vault URIs do not take an inline token: put it in a file (TOKEN_FILE=/path, mode 0600) or an environment variable (TOKEN_ENV=NAME)".into());
         }
+        let mut p = Params::read(url, PARAMS, "vault")?;
+        let tls = match p.take("TLS").as_deref() {
+            None => None,
+            Some("true") => Some(true),
+            Some("false") => Some(false),
+            Some(_) => return Err("vault URI parameter TLS must be true or false".into()),
+        };
+        let token = match (p.take("TOKEN_FILE"), p.take("TOKEN_ENV")) {
+            (Some(_), Some(_)) => return Err("give exactly one of TOKEN_FILE and TOKEN_ENV".into()),
+            (Some(file), None) => Some(TokenSource::File(absolute(&file, "TOKEN_FILE")?)),
+            (None, Some(env)) => {
+                if !is_env_name(&env) {
+                    return Err("vault URI parameter TOKEN_ENV must name an environment variable ([A-Za-z_][A-Za-z0-9_]*)".into());
+                }
+                Some(TokenSource::Env(env))
+            }
+            (None, None) => None,
+        };
+        let namespace = match p.take("NAMESPACE") {
+            Some(ns) => {
+                let ns = ns.trim_matches('/');
+                if !is_path(ns) {
+                    return Err(
+                        "vault URI parameter NAMESPACE must be a path like team1 or team1/child"
+                            .into(),
+                    );
+                }
+                Some(ns.to_owned())
+            }
+            None => None,
+        };
+        let ca_file = p
+            .take("CA_FILE")
+            .map(|f| absolute(&f, "CA_FILE"))
+            .transpose()?;
         let token = token.ok_or("a vault URI needs TOKEN_FILE=/path or TOKEN_ENV=NAME")?;
         let tls = tls.unwrap_or(true);
         if !tls && !loopback {
@@ -199,13 +191,14 @@ impl fmt::Debug for VaultUri {
 fn parse_host(url: &Url) -> Result<(String, bool), String> {
     match url.host() {
         Some(Host::Ipv4(ip)) => Ok((ip.to_string(), ip.is_loopback())),
-        Some(Host::Ipv6(ip)) => Ok((format!("[{ip}]"), ip == Ipv6Addr::LOCALHOST)),
+        Some(Host::Ipv6(ip)) => Ok((format!("[{ip}]"), ip.is_loopback())),
         Some(Host::Domain(d)) if !d.is_empty() => {
             // `vault` is not a special scheme, so the url crate keeps the host opaque and
             // does not parse an IPv4 address or lower-case it: do both here.
             let d = d.to_ascii_lowercase();
-            if let Ok(ip) = d.parse::<IpAddr>() {
-                return Ok((d, ip.is_loopback()));
+            if d.parse::<std::net::IpAddr>().is_ok() {
+                let loopback = net::is_loopback_host(&d);
+                return Ok((d, loopback));
             }
             let ok = d.split('.').all(|l| {
                 !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
@@ -213,7 +206,7 @@ fn parse_host(url: &Url) -> Result<(String, bool), String> {
             if !ok {
                 return Err("vault URI host must be a DNS name or an IP address".into());
             }
-            let loopback = d == "localhost";
+            let loopback = net::is_loopback_host(&d);
             Ok((d, loopback))
         }
         _ => Err("a vault URI needs a host: vault://HOST:PORT/<mount>/<key>".into()),
@@ -270,24 +263,6 @@ fn absolute(value: &str, param: &str) -> Result<PathBuf, String> {
         Err(format!(
             "vault URI parameter {param} must be an absolute path"
         ))
-    }
-}
-
-fn set_token(slot: &mut Option<TokenSource>, source: TokenSource) -> Result<(), String> {
-    if slot.is_some() {
-        return Err("give exactly one of TOKEN_FILE and TOKEN_ENV".into());
-    }
-    *slot = Some(source);
-    Ok(())
-}
-
-/// A parameter NAME for an error message: names are not secrets, but a pasted token could
-/// land in the name position (`?s.XXXX`), so only a short, plain-looking name is echoed.
-fn shown(name: &str) -> String {
-    if name.len() <= 24 && name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
-        format!("{name:?}")
-    } else {
-        "(name not shown)".into()
     }
 }
 
