@@ -52,6 +52,7 @@ pub struct Config {
     pub revocation: RevocationConfig,
     pub kms: RetryPolicy,
     pub policy: Policy,
+    pub limits: crate::limits::Limits,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +106,8 @@ struct RawConfig {
     kms: RawKms,
     #[serde(default)]
     policy: Vec<RawPolicy>,
+    #[serde(default)]
+    limits: crate::limits::RawLimits,
 }
 
 #[derive(Deserialize)]
@@ -384,7 +387,10 @@ impl Config {
             rules.push(rule);
         }
 
+        let uris_per_key = keys.values().map(|k| k.uris.len());
+        let limits = crate::limits::Limits::from_raw(raw.limits, kms.deadline, uris_per_key, path)?;
         Ok(Config {
+            limits,
             file: path.to_owned(),
             server,
             tls,

@@ -5,6 +5,7 @@
 mod common;
 
 mod cli;
+mod flood;
 mod revocation;
 mod store_keys;
 mod transport;
