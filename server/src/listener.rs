@@ -264,4 +264,32 @@ mod tests {
             "one line for four failures within a second"
         );
     }
+
+    #[tokio::test]
+    async fn the_unix_cap_holds_further_clients_in_the_backlog_until_one_closes() {
+        use futures_util::StreamExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("s.sock");
+        let incoming = unix_incoming(UnixListener::bind(&path).unwrap(), 2);
+        let mut incoming = Box::pin(incoming);
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(UnixStream::connect(&path).await.unwrap());
+        }
+        let first = incoming.next().await.unwrap().unwrap();
+        let _second = incoming.next().await.unwrap().unwrap();
+        // The third client is connected (the kernel's backlog) but not accepted.
+        let third = tokio::time::timeout(Duration::from_millis(200), incoming.next()).await;
+        assert!(
+            third.is_err(),
+            "a third connection was accepted over the cap"
+        );
+        // Closing one connection releases its permit.
+        drop(first);
+        let third = tokio::time::timeout(Duration::from_secs(10), incoming.next()).await;
+        assert!(
+            matches!(third, Ok(Some(Ok(_)))),
+            "the freed permit was not reused"
+        );
+    }
 }
