@@ -78,9 +78,6 @@ allow = ["WrapKey", "UnwrapKey"]
 "#,
         d = dir.display()
     );
-    // The daemon never creates its state dir.
-    let _ = std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-        .create(dir.join("state"));
     Config::parse(&dir.join("k.toml"), &text).unwrap()
 }
 

@@ -103,11 +103,6 @@ fn main() -> ExitCode {
             let (config, banner) = if dev {
                 match kms_broker::dev::prepare(&dev_dir) {
                     Ok(c) => {
-                        // Only --dev makes its own state dir; a configured daemon never does.
-                        if let Err(e) = make_dev_state_dir(&c.server.state_dir) {
-                            eprintln!("kms-broker: {e}");
-                            return ExitCode::FAILURE;
-                        }
                         let dir = c.file.parent().map(PathBuf::from).unwrap_or_default();
                         (c, Some(kms_broker::dev::usage(&dir)))
                     }
@@ -158,16 +153,6 @@ async fn serve(config: Config, banner: Option<String>) -> Result<(), ServeError>
         println!("{b}");
     }
     server.serve(shutdown_signal()).await
-}
-
-/// Creates `--dev`'s state dir (0700) if it is missing.
-fn make_dev_state_dir(dir: &std::path::Path) -> Result<(), String> {
-    use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(format!("cannot create {}: {e}", dir.display())),
-    }
 }
 
 /// SIGTERM or SIGINT.

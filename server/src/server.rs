@@ -63,8 +63,8 @@ fn lock_state_dir(dir: &Path) -> Result<DirLock, ServeError> {
         LockError::InUse { .. } => ServeError::StateDirInUse(e.to_string()),
         LockError::Io { error, .. } if error.kind() == std::io::ErrorKind::NotFound => {
             ServeError::Startup(format!(
-                "state_dir {} does not exist; create it (mode 0700, owned by the daemon's user) or mount it: the daemon never creates it, so that a lost mount is not mistaken for a new node",
-                dir.display()
+                "state dir {shown} does not exist; kms-broker never creates it (a missing one may be a lost mount); create it with `install -d -m 0700 {shown}` as the daemon's user, or mount it",
+                shown = dir.display()
             ))
         }
         LockError::Io { .. } => ServeError::Startup(format!("state_dir: {e}")),

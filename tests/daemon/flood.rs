@@ -45,6 +45,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 fn make_state_dir(dir: &Path) {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
+        .recursive(true)
         .mode(0o700)
         .create(dir.join("state"))
         .unwrap();

@@ -416,8 +416,10 @@ async fn a_health_watcher_does_not_hold_shutdown_for_the_grace_period() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     certs::write_dev_certs(&dir.join("certs")).unwrap();
-    std::fs::create_dir(dir.join("state")).unwrap();
-    std::fs::set_permissions(dir.join("state"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    // The daemon never creates its state dir.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir.join("state"))
+        .unwrap();
     // A grace far longer than the hang guard below: waiting for the watcher would fail.
     let text = crate::common::config_text(dir, &body("tp-watch", ""))
         .replace("shutdown_grace = \"2s\"", "shutdown_grace = \"120s\"");
