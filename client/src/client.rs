@@ -10,7 +10,8 @@ use zeroize::Zeroizing;
 use crate::pb::key_broker_client::KeyBrokerClient;
 use crate::retry::retry_until;
 use crate::{
-    pb, ClientError, ClientOptions, KeyStatus, SecretBytes, StoreKeys, TlsFiles, Unwrapped, Wrapped,
+    pb, ClientError, ClientOptions, KeyStatus, RevokeEvent, RewrapReport, SecretBytes, StoreKeys,
+    StoreStatus, TlsFiles, Unwrapped, Wrapped,
 };
 
 /// A handle to one kms-broker daemon. Cheap to clone: clones share one HTTP/2 connection.
@@ -204,6 +205,97 @@ impl Client {
         let resp = self.grpc.clone().revoke_status(req).await;
         let resp = resp.map_err(|s| self.error(s))?.into_inner();
         Ok(resp.keys.into_iter().map(KeyStatus::from).collect())
+    }
+
+    /// Makes a new active key for `store_id`; the old ones stay readable (`previous`).
+    pub async fn rotate_store_key(&self, store_id: &str) -> Result<StoreStatus, ClientError> {
+        let req = pb::RotateStoreKeyRequest {
+            store_id: store_id.to_owned(),
+        };
+        let resp = self.grpc.clone().rotate_store_key(req).await;
+        Ok(resp.map_err(|s| self.error(s))?.into_inner().into())
+    }
+
+    /// Which key and versions wrap each store: `Some(id)` for one, `None` for every store
+    /// the caller may see.
+    pub async fn store_status(
+        &self,
+        store_id: Option<&str>,
+    ) -> Result<Vec<StoreStatus>, ClientError> {
+        let req = pb::StoreStatusRequest {
+            store_id: store_id.unwrap_or_default().to_owned(),
+        };
+        let resp = self.grpc.clone().store_status(req).await;
+        let resp = resp.map_err(|s| self.error(s))?.into_inner();
+        Ok(resp.stores.into_iter().map(StoreStatus::from).collect())
+    }
+
+    /// Re-wraps store files under their configured key's current version (one store, or
+    /// all); with `dry_run`, only reports what would change.
+    pub async fn rewrap(
+        &self,
+        store_id: Option<&str>,
+        dry_run: bool,
+    ) -> Result<RewrapReport, ClientError> {
+        let req = pb::RewrapRequest {
+            store_id: store_id.unwrap_or_default().to_owned(),
+            dry_run,
+        };
+        let resp = self.grpc.clone().rewrap(req).await;
+        let resp = resp.map_err(|s| self.error(s))?.into_inner();
+        Ok(RewrapReport {
+            stores: resp.stores.into_iter().map(StoreStatus::from).collect(),
+            rewrapped: resp.rewrapped,
+        })
+    }
+
+    /// Re-wraps a blob made by [`Client::wrap_key`] under its key's current version, or
+    /// under the key named `to`, without the plaintext ever reaching this process.
+    pub async fn rewrap_key<K, V>(
+        &self,
+        wrapped: &[u8],
+        context: impl IntoIterator<Item = (K, V)>,
+        to: Option<&str>,
+    ) -> Result<Wrapped, ClientError>
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let req = pb::RewrapKeyRequest {
+            wrapped: wrapped.to_vec(),
+            context: collect_context(context),
+            key: to.unwrap_or_default().to_owned(),
+        };
+        let resp = self.grpc.clone().rewrap_key(req).await;
+        let resp = resp.map_err(|s| self.error(s))?.into_inner();
+        Ok(Wrapped {
+            wrapped: resp.wrapped,
+            key: resp.key,
+            key_version: resp.key_version,
+        })
+    }
+
+    /// The current state of one key (`Some`) or every visible key (`None`), then every
+    /// change as it happens: drop your keys on a revoked state. The stream ends when the
+    /// daemon shuts down; call again to resume (the first event is the full state).
+    pub async fn watch_revoke_status(
+        &self,
+        key: Option<&str>,
+    ) -> Result<
+        impl tokio_stream::Stream<Item = Result<RevokeEvent, ClientError>> + use<>,
+        ClientError,
+    > {
+        let req = pb::RevokeStatusRequest {
+            key: key.unwrap_or_default().to_owned(),
+        };
+        // A watch outlives any call timeout: the channel's timeout applies per message.
+        let resp = self.grpc.clone().watch_revoke_status(req).await;
+        let stream = resp.map_err(|s| self.error(s))?.into_inner();
+        let endpoint = self.endpoint.clone();
+        Ok(tokio_stream::StreamExt::map(stream, move |r| {
+            r.map(RevokeEvent::from)
+                .map_err(|s| ClientError::from_status(s, &endpoint, Default::default()))
+        }))
     }
 
     fn error(&self, status: tonic::Status) -> ClientError {

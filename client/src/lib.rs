@@ -21,7 +21,8 @@
 //!
 //! # Layout
 //!
-//! - `client.rs`: [`Client`]: connecting, the four RPCs.
+//! - `client.rs`: [`Client`]: connecting, the RPCs.
+//! - `lifecycle.rs`: typed results of the lifecycle RPCs ([`StoreStatus`], [`RevokeEvent`]).
 //! - `options.rs`: [`ClientOptions`], [`TlsFiles`].
 //! - `retry.rs`: [`Backoff`] and the start-up retry loop.
 //! - `types.rs`: typed responses ([`StoreKeys`], [`KeyStatus`], ...).
@@ -55,6 +56,7 @@
 
 mod client;
 mod error;
+mod lifecycle;
 mod options;
 mod retry;
 mod types;
@@ -62,6 +64,7 @@ mod types;
 pub use client::Client;
 pub use error::{retryable_code, ClientError};
 pub use kms_broker_api::{pb, Algorithm, SecretBytes, KEY_ID_LEN};
+pub use lifecycle::{RevokeEvent, RewrapReport, StoreKeyInfo, StoreStatus};
 pub use options::{ClientOptions, TlsFiles};
 pub use retry::Backoff;
 pub use tonic::Code;

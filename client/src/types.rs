@@ -199,7 +199,7 @@ impl From<pb::UriStatus> for UriStatus {
 }
 
 /// A protobuf timestamp as a `SystemTime`; `None` if it is out of range or malformed.
-fn timestamp(ts: prost_types::Timestamp) -> Option<SystemTime> {
+pub(crate) fn timestamp(ts: prost_types::Timestamp) -> Option<SystemTime> {
     let nanos = u32::try_from(ts.nanos)
         .ok()
         .filter(|n| *n < 1_000_000_000)?;

@@ -1,31 +1,27 @@
 //! The work behind the RPCs, free of gRPC types: wrap and unwrap under configured keys,
 //! poll key states. Store keys are in [`crate::stores`], which uses this.
 //!
-//! Every KMS answer is recorded in the [`Tracker`], so revocation seen by a real call takes
-//! effect at once, not only at the next poll.
+//! Every KMS answer is recorded on its URI ([`crate::revocation`]), so a revocation seen by
+//! a real call takes effect at once, not only at the next poll. A caller's request never
+//! changes a key's state: sizes are checked against each KMS's limits before calling it,
+//! and refusals the request shaped carry no evidence. After a KMS call succeeds the key's
+//! gate is checked AGAIN, so a call admitted just before a revocation does not hand out
+//! what it got.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::join_all;
 
 use crate::backend::resilient::Resilient;
 use crate::backend::{self, Aad, BackendError, FailureClass, KmsBackend};
 use crate::config::{Config, ConfigError};
-use crate::envelope::{Entry, Envelope};
+use crate::envelope::{Entry, Envelope, DOES_NOT_AUTHENTICATE};
 use crate::error::Error;
-use crate::key_uri::KeyUri;
-use crate::revocation::{KeyStatus, Tracker};
+use crate::key_name::KeyName;
+use crate::revocation::{Clock, Key, KeyStatus, KmsUri, Source};
 use crate::secret::SecretBytes;
-
-/// One configured KMS URI and its backend.
-#[derive(Debug)]
-pub struct UriBackend {
-    pub uri: KeyUri,
-    /// `uri.id()`, which envelopes record; computed once, as every call compares it.
-    pub id: String,
-    pub backend: Resilient,
-}
 
 /// What WrapKey made.
 #[derive(Debug)]
@@ -41,11 +37,12 @@ pub struct Unwrapped {
     pub key_version: String,
 }
 
-/// Configured keys with their backends and states.
+/// Configured keys, each with its URIs' backends and states.
 #[derive(Debug)]
 pub struct Broker {
-    keys: BTreeMap<String, Vec<UriBackend>>,
-    tracker: Tracker,
+    keys: BTreeMap<KeyName, Key>,
+    clock: Clock,
+    grace: Duration,
 }
 
 impl Broker {
@@ -63,55 +60,72 @@ impl Broker {
                         problem: format!("{}: {problem}", uri.redacted()),
                         fix: "correct the URI or the files and variables it names".into(),
                     })?;
-                uris.push(UriBackend {
-                    uri: uri.clone(),
-                    id: uri.id(),
-                    backend: Resilient::new(inner, config.kms),
-                });
+                uris.push(KmsUri::new(uri.clone(), Resilient::new(inner, config.kms)));
             }
-            keys.insert(name.clone(), uris);
+            let name = name.clone();
+            keys.insert(name.clone(), Key { name, uris });
         }
-        let tracker = Tracker::new(
-            keys.iter().map(|(n, u): (&String, &Vec<UriBackend>)| {
-                (n.as_str(), u.iter().map(|u| u.uri.redacted()).collect())
-            }),
-            config.revocation.grace_period,
-        );
-        Ok(Self { keys, tracker })
+        Ok(Self {
+            keys,
+            clock: Clock::default(),
+            grace: config.revocation.grace_period,
+        })
     }
 
-    pub fn tracker(&self) -> &Tracker {
-        &self.tracker
-    }
-
-    pub fn has_key(&self, name: &str) -> bool {
-        self.keys.contains_key(name)
-    }
-
-    fn uris(&self, name: &str) -> Result<&[UriBackend], Error> {
+    /// The configured key, or NOT_FOUND.
+    pub fn key(&self, name: &KeyName) -> Result<&Key, Error> {
         self.keys
             .get(name)
-            .map(Vec::as_slice)
-            .ok_or_else(|| Error::NotFound(format!("no key named {name:?}")))
+            .ok_or_else(|| Error::NotFound(format!("no key named {:?}", name.as_str())))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &Key> {
+        self.keys.values()
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn status(&self, name: &KeyName) -> Option<KeyStatus> {
+        self.keys.get(name).map(Key::status)
+    }
+
+    /// Whether material already held for `key` (a store key) may be handed out now.
+    pub fn may_hand_out_held(&self, key: &KeyName) -> Result<(), Error> {
+        self.key(key)?.may_hand_out_held(self.grace)
     }
 
     /// Wraps under EVERY URI of `key` (concurrently), binding the key name and `context`.
     pub async fn wrap(
         &self,
-        key: &str,
+        key: &KeyName,
         plaintext: &SecretBytes,
         context: BTreeMap<String, String>,
     ) -> Result<Wrapped, Error> {
-        let uris = self.uris(key)?;
-        self.tracker.gate_wrap(key)?;
-        let aad = Aad::new(key, context);
-        let results = join_all(uris.iter().map(|u| u.backend.encrypt(plaintext, &aad))).await;
-        let mut entries = Vec::with_capacity(uris.len());
+        let k = self.key(key)?;
+        k.gate_wrap()?;
+        let aad = Aad::new(key.as_str(), context);
+        for u in &k.uris {
+            u.backend
+                .check_size(plaintext.len(), &aad)
+                .map_err(|e| kms_error(key, e))?;
+        }
+        let aad = &aad;
+        let calls = k.uris.iter().map(|u| {
+            let ticket = self.clock.ticket(Source::Use);
+            async move { (ticket, u.backend.encrypt(plaintext, aad).await) }
+        });
+        let results = join_all(calls).await;
+        let mut entries = Vec::with_capacity(k.uris.len());
         let mut failure: Option<BackendError> = None;
-        for (i, (u, r)) in uris.iter().zip(results).enumerate() {
+        for (u, (ticket, r)) in k.uris.iter().zip(results) {
             match r {
                 Ok(ct) => {
-                    self.tracker.record_use(key, i);
+                    u.record(&self.clock, key, ticket, Ok(None));
+                    if !ct.key_version.is_empty() {
+                        u.note_version(&ct.key_version);
+                    }
                     entries.push(Entry {
                         uri_id: u.id.clone(),
                         key_version: ct.key_version,
@@ -119,8 +133,8 @@ impl Broker {
                     });
                 }
                 Err(e) => {
-                    self.tracker.record(key, i, Err(&e));
-                    tracing::warn!(key, uri = %u.uri.redacted(), detail = %e.detail, "wrap failed");
+                    u.record(&self.clock, key, ticket, Err(&e));
+                    tracing::warn!(%key, uri = %u.uri.redacted(), detail = %e.detail, "wrap failed");
                     failure = Some(worse(failure, e));
                 }
             }
@@ -128,74 +142,82 @@ impl Broker {
         if let Some(e) = failure {
             return Err(kms_error(key, e));
         }
+        k.gate_wrap()?;
         let key_version = entries
             .iter()
             .map(|e| e.key_version.as_str())
             .collect::<Vec<_>>()
             .join(",");
-        let blob = Envelope {
-            key_name: key.to_owned(),
-            entries,
-        }
-        .encode();
+        let blob = Envelope::seal(key, &entries, plaintext)?;
         Ok(Wrapped { blob, key_version })
     }
 
     /// Unwraps with the first configured URI that can: ACTIVE URIs first, revoked kinds
-    /// never. URIs come from the config, matched by id; the blob only says which.
+    /// never, each URI at most once. URIs come from the config, matched by id; the blob only
+    /// says which. An entry whose URI is no longer configured is skipped, so old blobs
+    /// survive retiring a region.
     pub async fn unwrap(
         &self,
-        envelope: &Envelope,
+        env: &Envelope,
         context: BTreeMap<String, String>,
     ) -> Result<Unwrapped, Error> {
-        let key = envelope.key_name.as_str();
-        let uris = self.uris(key)?;
-        self.tracker.gate_any(key)?;
-        let aad = Aad::new(key, context);
+        let key = &env.key_name;
+        let k = self.key(key)?;
+        k.gate_any()?;
+        let aad = Aad::with_format(env.format.aad(), key.as_str(), context);
 
-        // (uri index, entry), usable URIs only, ACTIVE before UNREACHABLE.
-        let mut candidates: Vec<(usize, &Entry)> = envelope
+        // Envelope entries are unique by URI id (decode checks) and so are a key's URIs
+        // (config checks): each URI is tried at most once.
+        let mut candidates: Vec<(&KmsUri, &Entry)> = env
             .entries
             .iter()
-            .filter_map(|e| uris.iter().position(|u| u.id == e.uri_id).map(|i| (i, e)))
+            .filter_map(|e| k.uris.iter().find(|u| u.id == e.uri_id).map(|u| (u, e)))
             .collect();
         if candidates.is_empty() {
             return Err(Error::invalid(format!(
-                "wrapped was made by KMS keys that are not configured for key {key:?}"
+                "wrapped was made by KMS keys that are not configured for key {:?}",
+                key.as_str()
             )));
         }
-        candidates.sort_by_key(|(i, _)| self.tracker.uri_state(key, *i));
+        candidates.sort_by_key(|(u, _)| u.state());
         let mut failure: Option<BackendError> = None;
-        for (i, entry) in candidates {
-            if self
-                .tracker
-                .uri_state(key, i)
-                .is_some_and(|s| s.is_revoked_kind())
-            {
+        for (u, entry) in candidates {
+            if u.state().is_revoked_kind() {
                 continue;
             }
-            let u = &uris[i];
+            if let Err(e) = u.backend.check_size(entry.ciphertext.len(), &aad) {
+                failure = Some(worse(failure, e));
+                continue;
+            }
+            let ticket = self.clock.ticket(Source::Use);
             match u
                 .backend
                 .decrypt(&entry.ciphertext, &entry.key_version, &aad)
                 .await
             {
                 Ok(d) => {
-                    self.tracker.record_use(key, i);
+                    u.record(&self.clock, key, ticket, Ok(None));
+                    env.verify(&d.plaintext)?;
+                    k.gate_any()?;
+                    let key_version = match d.key_version {
+                        Some(v) => v,
+                        None if env.versions_authenticated() => entry.key_version.clone(),
+                        None => String::new(),
+                    };
                     return Ok(Unwrapped {
                         plaintext: d.plaintext,
-                        key_version: d.key_version.unwrap_or_default(),
+                        key_version,
                     });
                 }
                 Err(e) => {
-                    // Only an unreachable KMS is news about the whole URI here. A refused
-                    // Decrypt may be about this blob's key version alone (Cloud KMS disables
-                    // versions one by one), so key states come from the status check and
-                    // from Encrypt, which always uses the primary.
-                    if e.class == FailureClass::Unreachable {
-                        self.tracker.record(key, i, Err(&e));
+                    u.record(&self.clock, key, ticket, Err(&e));
+                    tracing::debug!(%key, uri = %u.uri.redacted(), detail = %e.detail, "unwrap attempt failed");
+                    // A blob that does not authenticate under one of its KMS keys was
+                    // tampered with (or made for another context): asking the others only
+                    // costs KMS calls.
+                    if e.class == FailureClass::InvalidCiphertext {
+                        return Err(kms_error(key, e));
                     }
-                    tracing::debug!(key, uri = %u.uri.redacted(), detail = %e.detail, "unwrap attempt failed");
                     failure = Some(worse(failure, e));
                 }
             }
@@ -203,34 +225,37 @@ impl Broker {
         match failure {
             Some(e) => Err(kms_error(key, e)),
             // Every candidate URI is of a revoked kind.
-            None => Err(self.tracker.gate_any(key).err().unwrap_or_else(|| {
-                Error::Unavailable(format!("no usable KMS URI for key {key:?}"))
+            None => Err(k.gate_any().err().unwrap_or_else(|| {
+                Error::Unavailable(format!("no usable KMS URI for key {:?}", key.as_str()))
             })),
         }
     }
 
     /// Checks every URI of every key once, concurrently, and records the answers.
     pub async fn poll_once(&self) {
-        let checks = self.keys.iter().flat_map(|(name, uris)| {
-            uris.iter().enumerate().map(move |(i, u)| async move {
-                let r = u.backend.check().await;
-                (name.as_str(), i, r)
+        let checks = self.keys.values().flat_map(|k| {
+            k.uris.iter().map(move |u| {
+                let ticket = self.clock.ticket(Source::Check);
+                async move {
+                    let r = u.backend.check().await;
+                    let r = match &r {
+                        Ok(h) => {
+                            if let Some(v) = &h.version {
+                                u.note_version(v);
+                            }
+                            Ok(Some(h.detail.as_str()))
+                        }
+                        Err(e) => Err(e),
+                    };
+                    u.record(&self.clock, &k.name, ticket, r);
+                }
             })
         });
-        for (name, i, r) in join_all(checks).await {
-            match r {
-                Ok(h) => self.tracker.record(name, i, Ok(&h.detail)),
-                Err(e) => self.tracker.record(name, i, Err(&e)),
-            }
-        }
-    }
-
-    pub fn status(&self, key: &str) -> Option<KeyStatus> {
-        self.tracker.status(key)
+        join_all(checks).await;
     }
 }
 
-/// Of two failures, the one that says more: a ciphertext that does not authenticate beats
+/// Of two failures, the one that says more: a request or ciphertext the KMS refused beats
 /// a revoked key, which beats an unreachable KMS.
 fn worse(prev: Option<BackendError>, e: BackendError) -> BackendError {
     fn rank(c: FailureClass) -> u8 {
@@ -247,20 +272,93 @@ fn worse(prev: Option<BackendError>, e: BackendError) -> BackendError {
 }
 
 /// A classified KMS failure as the caller sees it.
-pub fn kms_error(key: &str, e: BackendError) -> Error {
-    match e.class {
-        FailureClass::InvalidCiphertext => Error::invalid(
-            "wrapped does not authenticate (tampered, another key, or another context)",
-        ),
-        FailureClass::InvalidRequest => Error::invalid(e.detail),
-        FailureClass::Unreachable => Error::Unavailable(format!(
-            "the KMS for key {key:?} did not answer: {}",
+pub fn kms_error(key: &KeyName, e: BackendError) -> Error {
+    match (e.class, e.class.key_state()) {
+        (FailureClass::InvalidCiphertext, _) => Error::invalid(DOES_NOT_AUTHENTICATE),
+        (FailureClass::InvalidRequest, _) => Error::invalid(e.detail),
+        (FailureClass::Unreachable, _) | (_, None) => Error::Unavailable(format!(
+            "the KMS for key {:?} did not answer: {}",
+            key.as_str(),
             e.detail
         )),
-        c => Error::KeyNotUsable {
-            key: key.to_owned(),
-            state: c.key_state().expect("revoked kinds have a state"),
+        (_, Some(state)) => Error::KeyNotUsable {
+            key: key.to_string(),
+            state,
             detail: e.detail,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::backend::AadFormat;
+
+    async fn broker(dir: &Path) -> (Broker, Arc<dyn KmsBackend>) {
+        let key = dir.join("k.bin");
+        crate::backend::file::create_key_file(&key).unwrap();
+        let text = format!(
+            "[server]\nunix_socket = \"s.sock\"\nstate_dir = \"state\"\n[keys.k]\nuris = [\"file://{}\"]\n",
+            key.display()
+        );
+        let config = Config::parse(&dir.join("c.toml"), &text).unwrap();
+        let uri = &config.keys.values().next().unwrap().uris[0];
+        let backend = backend::connect(uri).await.unwrap();
+        (Broker::new(&config).await.unwrap(), backend)
+    }
+
+    /// The layout the previous daemon wrote: no MAC, AAD of format 1.
+    fn v1_blob(name: &str, uri_id: &str, version: &str, ct: &[u8]) -> Vec<u8> {
+        let mut b = b"KMSB\x01".to_vec();
+        b.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        b.extend_from_slice(name.as_bytes());
+        b.push(1);
+        for s in [uri_id, version] {
+            b.extend_from_slice(&(s.len() as u16).to_be_bytes());
+            b.extend_from_slice(s.as_bytes());
+        }
+        b.extend_from_slice(&(ct.len() as u32).to_be_bytes());
+        b.extend_from_slice(ct);
+        b
+    }
+
+    #[tokio::test]
+    async fn version_1_blobs_still_unwrap_but_their_header_versions_are_not_echoed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, backend) = broker(dir.path()).await;
+        let name = KeyName::parse("k").unwrap();
+        let ctx = BTreeMap::from([("backup".to_owned(), "b1".to_owned())]);
+        let aad = Aad::with_format(AadFormat::V1, "k", ctx.clone());
+        let ct = backend
+            .encrypt(&SecretBytes::copy_from(b"old data key"), &aad)
+            .await
+            .unwrap();
+        let id = broker.key(&name).unwrap().uris[0].id.clone();
+        let blob = v1_blob("k", &id, "forged-version", &ct.bytes);
+        let env = Envelope::decode(&blob).unwrap();
+        let out = broker.unwrap(&env, ctx.clone()).await.unwrap();
+        assert_eq!(out.plaintext.expose(), b"old data key");
+        assert_eq!(
+            out.key_version, ct.key_version,
+            "from the key, not the header"
+        );
+        // The same ciphertext under the current format's AAD does not authenticate.
+        let v2 = Envelope::seal(
+            &name,
+            &[Entry {
+                uri_id: id,
+                key_version: String::new(),
+                ciphertext: ct.bytes,
+            }],
+            &SecretBytes::copy_from(b"old data key"),
+        )
+        .unwrap();
+        let e = broker
+            .unwrap(&Envelope::decode(&v2).unwrap(), ctx)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
     }
 }

@@ -13,6 +13,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::backend::resilient::RetryPolicy;
+use crate::envelope::{MAX_ENTRIES, MAX_URI_ID};
+use crate::key_name::KeyName;
 use crate::key_uri::KeyUri;
 use crate::policy::{Policy, PolicyRule};
 use crate::store_key::{Algorithm, StoreId};
@@ -47,7 +49,7 @@ pub struct Config {
     pub file: PathBuf,
     pub server: ServerConfig,
     pub tls: Option<TlsFiles>,
-    pub keys: BTreeMap<String, KeyConfig>,
+    pub keys: BTreeMap<KeyName, KeyConfig>,
     pub stores: BTreeMap<StoreId, StoreConfig>,
     pub revocation: RevocationConfig,
     pub kms: RetryPolicy,
@@ -78,7 +80,7 @@ pub struct KeyConfig {
 
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    pub key: String,
+    pub key: KeyName,
     pub algorithm: Algorithm,
 }
 
@@ -261,18 +263,21 @@ impl Config {
         let mut keys = BTreeMap::new();
         for (name, k) in raw.keys {
             let field = format!("keys.{name}");
-            if !valid_name(&name) {
-                return Err(err(
-                    &field,
-                    "key names use [A-Za-z0-9._-], 1 to 128 characters".into(),
-                    "rename the key",
-                ));
-            }
+            let name = KeyName::parse(&name)
+                .map_err(|problem| err(&field, problem.into(), "rename the key"))?;
             if k.uris.is_empty() {
                 return Err(err(
                     &format!("{field}.uris"),
                     "no URIs".into(),
                     "list at least one KMS key URI",
+                ));
+            }
+            // A wrapped envelope holds one entry per URI, at most MAX_ENTRIES.
+            if k.uris.len() > MAX_ENTRIES {
+                return Err(err(
+                    &format!("{field}.uris"),
+                    format!("{} URIs; a key has at most {MAX_ENTRIES}", k.uris.len()),
+                    "split the URIs across keys",
                 ));
             }
             let mut uris = Vec::with_capacity(k.uris.len());
@@ -285,6 +290,13 @@ impl Config {
                     )
                 })?;
                 parsed.resolve_relative(&base);
+                if parsed.id().len() > MAX_URI_ID {
+                    return Err(err(
+                        &format!("{field}.uris[{i}]"),
+                        format!("the key's identity is over {MAX_URI_ID} bytes"),
+                        "use a shorter path or key name",
+                    ));
+                }
                 if uris.iter().any(|p: &KeyUri| p.id() == parsed.id()) {
                     return Err(err(
                         &format!("{field}.uris[{i}]"),
@@ -302,13 +314,16 @@ impl Config {
             let field = format!("stores.{id}");
             let store_id =
                 StoreId::parse(&id).map_err(|problem| err(&field, problem, "rename the store"))?;
-            if !keys.contains_key(&s.key) {
-                return Err(err(
-                    &format!("{field}.key"),
-                    format!("no key named {:?} under [keys]", s.key),
-                    "name a key defined under [keys.NAME]",
-                ));
-            }
+            let key = match KeyName::parse(&s.key) {
+                Ok(k) if keys.contains_key(&k) => k,
+                _ => {
+                    return Err(err(
+                        &format!("{field}.key"),
+                        format!("no key named {:?} under [keys]", s.key),
+                        "name a key defined under [keys.NAME]",
+                    ))
+                }
+            };
             let algorithm = match s.algorithm.as_deref() {
                 None => Algorithm::Aes256,
                 Some(a) => Algorithm::parse(a).ok_or_else(|| {
@@ -319,13 +334,7 @@ impl Config {
                     )
                 })?,
             };
-            stores.insert(
-                store_id,
-                StoreConfig {
-                    key: s.key,
-                    algorithm,
-                },
-            );
+            stores.insert(store_id, StoreConfig { key, algorithm });
         }
 
         let revocation = RevocationConfig {
@@ -457,6 +466,37 @@ allow = ["WrapKey", "GetStoreKey"]
         let e = parse(&GOOD.replace("uid:0", "cert:backup")).unwrap_err();
         assert!(e.field.starts_with("policy[0]"), "{e}");
         assert!(e.problem.contains("GetStoreKey"), "{e}");
+    }
+
+    #[test]
+    fn a_key_has_at_most_as_many_uris_as_an_envelope_holds() {
+        let uris = |n: usize| {
+            (0..n)
+                .map(|i| format!("\"file:///k/{i}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let with = |n: usize| {
+            let line = GOOD
+                .lines()
+                .find(|l| l.starts_with("uris"))
+                .expect("GOOD has a uris line");
+            GOOD.replace(line, &format!("uris = [{}]", uris(n)))
+        };
+        assert_eq!(
+            parse(&with(MAX_ENTRIES))
+                .unwrap()
+                .keys
+                .values()
+                .next()
+                .unwrap()
+                .uris
+                .len(),
+            MAX_ENTRIES
+        );
+        let e = parse(&with(MAX_ENTRIES + 1)).unwrap_err();
+        assert_eq!(e.field, "keys.primary.uris");
+        assert!(e.problem.contains("at most 16"), "{e}");
     }
 
     #[test]

@@ -15,12 +15,15 @@
 //! - [`health`]: the health service, whose watchers end on shutdown.
 //! - [`service`]: the generated `KeyBroker` service: peer → policy → work → response.
 //! - [`broker`]: the work itself, free of gRPC types.
+//! - [`log_limit`]: rate limits and safe display for what callers put in logs.
 //! - [`peer`] / [`policy`]: who is calling and what they may do.
+//! - [`key_name`]: `KeyName`, a configured key's name, parsed once.
 //! - [`key_uri`]: KMS key URIs parsed into an enum; redaction.
 //! - [`envelope`]: the versioned wrapped-key format.
 //! - [`stores`]: GetStoreKey's work: create once, unwrap after restarts, hold, coalesce.
 //! - [`store_key`]: store keys on disk: atomic, durable, never plaintext.
-//! - [`revocation`]: the key-state tracker and its poller.
+//! - [`revocation`]: one home per configured URI (backend + state), keys, and the rules
+//!   that change states (a denial is lifted only by a check that began after it).
 //! - [`secret`]: the one type for key bytes (from `kms-broker-api`, shared with the client).
 //! - [`error`]: the error enum and the one conversion into `tonic::Status`.
 //! - [`backend`]: `trait KmsBackend`, retries, and one module per KMS.
@@ -39,9 +42,11 @@ pub mod error;
 pub mod fs;
 pub mod hardening;
 pub mod health;
+pub mod key_name;
 pub mod key_uri;
 pub mod limits;
 pub mod listener;
+pub mod log_limit;
 pub mod peer;
 pub mod policy;
 pub mod revocation;

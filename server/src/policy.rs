@@ -8,39 +8,50 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use crate::config::valid_name;
 use crate::error::Error;
+use crate::key_name::KeyName;
 use crate::peer::Peer;
 use crate::store_key::StoreId;
 
-/// The KeyBroker operations a rule can allow.
+/// The KeyBroker operations a rule can allow: the RPC names. `WatchRevokeStatus` is
+/// governed by `RevokeStatus`; `RewrapKey` needs `UnwrapKey` on the source key and
+/// `WrapKey` on the target (CONTRACT "Additions").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Operation {
     WrapKey,
     UnwrapKey,
     GetStoreKey,
     RevokeStatus,
+    RotateStoreKey,
+    StoreStatus,
+    Rewrap,
 }
 
 impl Operation {
+    const ALL: [Operation; 7] = [
+        Operation::WrapKey,
+        Operation::UnwrapKey,
+        Operation::GetStoreKey,
+        Operation::RevokeStatus,
+        Operation::RotateStoreKey,
+        Operation::StoreStatus,
+        Operation::Rewrap,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Operation::WrapKey => "WrapKey",
             Operation::UnwrapKey => "UnwrapKey",
             Operation::GetStoreKey => "GetStoreKey",
             Operation::RevokeStatus => "RevokeStatus",
+            Operation::RotateStoreKey => "RotateStoreKey",
+            Operation::StoreStatus => "StoreStatus",
+            Operation::Rewrap => "Rewrap",
         }
     }
 
     fn parse(s: &str) -> Option<Self> {
-        [
-            Operation::WrapKey,
-            Operation::UnwrapKey,
-            Operation::GetStoreKey,
-            Operation::RevokeStatus,
-        ]
-        .into_iter()
-        .find(|o| o.as_str() == s)
+        Self::ALL.into_iter().find(|o| o.as_str() == s)
     }
 }
 
@@ -85,7 +96,7 @@ pub struct PolicyRule {
     pub peer: PeerMatcher,
     pub allow: BTreeSet<Operation>,
     /// `None`: every key.
-    pub keys: Option<BTreeSet<String>>,
+    pub keys: Option<BTreeSet<KeyName>>,
     /// `None`: every store.
     pub stores: Option<BTreeSet<StoreId>>,
 }
@@ -113,7 +124,7 @@ impl PolicyRule {
                 (
                     "allow",
                     format!("{a:?} is not an operation"),
-                    "use WrapKey, UnwrapKey, GetStoreKey or RevokeStatus".to_string(),
+                    format!("use {}", Operation::ALL.map(Operation::as_str).join(", ")),
                 )
             })?;
             ops.insert(op);
@@ -128,14 +139,17 @@ impl PolicyRule {
         let keys = match keys {
             None => None,
             Some(ks) => {
-                if let Some(bad) = ks.iter().find(|k| !valid_name(k)) {
-                    return Err((
-                        "keys",
-                        format!("{bad:?} is not a key name"),
-                        "list key names from [keys]".into(),
-                    ));
+                let mut set = BTreeSet::new();
+                for k in ks {
+                    set.insert(KeyName::parse(k).map_err(|_| {
+                        (
+                            "keys",
+                            format!("{k:?} is not a key name"),
+                            "list key names from [keys]".to_string(),
+                        )
+                    })?);
                 }
-                Some(ks.iter().cloned().collect())
+                Some(set)
             }
         };
         let stores =
@@ -163,7 +177,7 @@ impl PolicyRule {
         &self,
         peer: &Peer,
         op: Operation,
-        key: Option<&str>,
+        key: Option<&KeyName>,
         store: Option<&StoreId>,
     ) -> bool {
         self.peer.matches(peer)
@@ -190,7 +204,7 @@ impl Policy {
         &self,
         peer: &Peer,
         op: Operation,
-        key: Option<&str>,
+        key: Option<&KeyName>,
         store: Option<&StoreId>,
     ) -> Result<(), Error> {
         if op == Operation::GetStoreKey && !matches!(peer, Peer::Unix { .. }) {
@@ -209,9 +223,14 @@ impl Policy {
     }
 
     /// Whether `peer` may see `key` in RevokeStatus.
-    pub fn may_see(&self, peer: &Peer, key: &str) -> bool {
+    pub fn may_see(&self, peer: &Peer, key: &KeyName) -> bool {
         self.authorize(peer, Operation::RevokeStatus, Some(key), None)
             .is_ok()
+    }
+
+    /// Whether `peer` may call `op` on `store` (to list only what it may see).
+    pub fn may_use_store(&self, peer: &Peer, op: Operation, store: &StoreId) -> bool {
+        self.authorize(peer, op, None, Some(store)).is_ok()
     }
 }
 
@@ -223,6 +242,10 @@ mod tests {
         let allow: Vec<String> = allow.iter().map(|s| s.to_string()).collect();
         let keys: Option<Vec<String>> = keys.map(|k| k.iter().map(|s| s.to_string()).collect());
         PolicyRule::parse(peer, &allow, keys.as_deref(), None).unwrap()
+    }
+
+    fn name(s: &str) -> KeyName {
+        KeyName::parse(s).unwrap()
     }
 
     fn unix(uid: u32, gid: u32) -> Peer {
@@ -237,7 +260,7 @@ mod tests {
     fn default_deny() {
         let p = Policy::default();
         let e = p
-            .authorize(&unix(0, 0), Operation::WrapKey, Some("k"), None)
+            .authorize(&unix(0, 0), Operation::WrapKey, Some(&name("k")), None)
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
     }
@@ -249,16 +272,16 @@ mod tests {
             rule("gid:50", &["UnwrapKey"], None),
         ]);
         assert!(p
-            .authorize(&unix(1000, 1), Operation::WrapKey, Some("a"), None)
+            .authorize(&unix(1000, 1), Operation::WrapKey, Some(&name("a")), None)
             .is_ok());
         assert!(p
-            .authorize(&unix(1000, 1), Operation::WrapKey, Some("b"), None)
+            .authorize(&unix(1000, 1), Operation::WrapKey, Some(&name("b")), None)
             .is_err());
         assert!(p
-            .authorize(&unix(1000, 1), Operation::UnwrapKey, Some("a"), None)
+            .authorize(&unix(1000, 1), Operation::UnwrapKey, Some(&name("a")), None)
             .is_err());
         assert!(p
-            .authorize(&unix(7, 50), Operation::UnwrapKey, Some("zzz"), None)
+            .authorize(&unix(7, 50), Operation::UnwrapKey, Some(&name("zzz")), None)
             .is_ok());
     }
 
@@ -269,10 +292,10 @@ mod tests {
             identity: "backup".into(),
         };
         assert!(p
-            .authorize(&tls, Operation::UnwrapKey, Some("k"), None)
+            .authorize(&tls, Operation::UnwrapKey, Some(&name("k")), None)
             .is_ok());
         assert!(p
-            .authorize(&tls, Operation::WrapKey, Some("k"), None)
+            .authorize(&tls, Operation::WrapKey, Some(&name("k")), None)
             .is_err());
         let e = PolicyRule::parse("cert:x", &["GetStoreKey".into()], None, None).unwrap_err();
         assert_eq!(e.0, "allow");

@@ -163,7 +163,7 @@ impl Server {
         // Before anything touches the state dir.
         let state_lock = lock_state_dir(&config.server.state_dir)?;
         let broker = Arc::new(Broker::new(&config).await?);
-        let stores = Arc::new(Stores::new(&config).map_err(ServeError::Startup)?);
+        let stores = Stores::new(&config, broker.clone()).map_err(ServeError::Startup)?;
         let unix = bind_unix(&config.server.unix_socket).await?;
         let tcp = match (config.server.tcp_listen, tls) {
             (Some(addr), Some(tls)) => Some((
@@ -242,13 +242,10 @@ impl Server {
             .build_v1alpha()
             .map_err(|e| ServeError::Startup(format!("reflection: {e}")))?
             .max_decoding_message_size(MAX_SMALL_REQUEST);
-        let service = KeyBrokerServer::new(Service::new(
-            broker.clone(),
-            stores.clone(),
-            config.policy.clone(),
-        ))
-        .max_decoding_message_size(MAX_KEY_BROKER_REQUEST)
-        .max_encoding_message_size(MAX_KEY_BROKER_RESPONSE);
+        let svc = Service::new(broker.clone(), stores.clone(), config.policy.clone());
+        let service = KeyBrokerServer::new(svc.clone())
+            .max_decoding_message_size(MAX_KEY_BROKER_REQUEST)
+            .max_encoding_message_size(MAX_KEY_BROKER_RESPONSE);
 
         let poller = tokio::spawn(poll_loop(
             broker.clone(),
@@ -293,6 +290,7 @@ impl Server {
         health
             .set_service_status("", ServingStatus::NotServing)
             .await;
+        svc.close_streams();
         // After NOT_SERVING is set: health watchers pass it on, then end.
         let _ = stop_tx.send(true);
         let grace = config.server.shutdown_grace;
@@ -339,7 +337,7 @@ async fn poll_loop(
         tokio::select! {
             _ = tick.tick() => {
                 broker.poll_once().await;
-                stores.purge(&broker);
+                stores.purge();
             }
             _ = async { let _ = stop.wait_for(|s| *s).await.map(|_| ()); } => return,
         }

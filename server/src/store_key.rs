@@ -138,7 +138,8 @@ pub enum StoreFileError {
          (the store's data is encrypted under the key it holds)",
         path.display()
     )]
-    Corrupt { path: PathBuf, problem: FormatError },    /// [`create_store_file`] found a file already there.
+    Corrupt { path: PathBuf, problem: FormatError },
+    /// [`create_store_file`] found a file already there.
     #[error("store key file {} already exists", path.display())]
     Exists { path: PathBuf },
 }

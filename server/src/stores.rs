@@ -1,18 +1,25 @@
 //! GetStoreKey's work: create a store's key once, persist it only wrapped, unwrap it after a
 //! restart, hold it in zeroized memory, and hand it out only while its KMS key allows.
 //!
-//! Concurrent calls for one store are coalesced: a per-store lock means one KMS unwrap (or
-//! one creation) however many node processes ask at once.
+//! Each configured store has ONE slot: its config, the lock that coalesces concurrent calls
+//! (one KMS unwrap, or one creation, however many node processes ask at once) and the keys
+//! held in memory. Held keys are dropped as soon as their KMS key's state changes to one that
+//! may not hand them out: a purger follows the revocation epoch.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::broker::Broker;
 use crate::config::{Config, StoreConfig};
 use crate::envelope::Envelope;
 use crate::error::Error;
-use crate::store_key::{self, StoreId, StoreKey, StoreKeyFile, WrappedStoreKey};
+use crate::key_name::KeyName;
+use crate::store_key::{self, StoreFileError, StoreId, StoreKey, StoreKeyFile, WrappedStoreKey};
+
+mod lifecycle;
+
+pub use lifecycle::{KeyInfo, StoreInfo};
 
 /// The context every store-key wrap binds. Its `kms-broker:` prefix is reserved: a caller
 /// of UnwrapKey cannot supply it, so UnwrapKey can never open a store key's blob.
@@ -26,12 +33,6 @@ pub struct StoreKeys {
     pub previous: Vec<StoreKey>,
 }
 
-#[derive(Debug)]
-struct Held {
-    key_name: String,
-    keys: StoreKeys,
-}
-
 impl StoreKeys {
     fn duplicate(&self) -> StoreKeys {
         StoreKeys {
@@ -41,195 +42,255 @@ impl StoreKeys {
     }
 }
 
-/// Store configs, their on-disk state and the keys held in memory.
+/// Keys held in memory, with the KMS key that unwrapped them (the file's, which may differ
+/// from the configured one while a store moves between keys).
+#[derive(Debug)]
+struct Held {
+    key_name: KeyName,
+    keys: StoreKeys,
+}
+
+/// One configured store.
+#[derive(Debug)]
+struct Slot {
+    config: StoreConfig,
+    /// Held across the KMS call and the file write: one creation or unwrap at a time.
+    work: tokio::sync::Mutex<()>,
+    held: Mutex<Option<Arc<Held>>>,
+}
+
+impl Slot {
+    fn held(&self) -> std::sync::MutexGuard<'_, Option<Arc<Held>>> {
+        // A poisoned lock still holds a whole Option.
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Every configured store, its on-disk state and the keys held in memory.
 #[derive(Debug)]
 pub struct Stores {
-    configs: BTreeMap<StoreId, StoreConfig>,
+    broker: Arc<Broker>,
     state_dir: PathBuf,
-    held: Mutex<HashMap<StoreId, Arc<Held>>>,
-    locks: BTreeMap<StoreId, tokio::sync::Mutex<()>>,
+    slots: BTreeMap<StoreId, Slot>,
 }
 
 impl Stores {
-    pub fn new(config: &Config) -> Result<Self, String> {
-        store_key::ensure_state_dir(&config.server.state_dir)
-            .map_err(|e| format!("state_dir {}: {e}", config.server.state_dir.display()))?;
-        Ok(Self {
-            configs: config.stores.clone(),
-            state_dir: config.server.state_dir.clone(),
-            held: Mutex::new(HashMap::new()),
-            locks: config
+    /// Checks the state dir (never creates it: a lost mount must fail here, not become a
+    /// fresh empty folder), names the stores that have no key yet, and starts the purger.
+    /// Needs a Tokio runtime.
+    pub fn new(config: &Config, broker: Arc<Broker>) -> Result<Arc<Self>, String> {
+        let dir = &config.server.state_dir;
+        store_key::ensure_state_dir(dir)
+            .map_err(|e| format!("state_dir {}: {e}", dir.display()))?;
+        for id in config.stores.keys() {
+            if !store_key::path_for(dir, id).exists() {
+                tracing::info!(store = %id, "store has no key file yet: a node's first GetStoreKey with create=true makes it");
+            }
+        }
+        let stores = Arc::new(Self {
+            broker,
+            state_dir: dir.clone(),
+            slots: config
                 .stores
-                .keys()
-                .map(|id| (id.clone(), tokio::sync::Mutex::new(())))
+                .iter()
+                .map(|(id, c)| {
+                    let slot = Slot {
+                        config: c.clone(),
+                        work: tokio::sync::Mutex::new(()),
+                        held: Mutex::new(None),
+                    };
+                    (id.clone(), slot)
+                })
                 .collect(),
-        })
+        });
+        tokio::spawn(purge_on_change(Arc::downgrade(&stores)));
+        Ok(stores)
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<StoreId, Arc<Held>>> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The store's configured KMS key name, or NOT_FOUND.
-    pub fn key_of(&self, id: &StoreId) -> Result<&str, Error> {
-        self.configs
+    fn slot(&self, id: &StoreId) -> Result<&Slot, Error> {
+        self.slots
             .get(id)
-            .map(|c| c.key.as_str())
             .ok_or_else(|| Error::NotFound(format!("no store named {:?}", id.as_str())))
     }
 
-    /// Hands out held material if the key's state allows; drops it if the key is revoked.
-    fn hand_out_held(&self, broker: &Broker, id: &StoreId) -> Option<Result<StoreKeys, Error>> {
-        let h = self.held().get(id).cloned()?;
-        match broker.tracker().may_hand_out_held(&h.key_name) {
+    /// Hands out held material if the key's state allows; drops it otherwise (a revoked
+    /// kind is refused; after the grace period the caller may try the KMS again).
+    fn hand_out_held(&self, slot: &Slot) -> Option<Result<StoreKeys, Error>> {
+        let h = slot.held().clone()?;
+        match self.broker.may_hand_out_held(&h.key_name) {
             Ok(()) => Some(Ok(h.keys.duplicate())),
-            Err(e @ Error::KeyNotUsable { .. }) => {
-                self.held().remove(id);
-                Some(Err(e))
-            }
-            // Grace is over: forget the material and let the caller try the KMS.
-            Err(_) => {
-                self.held().remove(id);
-                None
+            Err(e) => {
+                *slot.held() = None;
+                match e {
+                    e @ Error::KeyNotUsable { .. } => Some(Err(e)),
+                    _ => None,
+                }
             }
         }
     }
 
     /// GetStoreKey after authorization.
-    pub async fn get(
-        &self,
-        broker: &Broker,
-        id: &StoreId,
-        create: bool,
-    ) -> Result<StoreKeys, Error> {
-        let cfg = self
-            .configs
-            .get(id)
-            .ok_or_else(|| Error::NotFound(format!("no store named {:?}", id.as_str())))?;
-        if let Some(r) = self.hand_out_held(broker, id) {
+    pub async fn get(&self, id: &StoreId, create: bool) -> Result<StoreKeys, Error> {
+        let slot = self.slot(id)?;
+        if let Some(r) = self.hand_out_held(slot) {
             return r;
         }
-        let _guard = self
-            .locks
-            .get(id)
-            .expect("a lock per configured store")
-            .lock()
-            .await;
-        if let Some(r) = self.hand_out_held(broker, id) {
+        let _work = slot.work.lock().await;
+        if let Some(r) = self.hand_out_held(slot) {
             return r;
         }
-        let file = store_key::read_store_file(&self.state_dir, id).map_err(|e| {
-            tracing::error!(store = %id, error = %e, "cannot read the store's key file");
-            Error::internal(format!(
-                "the key file of store {:?} is unreadable; see the daemon log",
-                id.as_str()
-            ))
-        })?;
+        let file = self.read(id)?;
         let (key_name, keys) = match file {
-            Some(file) => (file.key_name.clone(), self.unwrap_file(broker, id, &file).await?),
+            Some(file) => self.unwrap_file(id, &file).await?,
             None if !create => {
                 return Err(Error::NotFound(format!(
                     "store {:?} has no key yet (a node creates it with create=true when it initializes the store)",
                     id.as_str()
                 )))
             }
-            None => (cfg.key.clone(), self.create(broker, id, cfg).await?),
+            None => self.create(id, &slot.config).await?,
         };
+        // The KMS answered, but the key may have been revoked while it did: fail closed.
+        self.broker.may_hand_out_held(&key_name)?;
         let out = keys.duplicate();
-        self.held()
-            .insert(id.clone(), Arc::new(Held { key_name, keys }));
+        *slot.held() = Some(Arc::new(Held { key_name, keys }));
         Ok(out)
     }
 
-    async fn create(
-        &self,
-        broker: &Broker,
-        id: &StoreId,
-        cfg: &StoreConfig,
-    ) -> Result<StoreKeys, Error> {
+    fn read(&self, id: &StoreId) -> Result<Option<StoreKeyFile>, Error> {
+        store_key::read_store_file(&self.state_dir, id).map_err(|e| {
+            tracing::error!(store = %id, error = %e, "cannot read the store's key file");
+            Error::internal(format!(
+                "the key file of store {:?} is unreadable; see the daemon log",
+                id.as_str()
+            ))
+        })
+    }
+
+    /// Makes, wraps and durably saves a new key, create-new: if a file appeared meanwhile
+    /// (another process on the same state dir, despite its lock), that file's key is the
+    /// store's, and the new one is discarded before anyone saw it.
+    async fn create(&self, id: &StoreId, cfg: &StoreConfig) -> Result<(KeyName, StoreKeys), Error> {
         let key = StoreKey::generate(cfg.algorithm);
-        let wrapped = broker
+        let wrapped = self
+            .broker
             .wrap(&cfg.key, &key.to_key_file_bytes(), context(id))
             .await?;
         let file = StoreKeyFile::new(
             id.clone(),
-            &cfg.key,
+            cfg.key.as_str(),
             WrappedStoreKey::new(&key, wrapped.blob),
         );
-        store_key::write_store_file(&self.state_dir, &file).map_err(|e| {
-            tracing::error!(store = %id, error = %e, "cannot persist the store key");
-            Error::internal(format!(
-                "cannot persist the key of store {:?}; see the daemon log",
-                id.as_str()
-            ))
-        })?;
+        match store_key::create_store_file(&self.state_dir, &file) {
+            Ok(()) => {}
+            Err(StoreFileError::Exists { .. }) => {
+                tracing::warn!(store = %id, "a key file appeared while creating one; using the saved key");
+                let saved = self.read(id)?.ok_or_else(|| {
+                    Error::internal(format!(
+                        "the key file of store {:?} appeared and vanished; see the daemon log",
+                        id.as_str()
+                    ))
+                })?;
+                return self.unwrap_file(id, &saved).await;
+            }
+            Err(e) => {
+                tracing::error!(store = %id, error = %e, "cannot persist the store key");
+                return Err(Error::internal(format!(
+                    "cannot persist the key of store {:?}; see the daemon log",
+                    id.as_str()
+                )));
+            }
+        }
         tracing::info!(store = %id, key = %cfg.key, algorithm = cfg.algorithm.as_str(), "created store key");
-        Ok(StoreKeys {
+        let keys = StoreKeys {
             active: key,
             previous: Vec::new(),
-        })
+        };
+        Ok((cfg.key.clone(), keys))
     }
 
+    /// Unwraps every key of a store's file; returns the key name that wraps them.
     async fn unwrap_file(
         &self,
-        broker: &Broker,
         id: &StoreId,
         file: &StoreKeyFile,
-    ) -> Result<StoreKeys, Error> {
-        if !broker.has_key(&file.key_name) {
+    ) -> Result<(KeyName, StoreKeys), Error> {
+        let key_name =
+            KeyName::parse(&file.key_name).map_err(|_| self.corrupt(id, "bad key name"))?;
+        if self.broker.key(&key_name).is_err() {
             return Err(Error::internal(format!(
                 "store {:?} is wrapped under key {:?}, which is no longer configured",
                 id.as_str(),
-                file.key_name
+                key_name.as_str()
             )));
         }
-        let active = self.unwrap_one(broker, id, file, &file.active).await?;
+        let active = self.unwrap_one(id, &key_name, &file.active).await?;
         let mut previous = Vec::with_capacity(file.previous.len());
         for p in &file.previous {
-            previous.push(self.unwrap_one(broker, id, file, p).await?);
+            previous.push(self.unwrap_one(id, &key_name, p).await?);
         }
-        Ok(StoreKeys { active, previous })
+        Ok((key_name, StoreKeys { active, previous }))
+    }
+
+    fn corrupt(&self, id: &StoreId, why: &str) -> Error {
+        tracing::error!(store = %id, why, "store key file does not match its wrapped key");
+        Error::internal(format!(
+            "the key file of store {:?} is corrupt; see the daemon log",
+            id.as_str()
+        ))
     }
 
     async fn unwrap_one(
         &self,
-        broker: &Broker,
         id: &StoreId,
-        file: &StoreKeyFile,
+        key_name: &KeyName,
         w: &WrappedStoreKey,
     ) -> Result<StoreKey, Error> {
-        let corrupt = |why: &str| {
-            tracing::error!(store = %id, why, "store key file does not match its wrapped key");
-            Error::internal(format!(
-                "the key file of store {:?} is corrupt; see the daemon log",
-                id.as_str()
-            ))
-        };
-        let env = Envelope::decode(&w.wrapped).map_err(|_| corrupt("envelope does not parse"))?;
-        if env.key_name != file.key_name {
-            return Err(corrupt("envelope names another key"));
+        let env = Envelope::decode(&w.wrapped)
+            .map_err(|_| self.corrupt(id, "envelope does not parse"))?;
+        if env.key_name != *key_name {
+            return Err(self.corrupt(id, "envelope names another key"));
         }
-        let out = broker
+        let out = self
+            .broker
             .unwrap(&env, context(id))
             .await
             .map_err(|e| match e {
-                Error::InvalidArgument(_) => corrupt("wrapped key does not authenticate"),
+                Error::InvalidArgument(_) => self.corrupt(id, "wrapped key does not authenticate"),
                 e => e,
             })?;
         w.open(out.plaintext)
-            .map_err(|_| corrupt("unwrapped key has the wrong size or id"))
+            .map_err(|_| self.corrupt(id, "unwrapped key has the wrong size or id"))
     }
 
     /// Drops held material whose key may no longer be handed out (revoked kinds at once;
     /// UNREACHABLE once the grace period is over), so it does not linger in memory.
-    pub fn purge(&self, broker: &Broker) {
-        self.held().retain(|id, h| {
-            let keep = broker.tracker().may_hand_out_held(&h.key_name).is_ok();
-            if !keep {
+    pub fn purge(&self) {
+        for (id, slot) in &self.slots {
+            let mut held = slot.held();
+            let drop_it = held
+                .as_ref()
+                .is_some_and(|h| self.broker.may_hand_out_held(&h.key_name).is_err());
+            if drop_it {
+                let h = held.take().expect("checked above");
                 tracing::warn!(store = %id, key = %h.key_name, "dropped the held store key");
             }
-            keep
-        });
+        }
+    }
+}
+
+/// Purges held keys whenever any URI's state changes, so a revocation seen by a real call
+/// drops them at once rather than at the next poll. Ends with the [`Stores`].
+async fn purge_on_change(stores: Weak<Stores>) {
+    let mut rx = match stores.upgrade() {
+        Some(s) => s.broker.clock().subscribe(),
+        None => return,
+    };
+    while rx.changed().await.is_ok() {
+        match stores.upgrade() {
+            Some(s) => s.purge(),
+            None => return,
+        }
     }
 }
 

@@ -5,7 +5,10 @@
 mod common;
 
 mod cli;
+mod custody;
 mod flood;
+mod lifecycle;
+mod logs;
 mod revocation;
 mod store_keys;
 mod transport;

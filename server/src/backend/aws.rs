@@ -321,6 +321,7 @@ impl KmsBackend for AwsBackend {
         }
         Ok(KeyHealth {
             detail: format!("Enabled ({})", meta.arn().unwrap_or(meta.key_id())),
+            version: None,
         })
     }
 }

@@ -111,6 +111,7 @@ impl KmsBackend for FileBackend {
         let key = self.key().await?;
         Ok(KeyHealth {
             detail: format!("key version {}", key_version(&key)),
+            version: Some(key_version(&key)),
         })
     }
 }

@@ -262,6 +262,7 @@ impl KmsBackend for GcpBackend {
             CryptoKeyVersionState::Enabled => {
                 return Ok(KeyHealth {
                     detail: format!("primary version {id}"),
+                    version: Some(primary.name.clone()),
                 })
             }
             CryptoKeyVersionState::DestroyScheduled

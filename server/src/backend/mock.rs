@@ -81,6 +81,8 @@ struct Inner {
     revoked: bool,
     destroyed: bool,
     latency: Duration,
+    /// Delay between the KMS deciding a Decrypt and its answer arriving.
+    reply_latency: Duration,
     fail_next: (u32, MockFault),
     fault: Option<MockFault>,
     /// Version `i + 1` is `versions[i]`; the last is the primary. Emptied by destroy.
@@ -103,6 +105,7 @@ impl MockState {
                 revoked: false,
                 destroyed: false,
                 latency: Duration::ZERO,
+                reply_latency: Duration::ZERO,
                 fail_next: (0, MockFault::Unavailable),
                 fault: None,
                 versions: vec![SecretBytes::random(32)],
@@ -197,6 +200,11 @@ impl MockKms {
     pub fn set_latency(&self, latency: Duration) {
         self.state.lock().latency = latency;
     }
+    /// Delay AFTER a Decrypt is decided and before its answer arrives: a Decrypt admitted
+    /// before a revocation still succeeds, late, as a real KMS's answer in flight would.
+    pub fn set_reply_latency(&self, latency: Duration) {
+        self.state.lock().reply_latency = latency;
+    }
     /// The next `n` calls (of any kind) fail with `fault`; later calls behave as before.
     pub fn fail_next(&self, n: u32, fault: MockFault) {
         self.state.lock().fail_next = (n, fault);
@@ -286,21 +294,28 @@ impl KmsBackend for MockBackend {
         key_version: &str,
         aad: &Aad,
     ) -> Result<Decrypted, BackendError> {
-        let s = self.state.enter(Op::Decrypt).await?;
-        let key = key_version
-            .parse::<usize>()
-            .ok()
-            .and_then(|v| v.checked_sub(1))
-            .and_then(|i| s.versions.get(i))
-            .ok_or_else(|| {
-                BackendError::invalid_ciphertext(format!(
-                    "mock KMS {}: no key version {key_version:?}",
-                    self.name
-                ))
-            })?;
+        let (answer, reply_latency) = {
+            let s = self.state.enter(Op::Decrypt).await?;
+            let answer = key_version
+                .parse::<usize>()
+                .ok()
+                .and_then(|v| v.checked_sub(1))
+                .and_then(|i| s.versions.get(i))
+                .ok_or_else(|| {
+                    BackendError::invalid_ciphertext(format!(
+                        "mock KMS {}: no key version {key_version:?}",
+                        self.name
+                    ))
+                })
+                .and_then(|key| open(key, ciphertext, aad));
+            (answer, s.reply_latency)
+        };
+        if !reply_latency.is_zero() {
+            tokio::time::sleep(reply_latency).await;
+        }
         // The version picked the key, and that key authenticated the ciphertext.
         Ok(Decrypted {
-            plaintext: open(key, ciphertext, aad)?,
+            plaintext: answer?,
             key_version: Some(key_version.to_owned()),
         })
     }
@@ -309,6 +324,7 @@ impl KmsBackend for MockBackend {
         let s = self.state.enter(Op::Check).await?;
         Ok(KeyHealth {
             detail: format!("primary version {}", s.versions.len()),
+            version: Some(s.versions.len().to_string()),
         })
     }
 }

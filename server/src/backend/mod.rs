@@ -225,6 +225,10 @@ pub struct Decrypted {
 pub struct KeyHealth {
     /// E.g. the primary version; shown in RevokeStatus.
     pub detail: String,
+    /// The version a new Encrypt would use now, in the form Encrypt reports it (so a
+    /// wrapped entry's version can be compared with it); `None` where the KMS hides versions
+    /// (AWS rotates behind one key id).
+    pub version: Option<String>,
 }
 
 /// One KMS key, reached through one configured URI.

@@ -384,7 +384,10 @@ impl KmsBackend for VaultBackend {
             detail.push_str("; ");
             detail.push_str(&note);
         }
-        Ok(KeyHealth { detail })
+        Ok(KeyHealth {
+            detail,
+            version: Some(format!("v{}", info.latest_version)),
+        })
     }
 }
 
