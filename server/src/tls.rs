@@ -94,8 +94,10 @@ pub fn server_config(files: &TlsFiles, config: &Path) -> Result<ServerConfig, Co
     let chain = certificates(&files.cert, "cert", config)?;
     // The server's private key is a secret: the checked reader refuses a file that group or
     // others can read, as for every other secret file.
-    let key_pem = crate::fs::read_private(&files.key, MAX_PEM)
-        .map_err(|e| problem(config, "key", e.to_string()))?;
+    let key_pem = crate::fs::read_private(&files.key, MAX_PEM).map_err(|e| ConfigError {
+        fix: "a private key must be a regular file of mode 0600 (or stricter), owned by the daemon's user or root".into(),
+        ..problem(config, "key", e.to_string())
+    })?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
         problem(
             config,
@@ -192,5 +194,15 @@ mod tests {
             let e = server_config(&f, cfg).unwrap_err();
             assert_eq!(e.field, field, "{e}");
         }
+    }
+
+    #[test]
+    fn a_server_key_others_can_read_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let files = set(tmp.path());
+        std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = server_config(&files, Path::new("kms.toml")).unwrap_err();
+        assert_eq!(e.field, "tls.key");
+        assert!(e.problem.contains("0644"), "{e}");
     }
 }
