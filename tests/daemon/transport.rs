@@ -459,3 +459,25 @@ async fn a_health_watcher_does_not_hold_shutdown_for_the_grace_period() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_hung_kms_is_answered_by_the_kms_deadline_not_cut_by_the_request_timeout() {
+    use std::time::Duration;
+    let m = mock("tp-hung-open");
+    let policy = format!(
+        "[kms]\nattempt_timeout = \"200ms\"\ndeadline = \"500ms\"\nmax_attempts = 2\n[[policy]]\npeer = \"uid:{}\"\nallow = [\"WrapKey\"]\n",
+        my_uid()
+    );
+    let d = Daemon::start(&body("tp-hung", &policy)).await;
+    let mut c = d.unix().await;
+    m.set_latency(Duration::from_secs(60));
+    // The request timeout is derived above the KMS deadline, so the caller hears the
+    // KMS's verdict (UNAVAILABLE), not a cut call (CANCELLED / DEADLINE_EXCEEDED).
+    let e = crate::common::must_return("a call to a hung KMS", Duration::from_secs(20), async {
+        c.wrap_key(wrap("open")).await.unwrap_err()
+    })
+    .await;
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    m.set_latency(Duration::ZERO);
+    d.stop().await;
+}
