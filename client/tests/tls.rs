@@ -11,8 +11,17 @@ use kms_broker_client::{Client, ClientError, ClientOptions, Code, TlsFiles};
 const IDENTITY: &str = "client-test-node";
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(name);
-    std::fs::write(&path, text).expect("write PEM");
+    // 0600: the daemon refuses a private key that group or others can read.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .expect("write PEM");
     path
 }
 

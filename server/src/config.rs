@@ -57,6 +57,7 @@ pub struct Config {
     /// turns hedging off.
     pub hedge_after: Duration,
     pub policy: Policy,
+    pub limits: crate::limits::Limits,
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +128,8 @@ struct RawConfig {
     kms: RawKms,
     #[serde(default)]
     policy: Vec<RawPolicy>,
+    #[serde(default)]
+    limits: crate::limits::RawLimits,
 }
 
 #[derive(Deserialize)]
@@ -445,7 +448,10 @@ impl Config {
             rules.push(rule);
         }
 
+        let uris_per_key = keys.values().map(|k| k.uris.len());
+        let limits = crate::limits::Limits::from_raw(raw.limits, kms.deadline, uris_per_key, path)?;
         Ok(Config {
+            limits,
             file: path.to_owned(),
             server,
             tls,

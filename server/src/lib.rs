@@ -10,6 +10,9 @@
 //! - [`config`]: the TOML config, validated once into typed values.
 //! - [`server`]: `Server::bind` then `serve(shutdown)`: both listeners (Unix socket, mTLS
 //!   TCP), health, reflection, the poller, a bounded drain.
+//! - [`listener`] / [`limits`]: the accept loops (connection caps, TLS handshake timeout,
+//!   backoff when out of descriptors) and every resource bound of `[limits]`.
+//! - [`health`]: the health service, whose watchers end on shutdown.
 //! - [`service`]: the generated `KeyBroker` service: peer → policy → work → response.
 //! - [`broker`]: the work itself, free of gRPC types.
 //! - [`log_limit`]: rate limits and safe display for what callers put in logs.
@@ -26,7 +29,8 @@
 //! - [`backend`]: `trait KmsBackend`, retries, and one module per KMS.
 //! - [`tls`] / [`certs`] / [`dev`]: mTLS set-up, rcgen certificates, `serve --dev`.
 //! - [`fs`]: private files: checked reads, atomic writes, the state dir lock.
-//! - [`hardening`]: no core dumps, no same-user ptrace (done by `main` before serving).
+//! - [`hardening`]: no core dumps, no same-user ptrace, the open-file limit raised (done by
+//!   `main` before serving).
 
 pub mod backend;
 pub mod broker;
@@ -37,8 +41,11 @@ pub mod envelope;
 pub mod error;
 pub mod fs;
 pub mod hardening;
+pub mod health;
 pub mod key_name;
 pub mod key_uri;
+pub mod limits;
+pub mod listener;
 pub mod log_limit;
 pub mod peer;
 pub mod policy;

@@ -1,5 +1,6 @@
 //! `kms-broker`: thin CLI over the library (STYLE lesson 1). Exit codes: 0 clean stop,
-//! 64 bad config or usage (EX_USAGE), 1 anything else.
+//! 64 bad config or usage (EX_USAGE), 75 the state dir is in use by another daemon
+//! (EX_TEMPFAIL), 1 anything else (process hardening that could not be applied included).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +11,7 @@ use kms_broker::server::{ServeError, Server};
 use tracing_subscriber::EnvFilter;
 
 const EX_USAGE: u8 = 64;
+const EX_TEMPFAIL: u8 = 75;
 
 /// vaultrs logs every Vault error response at ERROR; the backend already classifies and
 /// reports them once, so its own lines would only repeat them on every poll.
@@ -39,6 +41,10 @@ enum Command {
         /// Where --dev keeps its files.
         #[arg(long, default_value = ".dev", requires = "dev")]
         dev_dir: PathBuf,
+        /// Serve even if process hardening (no core dumps, no ptrace, open-file limit)
+        /// cannot be applied. Without it, that failure stops the daemon.
+        #[arg(long)]
+        allow_unhardened: bool,
     },
     /// Write a dev CA, a server certificate (localhost, 127.0.0.1) and a client certificate.
     DevCerts {
@@ -80,10 +86,19 @@ fn main() -> ExitCode {
             config,
             dev,
             dev_dir,
+            allow_unhardened,
         } => {
             // Before any key byte is in memory (`--dev` makes a key file next).
             if let Err(e) = kms_broker::hardening::apply() {
-                tracing::warn!("process hardening incomplete: {e}");
+                if !allow_unhardened {
+                    eprintln!(
+                        "kms-broker: process hardening failed: {e}; key bytes could leak through core dumps or ptrace. Fix the cause, or pass --allow-unhardened to serve anyway"
+                    );
+                    return ExitCode::FAILURE;
+                }
+                tracing::warn!(
+                    "process hardening incomplete, serving anyway (--allow-unhardened): {e}"
+                );
             }
             let (config, banner) = if dev {
                 match kms_broker::dev::prepare(&dev_dir) {
@@ -118,6 +133,10 @@ fn main() -> ExitCode {
                 Err(ServeError::Config(e)) => {
                     eprintln!("kms-broker: bad config: {e}");
                     ExitCode::from(EX_USAGE)
+                }
+                Err(e @ ServeError::StateDirInUse(_)) => {
+                    eprintln!("kms-broker: {e}");
+                    ExitCode::from(EX_TEMPFAIL)
                 }
                 Err(e) => {
                     eprintln!("kms-broker: {e}");

@@ -19,8 +19,8 @@ pub enum Peer {
         gid: u32,
         pid: Option<i32>,
     },
-    /// The client certificate's first DNS/URI SAN, else its CN. The chain was already
-    /// verified against `[tls].ca` by rustls during the handshake.
+    /// The client certificate's identity, as [`cert_identity`] defines it. The chain was
+    /// already verified against `[tls].ca` by rustls during the handshake.
     Tls { identity: String },
 }
 
@@ -56,24 +56,31 @@ impl Peer {
             Error::Unauthenticated("no client certificate: TCP callers need mutual TLS".into())
         })?;
         let identity = cert_identity(leaf.as_ref()).ok_or_else(|| {
-            Error::Unauthenticated("the client certificate has neither a SAN nor a CN".into())
+            Error::Unauthenticated(
+                "the client certificate names no identity: it needs a DNS or URI SAN (or, with no SAN extension at all, a CN)".into(),
+            )
         })?;
         Ok(Peer::Tls { identity })
     }
 }
 
-/// The certificate's first DNS or URI SAN, else its subject CN.
+/// The certificate's identity:
+///
+/// - with a subjectAltName extension: its first non-empty DNS or URI name. A SAN extension
+///   with neither (only IP addresses or e-mail names, say) gives NO identity: the CN is
+///   not consulted, because an issuer that writes SANs vouches for those, and may put
+///   anything in the CN (RFC 6125 deprecates the CN as an identity when SANs exist);
+/// - without a SAN extension: its subject CN;
+/// - an unparsable certificate or SAN extension: no identity.
+///
+/// No identity means the caller is UNAUTHENTICATED.
 pub fn cert_identity(der: &[u8]) -> Option<String> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            match name {
-                GeneralName::DNSName(s) | GeneralName::URI(s) if !s.is_empty() => {
-                    return Some((*s).to_owned())
-                }
-                _ => {}
-            }
-        }
+    if let Some(san) = cert.subject_alternative_name().ok()? {
+        return san.value.general_names.iter().find_map(|name| match name {
+            GeneralName::DNSName(s) | GeneralName::URI(s) if !s.is_empty() => Some((*s).to_owned()),
+            _ => None,
+        });
     }
     let cn = cert
         .subject()
@@ -83,4 +90,36 @@ pub fn cert_identity(der: &[u8]) -> Option<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_owned);
     cn
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cert_identity;
+    use crate::certs::{issue, make_ca};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+
+    fn identity(cn: Option<&str>, sans: &[&str]) -> Option<String> {
+        let ca = make_ca("t").unwrap();
+        let pem = issue(&ca, cn, sans, false).unwrap();
+        let der = CertificateDer::from_pem_slice(pem.cert.as_bytes()).unwrap();
+        cert_identity(&der)
+    }
+
+    #[test]
+    fn san_first_cn_only_without_a_san_extension() {
+        assert_eq!(
+            identity(Some("cn"), &["dns-name"]).as_deref(),
+            Some("dns-name")
+        );
+        assert_eq!(
+            identity(Some("cn"), &["127.0.0.1", "second"]).as_deref(),
+            Some("second")
+        );
+        assert_eq!(identity(Some("only-cn"), &[]).as_deref(), Some("only-cn"));
+        // A SAN extension with no DNS or URI name: no fallback to the CN.
+        assert_eq!(identity(Some("backup-job"), &["127.0.0.1"]), None);
+        assert_eq!(identity(None, &[]), None);
+        assert_eq!(cert_identity(b"not a certificate"), None);
+    }
 }

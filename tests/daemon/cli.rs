@@ -1,4 +1,5 @@
-//! The real `kms-broker` binary: bad configs exit 64, kill -9 and restart, serve --dev.
+//! The real `kms-broker` binary: bad configs and TLS files exit 64, a second daemon on a
+//! state dir exits 75, kill -9 and restart, SIGTERM, serve --dev.
 
 use std::path::Path;
 
@@ -99,6 +100,16 @@ fn bad_configs_exit_64_naming_file_field_and_fix() {
     assert!(stderr.contains("tls.ca"), "{stderr}");
 }
 
+/// The daemon never creates its state dir: an operator (or a unit's StateDirectory) does.
+fn make_state_dir(dir: &Path) {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir.join("state"))
+        .unwrap();
+}
+
 fn wait_for_socket(path: &Path) {
     let start = Instant::now();
     while !path.exists() {
@@ -117,6 +128,7 @@ async fn store_key_survives_kill_dash_9() {
     kms_broker::certs::write_dev_certs(&dir.join("certs")).unwrap();
     let key = dir.join("k.bin");
     kms_broker::backend::file::create_key_file(&key).unwrap();
+    make_state_dir(dir);
     let body = format!(
         "[keys.k]\nuris = [\"file://{}\"]\n[stores.s1]\nkey = \"k\"\n{}",
         key.display(),
@@ -175,6 +187,7 @@ async fn store_key_survives_kill_dash_9() {
     let leftovers: Vec<_> = std::fs::read_dir(dir.join("state"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name != ".lock")
         .collect();
     assert_eq!(leftovers.len(), 1, "no temp files: {leftovers:?}");
 }
@@ -243,6 +256,7 @@ async fn sigterm_drains_and_exits_cleanly() {
     kms_broker::certs::write_dev_certs(&dir.join("certs")).unwrap();
     let key = dir.join("k.bin");
     kms_broker::backend::file::create_key_file(&key).unwrap();
+    make_state_dir(dir);
     let body = format!(
         "[keys.k]\nuris = [\"file://{}\"]\n{}",
         key.display(),
@@ -251,9 +265,12 @@ async fn sigterm_drains_and_exits_cleanly() {
     let config = dir.join("kms.toml");
     std::fs::write(&config, config_text(dir, &body)).unwrap();
     let sock = dir.join("broker.sock");
+    // A low soft open-file limit, as systemd's default 1024 is: the daemon raises it.
     let mut child = ChildGuard::spawn(
-        Command::new(BIN)
-            .args(["serve", "--config"])
+        Command::new("bash")
+            .arg("-c")
+            .arg("ulimit -Sn 200 && exec \"$0\" serve --config \"$1\"")
+            .arg(BIN)
             .arg(&config)
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
@@ -276,6 +293,16 @@ async fn sigterm_drains_and_exits_cleanly() {
         ["0", "0"],
         "{core}"
     );
+    // The open-file soft limit was raised to the hard limit.
+    let files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("open-file limit listed");
+    let soft_hard: Vec<_> = files.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(soft_hard[0], soft_hard[1], "{files}");
+    if soft_hard[1] != "200" {
+        assert_ne!(soft_hard[0], "200", "{files}");
+    }
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
@@ -317,4 +344,126 @@ fn dev_certs_writes_a_ca_server_and_client_set() {
         kms_broker::peer::cert_identity(&der).as_deref(),
         Some("dev-client")
     );
+}
+
+/// A config with a file key, in `dir` (state dir made), TCP on a free port.
+fn daemon_config(dir: &Path, name: &str) -> std::path::PathBuf {
+    if !dir.join("certs").exists() {
+        kms_broker::certs::write_dev_certs(&dir.join("certs")).unwrap();
+    }
+    let key = dir.join("k.bin");
+    if !key.exists() {
+        kms_broker::backend::file::create_key_file(&key).unwrap();
+    }
+    let body = format!(
+        "[keys.k]\nuris = [\"file://{}\"]\n{}",
+        key.display(),
+        allow_me_everything()
+    );
+    let port = crate::common::standins::free_port();
+    let text = config_text(dir, &body)
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+        .replace("broker.sock", &format!("{name}.sock"));
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// Runs `serve` and expects it to exit (it must refuse to start): its code and stderr. A
+/// daemon that serves instead is killed after a hang guard and fails the test.
+fn serve_output(config: &Path) -> (i32, String) {
+    use std::io::Read;
+    let mut child = ChildGuard::spawn(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the daemon started serving instead of refusing to start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status.code().unwrap_or(-1), stderr)
+}
+
+#[test]
+fn tls_files_that_are_not_pem_exit_64_before_anything_serves() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_state_dir(dir);
+    let config = daemon_config(dir, "broker");
+    let good = std::fs::read_to_string(&config).unwrap();
+    let garbage = dir.join("garbage.pem");
+    std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nnot base64 !!\n").unwrap();
+    std::fs::set_permissions(&garbage, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let client_key = dir.join("certs/client-key.pem");
+    for (field, file, replacement) in [
+        ("tls.ca", "certs/ca.pem", &garbage),
+        ("tls.cert", "certs/server.pem", &garbage),
+        ("tls.key", "certs/server-key.pem", &garbage),
+        // PEM, but the wrong key for the server's certificate.
+        ("tls.key", "certs/server-key.pem", &client_key),
+    ] {
+        let text = good.replace(
+            &dir.join(file).display().to_string(),
+            &replacement.display().to_string(),
+        );
+        std::fs::write(&config, text).unwrap();
+        let (code, stderr) = serve_output(&config);
+        assert_eq!(code, 64, "{field}: {stderr}");
+        assert!(stderr.contains(field), "names {field}: {stderr}");
+        assert!(
+            !dir.join("broker.sock").exists(),
+            "{field}: the Unix socket was created before the TLS files were checked"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_a_state_dir_exits_75_and_the_first_keeps_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_state_dir(dir);
+    let first = daemon_config(dir, "first");
+    let _first = ChildGuard::spawn(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&first)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let sock = dir.join("first.sock");
+    wait_for_socket(&sock);
+
+    // Same state dir, its own socket and port.
+    let second = daemon_config(dir, "second");
+    let (code, stderr) = serve_output(&second);
+    assert_eq!(code, 75, "{stderr}");
+    assert!(
+        stderr.contains(&dir.join("state").display().to_string()),
+        "names the folder: {stderr}"
+    );
+    assert!(!dir.join("second.sock").exists());
+
+    let mut c = unix_client(&sock).await;
+    c.revoke_status(kms_broker_client::pb::RevokeStatusRequest::default())
+        .await
+        .expect("the first daemon still serves");
 }

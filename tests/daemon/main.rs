@@ -6,6 +6,7 @@ mod common;
 
 mod cli;
 mod custody;
+mod flood;
 mod lifecycle;
 mod logs;
 mod regions;

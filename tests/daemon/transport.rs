@@ -339,3 +339,145 @@ async fn reflection_v1_and_v1alpha_both_describe_the_service() {
     );
     d.stop().await;
 }
+
+#[tokio::test]
+async fn a_san_without_dns_or_uri_names_no_one_even_with_a_granted_cn() {
+    mock("tp-san-open");
+    let policy =
+        "[[policy]]\npeer = \"cert:backup-job\"\nallow = [\"WrapKey\", \"RevokeStatus\"]\n";
+    let d = Daemon::start(&body("tp-san", policy)).await;
+    // The CN names a granted identity, but the certificate has a SAN extension (an IP
+    // address only): the SAN is what its issuer vouched for, so the CN is not used.
+    let ip_only = certs::issue(&d.ca, Some("backup-job"), &["127.0.0.1"], false).unwrap();
+    let mut c = d.tls_with(Some(&ip_only), &d.ca.cert).await.unwrap();
+    let e = c.wrap_key(wrap("open")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    // The same CN without any SAN extension is the identity.
+    let cn_only = certs::issue(&d.ca, Some("backup-job"), &[], false).unwrap();
+    let mut c = d.tls_with(Some(&cn_only), &d.ca.cert).await.unwrap();
+    c.wrap_key(wrap("open")).await.unwrap();
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_request_is_refused_before_the_service_sees_it() {
+    let m = mock("tp-big-open");
+    let policy = format!(
+        "[[policy]]\npeer = \"uid:{}\"\nallow = [\"WrapKey\", \"UnwrapKey\"]\n",
+        my_uid()
+    );
+    let d = Daemon::start(&body("tp-big", &policy)).await;
+    let mut c = d.unix().await;
+    let big = |n: usize| WrapKeyRequest {
+        key: "open".into(),
+        plaintext: vec![1; n],
+        context: HashMap::new(),
+    };
+    // Within the transport's limit, the service's own check answers.
+    let e = c.wrap_key(big(200 * 1024)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    // Above 256 KiB (tonic's default would take 4 MiB), the transport refuses it.
+    let e = c.wrap_key(big(300 * 1024)).await.unwrap_err();
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+    let e = c
+        .unwrap_key(UnwrapKeyRequest {
+            wrapped: vec![0; 1024 * 1024],
+            context: HashMap::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+    assert_eq!(m.calls().encrypt, 0);
+    // The connection is still good.
+    c.wrap_key(wrap("open")).await.unwrap();
+    // Health and reflection take only small requests.
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let e = HealthClient::new(d.unix_channel().await)
+        .check(HealthCheckRequest {
+            service: "x".repeat(64 * 1024),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_health_watcher_does_not_hold_shutdown_for_the_grace_period() {
+    use kms_broker::config::Config;
+    use kms_broker::server::Server;
+    use std::time::Duration;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    mock("tp-watch-open");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    certs::write_dev_certs(&dir.join("certs")).unwrap();
+    // The daemon never creates its state dir.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir.join("state"))
+        .unwrap();
+    // A grace far longer than the hang guard below: waiting for the watcher would fail.
+    let text = crate::common::config_text(dir, &body("tp-watch", ""))
+        .replace("shutdown_grace = \"2s\"", "shutdown_grace = \"120s\"");
+    let path = dir.join("kms.toml");
+    let server = Server::bind(Config::parse(&path, &text).unwrap())
+        .await
+        .unwrap();
+    let socket = server.unix_path().to_owned();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(async {
+        let _ = stopped.await;
+    }));
+
+    let ch = crate::common::try_unix_channel(&socket).await.unwrap();
+    let mut watch = HealthClient::new(ch)
+        .watch(HealthCheckRequest {
+            service: "kmsbroker.v1.KeyBroker".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    stop.send(()).unwrap();
+    let seen = crate::common::must_return("the watcher's end", Duration::from_secs(30), async {
+        let mut seen = Vec::new();
+        while let Ok(Some(m)) = watch.message().await {
+            seen.push(m.status);
+        }
+        seen
+    })
+    .await;
+    assert_eq!(seen.last(), Some(&(ServingStatus::NotServing as i32)));
+    crate::common::must_return("the drain", Duration::from_secs(30), serving)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_hung_kms_is_answered_by_the_kms_deadline_not_cut_by_the_request_timeout() {
+    use std::time::Duration;
+    let m = mock("tp-hung-open");
+    let policy = format!(
+        "[kms]\nattempt_timeout = \"200ms\"\ndeadline = \"500ms\"\nmax_attempts = 2\n[[policy]]\npeer = \"uid:{}\"\nallow = [\"WrapKey\"]\n",
+        my_uid()
+    );
+    let d = Daemon::start(&body("tp-hung", &policy)).await;
+    let mut c = d.unix().await;
+    m.set_latency(Duration::from_secs(60));
+    // The request timeout is derived above the KMS deadline, so the caller hears the
+    // KMS's verdict (UNAVAILABLE), not a cut call (CANCELLED / DEADLINE_EXCEEDED).
+    let e = crate::common::must_return("a call to a hung KMS", Duration::from_secs(20), async {
+        c.wrap_key(wrap("open")).await.unwrap_err()
+    })
+    .await;
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    m.set_latency(Duration::ZERO);
+    d.stop().await;
+}
