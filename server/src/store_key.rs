@@ -24,7 +24,7 @@
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -138,7 +138,8 @@ pub enum StoreFileError {
          (the store's data is encrypted under the key it holds)",
         path.display()
     )]
-    Corrupt { path: PathBuf, problem: FormatError },    /// [`create_store_file`] found a file already there.
+    Corrupt { path: PathBuf, problem: FormatError },
+    /// [`create_store_file`] found a file already there.
     #[error("store key file {} already exists", path.display())]
     Exists { path: PathBuf },
 }
@@ -220,37 +221,81 @@ pub fn create_store_file(state_dir: &Path, file: &StoreKeyFile) -> Result<(), St
     })
 }
 
-/// Creates the state dir (mode 0700) if missing; refuses one that group or others can
-/// write, since whoever can write it can swap store key files.
+/// Checks the state dir at start, and never creates it: a missing one is most likely a
+/// lost mount or a typo, and a fresh empty folder in its place would let `create=true`
+/// mint new keys for stores whose data is encrypted under the lost ones. The dir must
+/// exist, be a directory (symlinks are followed), be writable by us, be owned by us or
+/// root, and not be writable by group or others (whoever can write it can swap store key
+/// files). Every message names the folder and the fix.
 pub fn ensure_state_dir(dir: &Path) -> io::Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let meta = fs::metadata(dir)?;
+    let shown = dir.display();
+    let meta = match fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "state dir {shown} does not exist; kms-broker never creates it (a missing \
+                     one may be a lost mount, and an empty one would mint new store keys); \
+                     create it with `install -d -m 0700 {shown}` as the daemon's user, or fix \
+                     server.state_dir"
+                ),
+            ))
+        }
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("state dir {shown} cannot be examined: {e}"),
+            ))
+        }
+    };
     if !meta.is_dir() {
         return Err(io::Error::other(format!(
-            "state dir {} is not a directory",
-            dir.display()
+            "state dir {shown} is not a directory; point server.state_dir at a folder"
         )));
     }
-    let mode = meta.permissions().mode() & 0o777;
+    let uid = meta.uid();
+    if uid != 0 && uid != rustix::process::geteuid().as_raw() {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "state dir {shown} is owned by uid {uid}, not by this daemon's user or root; \
+                 fix: chown it to the daemon's user"
+            ),
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o022 != 0 {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
-                "state dir {} has mode {mode:04o}: group and others must not write it; \
-                 fix: chmod 700 {}",
-                dir.display(),
-                dir.display()
+                "state dir {shown} has mode {mode:04o}: group and others must not write it; \
+                 fix: chmod 700 {shown}"
             ),
         ));
     }
+    // Store files and the lock file are created in it; better to fail now than at the
+    // first GetStoreKey with create=true.
+    rustix::fs::access(
+        dir,
+        rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+    )
+    .map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "state dir {shown} is not writable by this daemon's user ({e}); fix: chown \
+                     it to the daemon's user and chmod 700 {shown}"
+            ),
+        )
+    })?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::DirBuilderExt;
+
     use super::*;
 
     fn record(byte: u8) -> WrappedStoreKey {
@@ -367,14 +412,39 @@ mod tests {
     }
 
     #[test]
-    fn state_dir_is_created_private_and_refused_when_writable() {
+    fn the_state_dir_is_checked_never_created() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("a/state");
-        ensure_state_dir(&state).unwrap();
-        assert!(state.is_dir());
-        ensure_state_dir(&state).unwrap();
-        fs::set_permissions(&state, fs::Permissions::from_mode(0o777)).unwrap();
         let e = ensure_state_dir(&state).unwrap_err();
-        assert!(e.to_string().contains("chmod 700"), "{e}");
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        let msg = e.to_string();
+        assert!(msg.contains(&state.display().to_string()), "{msg}");
+        assert!(msg.contains("install -d -m 0700"), "{msg}");
+        assert!(!dir.path().join("a").exists(), "nothing was created");
+
+        fs::create_dir(dir.path().join("a")).unwrap();
+        fs::write(&state, b"").unwrap();
+        let e = ensure_state_dir(&state).unwrap_err();
+        assert!(e.to_string().contains("not a directory"), "{e}");
+        fs::remove_file(&state).unwrap();
+
+        fs::DirBuilder::new().mode(0o700).create(&state).unwrap();
+        ensure_state_dir(&state).unwrap();
+        // Group- or world-writable: whoever can write it can swap store key files.
+        for mode in [0o770, 0o702, 0o777, 0o1777] {
+            fs::set_permissions(&state, fs::Permissions::from_mode(mode)).unwrap();
+            let e = ensure_state_dir(&state).unwrap_err();
+            assert!(e.to_string().contains("chmod 700"), "{mode:o}: {e}");
+        }
+        // Readable by others is not a risk to the store files (they are 0600 each).
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o755)).unwrap();
+        ensure_state_dir(&state).unwrap();
+        // Owned by another user: refused even when its mode is private.
+        if rustix::process::geteuid().is_root() {
+            rustix::fs::chown(&state, Some(rustix::fs::Uid::from_raw(4242)), None).unwrap();
+            fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).unwrap();
+            let e = ensure_state_dir(&state).unwrap_err();
+            assert!(e.to_string().contains("uid 4242"), "{e}");
+        }
     }
 }

@@ -6,6 +6,7 @@ mod common;
 
 mod cli;
 mod revocation;
+mod state_dir;
 mod store_keys;
 mod transport;
 mod wrap;
