@@ -203,8 +203,10 @@ pub fn read_store_file(
 
 /// Writes `file` to its store's [`path_for`], atomically and durably, replacing the old
 /// one (rotation, re-wrap: the caller holds the store's lock and read the old file first).
+/// Temp files a killed earlier write left are removed first.
 pub fn write_store_file(state_dir: &Path, file: &StoreKeyFile) -> Result<(), StoreFileError> {
     let path = path_for(state_dir, &file.store_id);
+    remove_stale_temps(&path);
     write_atomic(&path, &file.to_json()).map_err(|error| StoreFileError::Io { path, error })
 }
 
@@ -212,6 +214,7 @@ pub fn write_store_file(state_dir: &Path, file: &StoreKeyFile) -> Result<(), Sto
 /// file appeared meanwhile, [`StoreFileError::Exists`] (read it: its key is the store's).
 pub fn create_store_file(state_dir: &Path, file: &StoreKeyFile) -> Result<(), StoreFileError> {
     let path = path_for(state_dir, &file.store_id);
+    remove_stale_temps(&path);
     write_new_atomic(&path, &file.to_json()).map_err(|error| {
         if error.kind() == io::ErrorKind::AlreadyExists {
             StoreFileError::Exists { path }
@@ -219,6 +222,14 @@ pub fn create_store_file(state_dir: &Path, file: &StoreKeyFile) -> Result<(), St
             StoreFileError::Io { path, error }
         }
     })
+}
+
+/// Before a write of a store's file (under the store's lock): the temp files an earlier
+/// write of it left when the process died. Failing to remove them is untidy, not fatal.
+fn remove_stale_temps(path: &Path) {
+    if let Err(e) = crate::fs::remove_stale_temps(path) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove stale temp files");
+    }
 }
 
 /// Checks the state dir at start, and never creates it: a missing one is most likely a

@@ -151,6 +151,7 @@ impl Stores {
         let wrapped = broker
             .wrap(&cfg.key, &key.to_key_file_bytes(), context(id))
             .await?;
+        crate::fs::failpoint("store-create:wrapped");
         let file = StoreKeyFile::new(
             id.clone(),
             &cfg.key,

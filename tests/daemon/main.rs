@@ -5,6 +5,7 @@
 mod common;
 
 mod cli;
+mod crash;
 mod revocation;
 mod state_dir;
 mod store_keys;
