@@ -22,8 +22,8 @@
 //! Submodule `format`: the records and their JSON. Durable writes are [`crate::fs`]'s.
 
 use std::fmt;
-use std::fs::{self, File};
-use std::io::{self, Read};
+use std::fs;
+use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -34,8 +34,8 @@ use crate::secret::SecretBytes;
 
 mod format;
 
-use crate::fs::{write_atomic, write_new_atomic};
-pub use format::{FormatError, StoreKeyFile, WrappedStoreKey, FORMAT};
+use crate::fs::{read_private, write_atomic, write_new_atomic, PrivateFileError};
+pub use format::{FormatError, StoreKeyFile, WrappedStoreKey, FORMAT, MAX_PREVIOUS, MAX_WRAPPED};
 pub use kms_broker_api::{Algorithm, KEY_ID_LEN};
 
 /// A store id: `[A-Za-z0-9._-]{1,128}`, and not `.` or `..`, so it is safe as part of a
@@ -139,13 +139,21 @@ pub enum StoreFileError {
         path.display()
     )]
     Corrupt { path: PathBuf, problem: FormatError },
+    /// Owned by another user, or its owner-read bit is off ([`PrivateFileError`] says
+    /// which, and the fix).
+    #[error("store key file: {0}")]
+    Refused(PrivateFileError),
+    /// A write was refused before anything was written: the file would break a bound.
+    #[error("store key file {} was not written: {problem}", path.display())]
+    Unwritable { path: PathBuf, problem: FormatError },
     /// [`create_store_file`] found a file already there.
     #[error("store key file {} already exists", path.display())]
     Exists { path: PathBuf },
 }
 
-/// Store key files are small; anything bigger is not one.
-const MAX_STORE_FILE: u64 = 1 << 20;
+/// Store key files are small (a few KiB; 101 keys wrapped under 16 URIs each stay under
+/// 1 MiB); anything bigger is not one.
+pub const MAX_STORE_FILE: u64 = 4 << 20;
 
 /// The file holding store `id`'s keys: `state_dir/store-<id>.json`. Safe for every
 /// [`StoreId`]: the alphabet has no `/`, and the `store-` prefix keeps `.`/`..` out.
@@ -154,51 +162,67 @@ pub fn path_for(state_dir: &Path, id: &StoreId) -> PathBuf {
 }
 
 /// Reads store `id`'s file: `None` if there is none, an error if it is group/world
-/// accessible, unreadable, corrupt or belongs to another store.
+/// accessible, owned by another user, unreadable, too large, corrupt or belongs to another
+/// store. The checks run on the open handle ([`crate::fs::read_private`]).
 pub fn read_store_file(
     state_dir: &Path,
     id: &StoreId,
 ) -> Result<Option<StoreKeyFile>, StoreFileError> {
     let path = path_for(state_dir, id);
-    let mut file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(StoreFileError::Io { path, error }),
-    };
-    let corrupt = |path: &Path, why: String| StoreFileError::Corrupt {
-        path: path.to_owned(),
+    let corrupt = |path: PathBuf, why: String| StoreFileError::Corrupt {
+        path,
         problem: FormatError::new(why),
     };
-    // Checked on the open handle, so the file checked is the file read.
-    let meta = match file.metadata() {
-        Ok(m) => m,
-        Err(error) => return Err(StoreFileError::Io { path, error }),
+    let bytes = match read_private(&path, MAX_STORE_FILE) {
+        Ok(b) => b,
+        Err(PrivateFileError::Missing { .. }) => return Ok(None),
+        Err(PrivateFileError::Insecure { path, mode }) => {
+            return Err(StoreFileError::Insecure { path, mode })
+        }
+        Err(PrivateFileError::NotRegular { path }) => {
+            return Err(corrupt(path, "not a regular file".into()))
+        }
+        Err(PrivateFileError::TooLarge { path, len, max }) => {
+            return Err(corrupt(path, format!("{len} bytes; at most {max}")))
+        }
+        Err(PrivateFileError::Io { path, error }) => {
+            return Err(StoreFileError::Io { path, error })
+        }
+        Err(e) => return Err(StoreFileError::Refused(e)),
     };
-    let mode = meta.permissions().mode() & 0o777;
-    if !meta.is_file() {
-        return Err(corrupt(&path, "not a regular file".into()));
-    }
-    if mode & 0o077 != 0 {
-        return Err(StoreFileError::Insecure { path, mode });
-    }
-    if meta.len() > MAX_STORE_FILE {
-        return Err(corrupt(&path, format!("{} bytes is too large", meta.len())));
-    }
-    let mut bytes = Vec::new();
-    if let Err(error) = file.read_to_end(&mut bytes) {
-        return Err(StoreFileError::Io { path, error });
-    }
     let parsed = StoreKeyFile::from_json(&bytes).map_err(|problem| StoreFileError::Corrupt {
         path: path.clone(),
         problem,
     })?;
     if parsed.store_id != *id {
         return Err(corrupt(
-            &path,
+            path,
             format!("it holds the keys of store {:?}", parsed.store_id.as_str()),
         ));
     }
     Ok(Some(parsed))
+}
+
+/// The bytes of `file`, checked to read back as the same file within every bound
+/// ([`MAX_STORE_FILE`], [`MAX_PREVIOUS`], [`MAX_WRAPPED`], distinct key ids): a file this
+/// code writes is one it can read, so a rotation past a bound fails before it writes.
+fn checked_json(path: &Path, file: &StoreKeyFile) -> Result<Vec<u8>, StoreFileError> {
+    let json = file.to_json();
+    let refuse = |why: String| StoreFileError::Unwritable {
+        path: path.to_owned(),
+        problem: FormatError::new(why),
+    };
+    if json.len() as u64 > MAX_STORE_FILE {
+        return Err(refuse(format!(
+            "{} bytes; at most {MAX_STORE_FILE}",
+            json.len()
+        )));
+    }
+    match StoreKeyFile::from_json(&json) {
+        Ok(back) if back == *file => Ok(json),
+        Ok(_) => Err(refuse("it would not read back the same".into())),
+        Err(e) => Err(refuse(e.to_string())),
+    }
 }
 
 /// Writes `file` to its store's [`path_for`], atomically and durably, replacing the old
@@ -206,16 +230,18 @@ pub fn read_store_file(
 /// Temp files a killed earlier write left are removed first.
 pub fn write_store_file(state_dir: &Path, file: &StoreKeyFile) -> Result<(), StoreFileError> {
     let path = path_for(state_dir, &file.store_id);
+    let json = checked_json(&path, file)?;
     remove_stale_temps(&path);
-    write_atomic(&path, &file.to_json()).map_err(|error| StoreFileError::Io { path, error })
+    write_atomic(&path, &json).map_err(|error| StoreFileError::Io { path, error })
 }
 
 /// Creates the FIRST file of a store, atomically and durably, and never replaces one: if a
 /// file appeared meanwhile, [`StoreFileError::Exists`] (read it: its key is the store's).
 pub fn create_store_file(state_dir: &Path, file: &StoreKeyFile) -> Result<(), StoreFileError> {
     let path = path_for(state_dir, &file.store_id);
+    let json = checked_json(&path, file)?;
     remove_stale_temps(&path);
-    write_new_atomic(&path, &file.to_json()).map_err(|error| {
+    write_new_atomic(&path, &json).map_err(|error| {
         if error.kind() == io::ErrorKind::AlreadyExists {
             StoreFileError::Exists { path }
         } else {
@@ -389,6 +415,50 @@ mod tests {
         let e = read_store_file(dir.path(), &id).unwrap_err();
         let fix = format!("chmod 600 {}", path.display());
         assert!(e.to_string().contains(&fix), "{e}");
+    }
+
+    #[test]
+    fn a_write_past_a_bound_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = sample();
+        write_store_file(dir.path(), &f).unwrap();
+        let path = path_for(dir.path(), &f.store_id);
+        let before = fs::read(&path).unwrap();
+        while f.previous.len() <= MAX_PREVIOUS {
+            f.rotate(record(f.previous.len() as u8 + 10));
+        }
+        let e = write_store_file(dir.path(), &f).unwrap_err();
+        assert!(matches!(e, StoreFileError::Unwritable { .. }), "{e}");
+        assert!(e.to_string().contains("at most 100"), "{e}");
+        assert_eq!(fs::read(&path).unwrap(), before, "the old file stays");
+        assert_eq!(files_in(dir.path()), ["store-store-1.json"]);
+        // Two keys with one key id would read as corrupt: never written either.
+        let mut f = sample();
+        f.previous[1].key_id = f.active.key_id;
+        let other = tempfile::tempdir().unwrap();
+        let e = create_store_file(other.path(), &f).unwrap_err();
+        assert!(e.to_string().contains("share a key_id"), "{e}");
+        assert!(files_in(other.path()).is_empty());
+    }
+
+    #[test]
+    fn oversized_or_foreign_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = sample();
+        let path = path_for(dir.path(), &f.store_id);
+        let mut big = f.to_json();
+        big.resize(MAX_STORE_FILE as usize + 1, b' ');
+        write_atomic(&path, &big).unwrap();
+        let e = read_store_file(dir.path(), &f.store_id).unwrap_err();
+        assert!(matches!(e, StoreFileError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("at most"), "{e}");
+        write_store_file(dir.path(), &f).unwrap();
+        if rustix::process::geteuid().is_root() {
+            rustix::fs::chown(&path, Some(rustix::fs::Uid::from_raw(4242)), None).unwrap();
+            let e = read_store_file(dir.path(), &f.store_id).unwrap_err();
+            assert!(matches!(e, StoreFileError::Refused(_)), "{e}");
+            assert!(e.to_string().contains("uid 4242"), "{e}");
+        }
     }
 
     #[test]
