@@ -54,7 +54,18 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
+/// Creates a state dir (0700), as an operator would: the daemon never creates it.
+fn make_state_dir(dir: &Path) {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .unwrap();
+}
+
 fn config(dir: &Path, mock_name: &str) -> Config {
+    make_state_dir(&dir.join("state"));
     let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
     let text = format!(
         r#"[server]
@@ -121,6 +132,7 @@ async fn process_startup(dir: &Path) -> (Duration, Duration) {
     let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
     let sock = dir.join("startup.sock");
     let config = dir.join("startup.toml");
+    make_state_dir(&dir.join("startup-state"));
     std::fs::write(
         &config,
         format!(

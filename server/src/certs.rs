@@ -2,6 +2,7 @@
 //! a client certificate. For `kms-broker dev-certs` and `serve --dev`; DEV ONLY: the CA key
 //! sits next to the certificates it signs.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 use rcgen::{
@@ -78,7 +79,12 @@ pub fn issue(ca: &Pem, cn: Option<&str>, sans: &[&str], server: bool) -> Result<
 /// Writes a CA, a server certificate (localhost, 127.0.0.1, ::1) and a `dev-client`
 /// client certificate into `out` (mode 0600 files, atomically).
 pub fn write_dev_certs(out: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    // 0700 when we make it: the CA key lives here.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(out)
+        .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let ca = make_ca("kms-broker dev CA (DEV ONLY)")?;
     let server = issue(
         &ca,
@@ -143,8 +149,12 @@ mod tests {
 
     #[test]
     fn writes_a_full_set() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        write_dev_certs(dir.path()).unwrap();
-        assert!(dev_certs_exist(dir.path()));
+        let out = dir.path().join("certs");
+        write_dev_certs(&out).unwrap();
+        assert!(dev_certs_exist(&out));
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "the CA key's folder is private");
     }
 }

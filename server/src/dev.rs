@@ -2,6 +2,7 @@
 //! config under a dev folder (default `.dev/`) if missing, and serves on `.dev/broker.sock`
 //! and 127.0.0.1:7443. DEV ONLY: the key file and the CA key sit on the local disk.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ConfigError};
@@ -10,13 +11,29 @@ use crate::config::{Config, ConfigError};
 pub const DEV_KEY: &str = "dev";
 pub const DEV_STORE: &str = "dev-store";
 pub const DEV_TCP: &str = "127.0.0.1:7443";
+/// The state dir, inside the dev folder.
+const DEV_STATE: &str = "state";
+
+/// Creates `dir` (and missing parents) with mode 0700; an existing one is left as it is
+/// (the daemon's own checks then judge it).
+fn private_dir(dir: &Path) -> Result<(), String> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+}
 
 /// Creates what is missing under `dir` and returns the config to serve.
 pub fn prepare(dir: &Path) -> Result<Config, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    // 0700: the dev folder holds a key file and the dev CA's key.
+    private_dir(dir)?;
     let dir = dir
         .canonicalize()
         .map_err(|e| format!("cannot resolve {}: {e}", dir.display()))?;
+    // The daemon itself never creates its state dir (a missing one may be a lost mount);
+    // dev mode is the one place that makes it, as it makes everything else.
+    private_dir(&dir.join(DEV_STATE))?;
     let certs = dir.join("certs");
     if !crate::certs::dev_certs_exist(&certs) {
         crate::certs::write_dev_certs(&certs)?;
@@ -44,7 +61,7 @@ fn config_text(dir: &Path, key: &Path, uid: u32) -> String {
 [server]
 unix_socket = "broker.sock"
 tcp_listen = "{DEV_TCP}"
-state_dir = "state"
+state_dir = "{DEV_STATE}"
 
 [tls]
 ca = "certs/ca.pem"
@@ -99,4 +116,28 @@ Over mutual TLS (GetStoreKey is refused there by design):
         cert = certs.join("client.pem").display(),
         key = certs.join("client-key.pem").display(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn prepare_makes_a_private_state_dir_the_daemon_accepts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dev = tmp.path().join("dev");
+        let config = prepare(&dev).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            config.server.state_dir,
+            dev.canonicalize().unwrap().join("state")
+        );
+        assert_eq!(mode(&config.server.state_dir), 0o700);
+        assert_eq!(mode(&dev), 0o700);
+        crate::store_key::ensure_state_dir(&config.server.state_dir).unwrap();
+        // A second start reuses everything.
+        prepare(&dev).unwrap();
+    }
 }

@@ -22,9 +22,9 @@
 //! Submodule `format`: the records and their JSON. Durable writes are [`crate::fs`]'s.
 
 use std::fmt;
-use std::fs::{self, File};
-use std::io::{self, Read};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::fs;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -34,8 +34,8 @@ use crate::secret::SecretBytes;
 
 mod format;
 
-use crate::fs::{write_atomic, write_new_atomic};
-pub use format::{FormatError, StoreKeyFile, WrappedStoreKey, FORMAT};
+use crate::fs::{read_private, write_atomic, write_new_atomic, PrivateFileError};
+pub use format::{FormatError, StoreKeyFile, WrappedStoreKey, FORMAT, MAX_PREVIOUS, MAX_WRAPPED};
 pub use kms_broker_api::{Algorithm, KEY_ID_LEN};
 
 /// A store id: `[A-Za-z0-9._-]{1,128}`, and not `.` or `..`, so it is safe as part of a
@@ -139,13 +139,21 @@ pub enum StoreFileError {
         path.display()
     )]
     Corrupt { path: PathBuf, problem: FormatError },
+    /// Owned by another user, or its owner-read bit is off ([`PrivateFileError`] says
+    /// which, and the fix).
+    #[error("store key file: {0}")]
+    Refused(PrivateFileError),
+    /// A write was refused before anything was written: the file would break a bound.
+    #[error("store key file {} was not written: {problem}", path.display())]
+    Unwritable { path: PathBuf, problem: FormatError },
     /// [`create_store_file`] found a file already there.
     #[error("store key file {} already exists", path.display())]
     Exists { path: PathBuf },
 }
 
-/// Store key files are small; anything bigger is not one.
-const MAX_STORE_FILE: u64 = 1 << 20;
+/// Store key files are small (a few KiB; 101 keys wrapped under 16 URIs each stay under
+/// 1 MiB); anything bigger is not one.
+pub const MAX_STORE_FILE: u64 = 4 << 20;
 
 /// The file holding store `id`'s keys: `state_dir/store-<id>.json`. Safe for every
 /// [`StoreId`]: the alphabet has no `/`, and the `store-` prefix keeps `.`/`..` out.
@@ -154,65 +162,86 @@ pub fn path_for(state_dir: &Path, id: &StoreId) -> PathBuf {
 }
 
 /// Reads store `id`'s file: `None` if there is none, an error if it is group/world
-/// accessible, unreadable, corrupt or belongs to another store.
+/// accessible, owned by another user, unreadable, too large, corrupt or belongs to another
+/// store. The checks run on the open handle ([`crate::fs::read_private`]).
 pub fn read_store_file(
     state_dir: &Path,
     id: &StoreId,
 ) -> Result<Option<StoreKeyFile>, StoreFileError> {
     let path = path_for(state_dir, id);
-    let mut file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(StoreFileError::Io { path, error }),
-    };
-    let corrupt = |path: &Path, why: String| StoreFileError::Corrupt {
-        path: path.to_owned(),
+    let corrupt = |path: PathBuf, why: String| StoreFileError::Corrupt {
+        path,
         problem: FormatError::new(why),
     };
-    // Checked on the open handle, so the file checked is the file read.
-    let meta = match file.metadata() {
-        Ok(m) => m,
-        Err(error) => return Err(StoreFileError::Io { path, error }),
+    let bytes = match read_private(&path, MAX_STORE_FILE) {
+        Ok(b) => b,
+        Err(PrivateFileError::Missing { .. }) => return Ok(None),
+        Err(PrivateFileError::Insecure { path, mode }) => {
+            return Err(StoreFileError::Insecure { path, mode })
+        }
+        Err(PrivateFileError::NotRegular { path }) => {
+            return Err(corrupt(path, "not a regular file".into()))
+        }
+        Err(PrivateFileError::TooLarge { path, len, max }) => {
+            return Err(corrupt(path, format!("{len} bytes; at most {max}")))
+        }
+        Err(PrivateFileError::Io { path, error }) => {
+            return Err(StoreFileError::Io { path, error })
+        }
+        Err(e) => return Err(StoreFileError::Refused(e)),
     };
-    let mode = meta.permissions().mode() & 0o777;
-    if !meta.is_file() {
-        return Err(corrupt(&path, "not a regular file".into()));
-    }
-    if mode & 0o077 != 0 {
-        return Err(StoreFileError::Insecure { path, mode });
-    }
-    if meta.len() > MAX_STORE_FILE {
-        return Err(corrupt(&path, format!("{} bytes is too large", meta.len())));
-    }
-    let mut bytes = Vec::new();
-    if let Err(error) = file.read_to_end(&mut bytes) {
-        return Err(StoreFileError::Io { path, error });
-    }
     let parsed = StoreKeyFile::from_json(&bytes).map_err(|problem| StoreFileError::Corrupt {
         path: path.clone(),
         problem,
     })?;
     if parsed.store_id != *id {
         return Err(corrupt(
-            &path,
+            path,
             format!("it holds the keys of store {:?}", parsed.store_id.as_str()),
         ));
     }
     Ok(Some(parsed))
 }
 
+/// The bytes of `file`, checked to read back as the same file within every bound
+/// ([`MAX_STORE_FILE`], [`MAX_PREVIOUS`], [`MAX_WRAPPED`], distinct key ids): a file this
+/// code writes is one it can read, so a rotation past a bound fails before it writes.
+fn checked_json(path: &Path, file: &StoreKeyFile) -> Result<Vec<u8>, StoreFileError> {
+    let json = file.to_json();
+    let refuse = |why: String| StoreFileError::Unwritable {
+        path: path.to_owned(),
+        problem: FormatError::new(why),
+    };
+    if json.len() as u64 > MAX_STORE_FILE {
+        return Err(refuse(format!(
+            "{} bytes; at most {MAX_STORE_FILE}",
+            json.len()
+        )));
+    }
+    match StoreKeyFile::from_json(&json) {
+        Ok(back) if back == *file => Ok(json),
+        Ok(_) => Err(refuse("it would not read back the same".into())),
+        Err(e) => Err(refuse(e.to_string())),
+    }
+}
+
 /// Writes `file` to its store's [`path_for`], atomically and durably, replacing the old
 /// one (rotation, re-wrap: the caller holds the store's lock and read the old file first).
+/// Temp files a killed earlier write left are removed first.
 pub fn write_store_file(state_dir: &Path, file: &StoreKeyFile) -> Result<(), StoreFileError> {
     let path = path_for(state_dir, &file.store_id);
-    write_atomic(&path, &file.to_json()).map_err(|error| StoreFileError::Io { path, error })
+    let json = checked_json(&path, file)?;
+    remove_stale_temps(&path);
+    write_atomic(&path, &json).map_err(|error| StoreFileError::Io { path, error })
 }
 
 /// Creates the FIRST file of a store, atomically and durably, and never replaces one: if a
 /// file appeared meanwhile, [`StoreFileError::Exists`] (read it: its key is the store's).
 pub fn create_store_file(state_dir: &Path, file: &StoreKeyFile) -> Result<(), StoreFileError> {
     let path = path_for(state_dir, &file.store_id);
-    write_new_atomic(&path, &file.to_json()).map_err(|error| {
+    let json = checked_json(&path, file)?;
+    remove_stale_temps(&path);
+    write_new_atomic(&path, &json).map_err(|error| {
         if error.kind() == io::ErrorKind::AlreadyExists {
             StoreFileError::Exists { path }
         } else {
@@ -221,37 +250,89 @@ pub fn create_store_file(state_dir: &Path, file: &StoreKeyFile) -> Result<(), St
     })
 }
 
-/// Creates the state dir (mode 0700) if missing; refuses one that group or others can
-/// write, since whoever can write it can swap store key files.
+/// Before a write of a store's file (under the store's lock): the temp files an earlier
+/// write of it left when the process died. Failing to remove them is untidy, not fatal.
+fn remove_stale_temps(path: &Path) {
+    if let Err(e) = crate::fs::remove_stale_temps(path) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove stale temp files");
+    }
+}
+
+/// Checks the state dir at start, and never creates it: a missing one is most likely a
+/// lost mount or a typo, and a fresh empty folder in its place would let `create=true`
+/// mint new keys for stores whose data is encrypted under the lost ones. The dir must
+/// exist, be a directory (symlinks are followed), be writable by us, be owned by us or
+/// root, and not be writable by group or others (whoever can write it can swap store key
+/// files). Every message names the folder and the fix.
 pub fn ensure_state_dir(dir: &Path) -> io::Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let meta = fs::metadata(dir)?;
+    let shown = dir.display();
+    let meta = match fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "state dir {shown} does not exist; kms-broker never creates it (a missing \
+                     one may be a lost mount, and an empty one would mint new store keys); \
+                     create it with `install -d -m 0700 {shown}` as the daemon's user, or fix \
+                     server.state_dir"
+                ),
+            ))
+        }
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("state dir {shown} cannot be examined: {e}"),
+            ))
+        }
+    };
     if !meta.is_dir() {
         return Err(io::Error::other(format!(
-            "state dir {} is not a directory",
-            dir.display()
+            "state dir {shown} is not a directory; point server.state_dir at a folder"
         )));
     }
-    let mode = meta.permissions().mode() & 0o777;
+    let uid = meta.uid();
+    if uid != 0 && uid != rustix::process::geteuid().as_raw() {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "state dir {shown} is owned by uid {uid}, not by this daemon's user or root; \
+                 fix: chown it to the daemon's user"
+            ),
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o022 != 0 {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
-                "state dir {} has mode {mode:04o}: group and others must not write it; \
-                 fix: chmod 700 {}",
-                dir.display(),
-                dir.display()
+                "state dir {shown} has mode {mode:04o}: group and others must not write it; \
+                 fix: chmod 700 {shown}"
             ),
         ));
     }
+    // Store files and the lock file are created in it; better to fail now than at the
+    // first GetStoreKey with create=true.
+    rustix::fs::access(
+        dir,
+        rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+    )
+    .map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "state dir {shown} is not writable by this daemon's user ({e}); fix: chown \
+                     it to the daemon's user and chmod 700 {shown}"
+            ),
+        )
+    })?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::DirBuilderExt;
+
     use super::*;
 
     fn record(byte: u8) -> WrappedStoreKey {
@@ -337,6 +418,50 @@ mod tests {
     }
 
     #[test]
+    fn a_write_past_a_bound_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = sample();
+        write_store_file(dir.path(), &f).unwrap();
+        let path = path_for(dir.path(), &f.store_id);
+        let before = fs::read(&path).unwrap();
+        while f.previous.len() <= MAX_PREVIOUS {
+            f.rotate(record(f.previous.len() as u8 + 10));
+        }
+        let e = write_store_file(dir.path(), &f).unwrap_err();
+        assert!(matches!(e, StoreFileError::Unwritable { .. }), "{e}");
+        assert!(e.to_string().contains("at most 100"), "{e}");
+        assert_eq!(fs::read(&path).unwrap(), before, "the old file stays");
+        assert_eq!(files_in(dir.path()), ["store-store-1.json"]);
+        // Two keys with one key id would read as corrupt: never written either.
+        let mut f = sample();
+        f.previous[1].key_id = f.active.key_id;
+        let other = tempfile::tempdir().unwrap();
+        let e = create_store_file(other.path(), &f).unwrap_err();
+        assert!(e.to_string().contains("share a key_id"), "{e}");
+        assert!(files_in(other.path()).is_empty());
+    }
+
+    #[test]
+    fn oversized_or_foreign_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = sample();
+        let path = path_for(dir.path(), &f.store_id);
+        let mut big = f.to_json();
+        big.resize(MAX_STORE_FILE as usize + 1, b' ');
+        write_atomic(&path, &big).unwrap();
+        let e = read_store_file(dir.path(), &f.store_id).unwrap_err();
+        assert!(matches!(e, StoreFileError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("at most"), "{e}");
+        write_store_file(dir.path(), &f).unwrap();
+        if rustix::process::geteuid().is_root() {
+            rustix::fs::chown(&path, Some(rustix::fs::Uid::from_raw(4242)), None).unwrap();
+            let e = read_store_file(dir.path(), &f.store_id).unwrap_err();
+            assert!(matches!(e, StoreFileError::Refused(_)), "{e}");
+            assert!(e.to_string().contains("uid 4242"), "{e}");
+        }
+    }
+
+    #[test]
     fn path_for_stays_inside_the_state_dir() {
         let dir = Path::new("/var/lib/kms-broker");
         // Every character of the alphabet alone (`.` alone is refused, below) and edge shapes.
@@ -368,14 +493,39 @@ mod tests {
     }
 
     #[test]
-    fn state_dir_is_created_private_and_refused_when_writable() {
+    fn the_state_dir_is_checked_never_created() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("a/state");
-        ensure_state_dir(&state).unwrap();
-        assert!(state.is_dir());
-        ensure_state_dir(&state).unwrap();
-        fs::set_permissions(&state, fs::Permissions::from_mode(0o777)).unwrap();
         let e = ensure_state_dir(&state).unwrap_err();
-        assert!(e.to_string().contains("chmod 700"), "{e}");
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        let msg = e.to_string();
+        assert!(msg.contains(&state.display().to_string()), "{msg}");
+        assert!(msg.contains("install -d -m 0700"), "{msg}");
+        assert!(!dir.path().join("a").exists(), "nothing was created");
+
+        fs::create_dir(dir.path().join("a")).unwrap();
+        fs::write(&state, b"").unwrap();
+        let e = ensure_state_dir(&state).unwrap_err();
+        assert!(e.to_string().contains("not a directory"), "{e}");
+        fs::remove_file(&state).unwrap();
+
+        fs::DirBuilder::new().mode(0o700).create(&state).unwrap();
+        ensure_state_dir(&state).unwrap();
+        // Group- or world-writable: whoever can write it can swap store key files.
+        for mode in [0o770, 0o702, 0o777, 0o1777] {
+            fs::set_permissions(&state, fs::Permissions::from_mode(mode)).unwrap();
+            let e = ensure_state_dir(&state).unwrap_err();
+            assert!(e.to_string().contains("chmod 700"), "{mode:o}: {e}");
+        }
+        // Readable by others is not a risk to the store files (they are 0600 each).
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o755)).unwrap();
+        ensure_state_dir(&state).unwrap();
+        // Owned by another user: refused even when its mode is private.
+        if rustix::process::geteuid().is_root() {
+            rustix::fs::chown(&state, Some(rustix::fs::Uid::from_raw(4242)), None).unwrap();
+            fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).unwrap();
+            let e = ensure_state_dir(&state).unwrap_err();
+            assert!(e.to_string().contains("uid 4242"), "{e}");
+        }
     }
 }

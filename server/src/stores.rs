@@ -189,6 +189,7 @@ impl Stores {
             .broker
             .wrap(&cfg.key, &key.to_key_file_bytes(), context(id))
             .await?;
+        crate::fs::failpoint("store-create:wrapped");
         let wrapped_missing = wrapped.missing;
         let file = StoreKeyFile::new(
             id.clone(),

@@ -7,6 +7,7 @@ pub mod backend_daemon;
 pub mod standins;
 
 use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -57,8 +58,23 @@ fn install_crypto() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
-/// The full config text for a daemon in `dir`: `[server]` and `[tls]` plus `body`.
+/// Creates `dir/state` (0700) if missing, as an operator (or systemd's `StateDirectory`)
+/// would: the daemon never creates its state dir.
+pub fn make_state_dir(dir: &Path) -> PathBuf {
+    let state = dir.join("state");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&state)
+        .expect("create the state dir");
+    state
+}
+
+/// The full config text for a daemon in `dir`: `[server]` and `[tls]` plus `body`. Also
+/// creates the state dir it names ([`make_state_dir`]), so every test that runs a daemon on
+/// this text finds it there.
 pub fn config_text(dir: &Path, body: &str) -> String {
+    make_state_dir(dir);
     format!(
         "[server]\nunix_socket = \"{}\"\ntcp_listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\nshutdown_grace = \"2s\"\n\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n{body}\n",
         dir.join("broker.sock").display(),

@@ -5,12 +5,14 @@
 mod common;
 
 mod cli;
+mod crash;
 mod custody;
 mod flood;
 mod lifecycle;
 mod logs;
 mod regions;
 mod revocation;
+mod state_dir;
 mod store_keys;
 mod transport;
 mod wrap;

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -104,6 +104,12 @@ allow = [{allow}]
     }
 
     pub async fn start_with(&self, text: &str) -> Daemon {
+        // As an operator would: the daemon never creates its state dir.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(self.dir.path().join("state"))
+            .expect("create the state dir");
         let path = self.dir.path().join("broker.toml");
         let config = kms_broker::config::Config::parse(&path, text).expect("valid test config");
         let server = Server::bind(config).await.expect("bind");

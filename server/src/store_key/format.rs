@@ -89,6 +89,15 @@ pub struct StoreKeyFile {
 /// The on-disk format this code writes and reads.
 pub const FORMAT: u64 = 1;
 
+/// At most this many `previous` keys: a store rotated monthly for eight years. Reading
+/// refuses more, and so does writing (a rotation past it fails before anything is written),
+/// so every file this code writes, it can read.
+pub const MAX_PREVIOUS: usize = 100;
+
+/// At most this many bytes in one wrapped key (decoded). A store key wrapped under 16 KMS
+/// URIs is a few KiB; this leaves room for every KMS's ciphertext overhead.
+pub const MAX_WRAPPED: usize = 64 * 1024;
+
 impl StoreKeyFile {
     pub fn new(store_id: StoreId, key_name: &str, active: WrappedStoreKey) -> Self {
         Self {
@@ -141,6 +150,12 @@ impl StoreKeyFile {
             None => return Err(FormatError("no \"format\" field".into())),
         }
         let raw: RawFile = serde_json::from_slice(bytes).map_err(|e| FormatError(e.to_string()))?;
+        if raw.previous.len() > MAX_PREVIOUS {
+            return Err(FormatError(format!(
+                "{} previous keys; at most {MAX_PREVIOUS} are kept",
+                raw.previous.len()
+            )));
+        }
         let store_id =
             StoreId::parse(&raw.store_id).map_err(|e| FormatError(format!("store_id: {e}")))?;
         if !crate::config::valid_name(&raw.key_name) {
@@ -225,11 +240,18 @@ impl RawKey {
         let created_at = OffsetDateTime::parse(&self.created_at, &Rfc3339)
             .map_err(|e| bad("created_at", format!("not an RFC 3339 time ({e})")))?
             .into();
+        // Bounded before decoding: base64 is 4 characters per 3 bytes.
+        if self.wrapped.len() > MAX_WRAPPED.div_ceil(3) * 4 {
+            return Err(bad("wrapped", format!("longer than {MAX_WRAPPED} bytes")));
+        }
         let wrapped = BASE64
             .decode(&self.wrapped)
             .map_err(|e| bad("wrapped", format!("not base64 ({e})")))?;
         if wrapped.is_empty() {
             return Err(bad("wrapped", "is empty".into()));
+        }
+        if wrapped.len() > MAX_WRAPPED {
+            return Err(bad("wrapped", format!("longer than {MAX_WRAPPED} bytes")));
         }
         Ok(WrappedStoreKey {
             key_id,
@@ -240,19 +262,22 @@ impl RawKey {
     }
 }
 
-/// `t` as RFC 3339 UTC. Times come from the clock or from a parsed file, so they are in
-/// range; a wildly wrong clock is clamped to 1970..=9999 rather than panicking, since
-/// `created_at` is informational.
+/// `t` as RFC 3339 UTC, to the nanosecond. A time read from a file (RFC 3339: years 0000
+/// to 9999) is written back exactly as it was, so rewriting a file never changes an old
+/// key's `created_at`; a wildly wrong clock is clamped to that range rather than
+/// panicking, since `created_at` is informational.
 fn rfc3339(t: SystemTime) -> String {
     let nanos = match t.duration_since(SystemTime::UNIX_EPOCH) {
         Ok(d) => i128::try_from(d.as_nanos()).unwrap_or(i128::MAX),
-        Err(_) => 0,
+        Err(e) => i128::try_from(e.duration().as_nanos()).map_or(i128::MIN, |n| -n),
     };
-    let max = OffsetDateTime::new_utc(time::Date::MAX, time::Time::MIDNIGHT);
-    let last = 253_402_300_799_i128 * 1_000_000_000; // 9999-12-31T23:59:59Z
-    let t = OffsetDateTime::from_unix_timestamp_nanos(nanos.min(last)).unwrap_or(max);
-    t.format(&Rfc3339)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+    const NANOS: i128 = 1_000_000_000;
+    let first = -62_167_219_200 * NANOS; // 0000-01-01T00:00:00Z
+    let last = 253_402_300_800 * NANOS - 1; // 9999-12-31T23:59:59.999999999Z
+    OffsetDateTime::from_unix_timestamp_nanos(nanos.clamp(first, last))
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
 }
 
 #[cfg(test)]
@@ -309,11 +334,54 @@ mod tests {
 
     #[test]
     fn absurd_clocks_are_clamped_not_panics() {
-        assert_eq!(
-            rfc3339(SystemTime::UNIX_EPOCH - Duration::from_secs(5)),
-            "1970-01-01T00:00:00Z"
-        );
         let far = SystemTime::UNIX_EPOCH + Duration::from_secs(400_000_000_000);
-        assert_eq!(rfc3339(far), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(far), "9999-12-31T23:59:59.999999999Z");
+        let past = SystemTime::UNIX_EPOCH - Duration::from_secs(100_000_000_000);
+        assert_eq!(rfc3339(past), "0000-01-01T00:00:00Z");
+    }
+
+    /// A file rewritten (rotation, re-wrap) keeps every old key's `created_at` as read,
+    /// before 1970 included (it was clamped to 1970 before).
+    #[test]
+    fn every_readable_time_is_written_back_unchanged() {
+        for t in [
+            "1969-12-31T23:59:55Z",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999999999Z",
+            "2024-02-29T12:00:00.5+05:30",
+        ] {
+            let w = WrappedStoreKey::new(&StoreKey::generate(Algorithm::Aes256), vec![1]);
+            let f = StoreKeyFile::new(StoreId::parse("s").unwrap(), "k", w);
+            let json = String::from_utf8(f.to_json()).unwrap();
+            let at = json.find("\"created_at\": \"").unwrap() + 15;
+            let end = at + json[at..].find('"').unwrap();
+            let edited = format!("{}{t}{}", &json[..at], &json[end..]);
+            let read = StoreKeyFile::from_json(edited.as_bytes()).unwrap();
+            let again = StoreKeyFile::from_json(&read.to_json()).unwrap();
+            assert_eq!(again, read, "{t}");
+        }
+    }
+
+    #[test]
+    fn sizes_are_bounded() {
+        let k = || WrappedStoreKey::new(&StoreKey::generate(Algorithm::Aes256), vec![1; 16]);
+        let mut f = StoreKeyFile::new(StoreId::parse("s").unwrap(), "k", k());
+        for _ in 0..MAX_PREVIOUS {
+            f.rotate(k());
+        }
+        assert_eq!(StoreKeyFile::from_json(&f.to_json()).unwrap(), f);
+        f.rotate(k());
+        let e = StoreKeyFile::from_json(&f.to_json()).unwrap_err();
+        assert!(e.to_string().contains("at most 100"), "{e}");
+
+        let mut f = StoreKeyFile::new(StoreId::parse("s").unwrap(), "k", k());
+        f.active.wrapped = vec![7; MAX_WRAPPED];
+        assert_eq!(StoreKeyFile::from_json(&f.to_json()).unwrap(), f);
+        // One byte more, and a base64 text too long to decode to the cap at all.
+        for len in [MAX_WRAPPED + 1, MAX_WRAPPED + 3] {
+            f.active.wrapped = vec![7; len];
+            let e = StoreKeyFile::from_json(&f.to_json()).unwrap_err();
+            assert!(e.to_string().contains("active.wrapped: longer than"), "{e}");
+        }
     }
 }
