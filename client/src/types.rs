@@ -98,6 +98,9 @@ pub struct StoreKeys {
     pub active: StoreKey,
     /// Older keys still needed to read data written before a rotation, newest first.
     pub previous: Vec<StoreKey>,
+    /// The store's key file as the daemon keeps it, every key KMS-wrapped: safe to keep
+    /// beside the data or in a backup. `kms-broker import` restores a lost state dir from it.
+    pub wrapped_copy: Vec<u8>,
 }
 
 impl StoreKeys {
@@ -113,6 +116,7 @@ impl StoreKeys {
         Ok(StoreKeys {
             active: StoreKey::from_pb(active, "active store key")?,
             previous,
+            wrapped_copy: std::mem::take(&mut pb.wrapped_copy),
         })
     }
 }
@@ -246,6 +250,7 @@ mod tests {
         let keys = StoreKeys::from_pb(pb::GetStoreKeyResponse {
             active: Some(pb_key(32, 32, "AES-256")),
             previous: vec![pb_key(32, 16, "AES-128")],
+            wrapped_copy: b"{}".to_vec(),
         })
         .expect("valid keys");
         let s = format!("{keys:?}");
