@@ -25,6 +25,7 @@ use crate::error::Error;
 use crate::key_name::KeyName;
 use crate::revocation::{Clock, Key, KeyStatus, KmsUri, Source, Ticket};
 use crate::secret::SecretBytes;
+use crate::unwrap_cache::{Shared, UnwrapCache};
 
 /// What WrapKey made.
 #[derive(Debug)]
@@ -61,6 +62,7 @@ pub struct Broker {
     clock: Clock,
     grace: Duration,
     hedge_after: Duration,
+    cache: UnwrapCache,
 }
 
 impl Broker {
@@ -78,7 +80,11 @@ impl Broker {
                         problem: format!("{}: {problem}", uri.redacted()),
                         fix: "correct the URI or the files and variables it names".into(),
                     })?;
-                uris.push(KmsUri::new(uri.clone(), Resilient::new(inner, config.kms)));
+                uris.push(KmsUri::new(
+                    uri.clone(),
+                    Resilient::new(inner, config.kms),
+                    config.max_in_flight,
+                ));
             }
             let name = name.clone();
             let key = Key {
@@ -93,6 +99,7 @@ impl Broker {
             clock: Clock::default(),
             grace: config.revocation.grace_period,
             hedge_after: config.hedge_after,
+            cache: UnwrapCache::new(config.cache.max_age, config.cache.max_entries),
         })
     }
 
@@ -118,6 +125,42 @@ impl Broker {
     /// Whether material already held for `key` (a store key) may be handed out now.
     pub fn may_hand_out_held(&self, key: &KeyName) -> Result<(), Error> {
         self.key(key)?.may_hand_out_held(self.grace)
+    }
+
+    /// UnwrapKey: [`Broker::unwrap`] behind the coalescing cache (see
+    /// [`crate::unwrap_cache`]). `blob` is the bytes `env` was decoded from.
+    pub async fn unwrap_shared(
+        &self,
+        blob: &[u8],
+        env: &Envelope,
+        context: BTreeMap<String, String>,
+    ) -> Result<Arc<Shared>, Error> {
+        self.key(&env.key_name)?;
+        let id = crate::unwrap_cache::id(blob, &context);
+        let allowed = |k: &KeyName| self.may_hand_out_held(k).is_ok();
+        self.cache
+            .get_or_unwrap(id, allowed, || async {
+                let u = self.unwrap(env, context).await?;
+                Ok(Shared {
+                    key: env.key_name.clone(),
+                    plaintext: u.plaintext,
+                    key_version: u.key_version,
+                })
+            })
+            .await
+    }
+
+    /// Drops cached plaintexts that are expired or whose key may no longer hand out held
+    /// material (zeroized as they go).
+    pub fn purge_cache(&self) {
+        let dropped = self.cache.purge(|k| self.may_hand_out_held(k).is_ok());
+        if dropped > 0 {
+            tracing::debug!(dropped, "purged cached unwraps");
+        }
+    }
+
+    pub fn cache_stats(&self) -> crate::unwrap_cache::CacheStats {
+        self.cache.stats()
     }
 
     /// Wraps under every URI of `key` (concurrently), binding the key name and `context`.
@@ -152,6 +195,7 @@ impl Broker {
         let calls = asked.iter().map(|u| {
             let ticket = self.clock.ticket(Source::Use);
             async move {
+                let _turn = u.turn().await;
                 let started = Instant::now();
                 let r = u.backend.encrypt(plaintext, aad).await;
                 (ticket, started.elapsed(), r)
@@ -333,6 +377,7 @@ impl Broker {
             let ticket = self.clock.ticket(Source::Use);
             started.push((u, Instant::now()));
             return Some(Box::pin(async move {
+                let _turn = u.turn().await;
                 let started = Instant::now();
                 let r = u
                     .backend

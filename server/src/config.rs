@@ -56,8 +56,11 @@ pub struct Config {
     /// An unwrap asks a key's next URI when the first has not answered within this; zero
     /// turns hedging off.
     pub hedge_after: Duration,
+    /// KMS calls in flight per URI, at most; more wait their turn.
+    pub max_in_flight: usize,
     pub policy: Policy,
     pub limits: crate::limits::Limits,
+    pub cache: crate::unwrap_cache::CacheConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -106,7 +109,10 @@ pub struct StoreConfig {
 
 #[derive(Debug, Clone, Copy)]
 pub struct RevocationConfig {
+    /// The interval while every URI is ACTIVE.
     pub poll_interval: Duration,
+    /// The interval while any URI is not: a key coming back (or going) is seen sooner.
+    pub degraded_poll_interval: Duration,
     /// Zero turns the grace off.
     pub grace_period: Duration,
 }
@@ -130,6 +136,8 @@ struct RawConfig {
     policy: Vec<RawPolicy>,
     #[serde(default)]
     limits: crate::limits::RawLimits,
+    #[serde(default)]
+    cache: crate::unwrap_cache::CacheConfig,
 }
 
 #[derive(Deserialize)]
@@ -174,6 +182,8 @@ struct RawRevocation {
     poll_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     grace_period: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    degraded_poll_interval: Option<Duration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -186,6 +196,7 @@ struct RawKms {
     max_attempts: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     hedge_after: Option<Duration>,
+    max_in_flight: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -398,6 +409,23 @@ impl Config {
                 .revocation
                 .grace_period
                 .unwrap_or(Duration::from_secs(15 * 60)),
+            degraded_poll_interval: Duration::ZERO,
+        };
+        // Default: a sixth of the healthy interval (5 s at the default 30 s), never longer.
+        let degraded = raw
+            .revocation
+            .degraded_poll_interval
+            .unwrap_or((revocation.poll_interval / 6).max(Duration::from_millis(100)));
+        if degraded < Duration::from_millis(100) || degraded > revocation.poll_interval {
+            return Err(err(
+                "revocation.degraded_poll_interval",
+                "must be between 100ms and poll_interval".into(),
+                "use e.g. \"5s\" with poll_interval = \"30s\"",
+            ));
+        }
+        let revocation = RevocationConfig {
+            degraded_poll_interval: degraded,
+            ..revocation
         };
         if revocation.poll_interval < Duration::from_millis(100) {
             return Err(err(
@@ -452,6 +480,7 @@ impl Config {
         let limits = crate::limits::Limits::from_raw(raw.limits, kms.deadline, uris_per_key, path)?;
         Ok(Config {
             limits,
+            cache: raw.cache,
             file: path.to_owned(),
             server,
             tls,
@@ -460,6 +489,7 @@ impl Config {
             revocation,
             kms,
             hedge_after: raw.kms.hedge_after.unwrap_or(Duration::from_millis(250)),
+            max_in_flight: raw.kms.max_in_flight.unwrap_or(256).max(1),
             policy: Policy::new(rules),
         })
     }

@@ -27,6 +27,7 @@
 //! - [`secret`]: the one type for key bytes (from `kms-broker-api`, shared with the client).
 //! - [`error`]: the error enum and the one conversion into `tonic::Status`.
 //! - [`backend`]: `trait KmsBackend`, retries, and one module per KMS.
+//! - [`unwrap_cache`]: UnwrapKey's coalescing and bounded, revocation-purged cache.
 //! - [`tls`] / [`certs`] / [`dev`]: mTLS set-up, rcgen certificates, `serve --dev`.
 //! - [`fs`]: private files: checked reads, atomic writes, the state dir lock.
 //! - [`hardening`]: no core dumps, no same-user ptrace, the open-file limit raised (done by
@@ -56,6 +57,7 @@ pub mod state;
 pub mod store_key;
 pub mod stores;
 pub mod tls;
+pub mod unwrap_cache;
 
 /// Generated protobuf and gRPC types of `kmsbroker.v1`, and the descriptor set for reflection.
 pub use kms_broker_api::pb;

@@ -141,12 +141,14 @@ pub struct KmsUri {
     /// Recent answer time (an EWMA, microseconds; 0 = none yet): unwraps ask the
     /// fastest URI first.
     latency_us: AtomicU64,
+    /// Bounds the KMS calls in flight through this URI (`[kms] max_in_flight`).
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl KmsUri {
     /// Starts UNREACHABLE ("not checked yet") with no grace: a fresh start with the KMS down
     /// hands out nothing.
-    pub fn new(uri: KeyUri, backend: Resilient) -> Self {
+    pub fn new(uri: KeyUri, backend: Resilient, max_in_flight: usize) -> Self {
         Self {
             id: uri.id(),
             record: Mutex::new(Record {
@@ -163,7 +165,14 @@ impl KmsUri {
             uri,
             backend,
             latency_us: AtomicU64::new(0),
+            in_flight: tokio::sync::Semaphore::new(max_in_flight),
         }
+    }
+
+    /// Waits for a turn to call the KMS through this URI. The semaphore is never closed;
+    /// were it, the call goes ahead unbounded rather than failing.
+    pub async fn turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.in_flight.acquire().await.ok()
     }
 
     /// Notes how long a successful call took (EWMA with weight 1/8).
@@ -377,7 +386,7 @@ mod tests {
                 panic!("a file URI")
             };
             let b = std::sync::Arc::new(crate::backend::file::FileBackend::new(f));
-            KmsUri::new(u, Resilient::new(b, RetryPolicy::default()))
+            KmsUri::new(u, Resilient::new(b, RetryPolicy::default()), 8)
         };
         Key {
             name: KeyName::parse("k").unwrap(),

@@ -12,20 +12,21 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, UnixListener};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tonic::transport::Server as TonicServer;
+use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use crate::broker::Broker;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, RevocationConfig};
 use crate::fs::{DirLock, LockError};
 use crate::limits::{Limits, MAX_KEY_BROKER_REQUEST, MAX_KEY_BROKER_RESPONSE, MAX_SMALL_REQUEST};
 use crate::pb::key_broker_server::KeyBrokerServer;
 use crate::service::Service;
+use crate::state::KeyState;
 use crate::stores::Stores;
 
 /// Why the daemon could not start or stopped badly.
@@ -223,7 +224,10 @@ impl Server {
         };
 
         let (health, _) = tonic_health::server::health_reporter();
-        health.set_serving::<KeyBrokerServer<Service>>().await;
+        // "" is liveness: SERVING from now until shutdown, whatever the KMS says. The
+        // KeyBroker service is SERVING only while every store with a key file can be handed
+        // its key: not before the first check, unless no store has a key yet.
+        report_health(&health, &stores).await;
         // Watch streams end once shutdown has told them NOT_SERVING.
         let health_svc = crate::health::service(health.clone(), stop_rx.clone());
         let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -250,7 +254,8 @@ impl Server {
         let poller = tokio::spawn(poll_loop(
             broker.clone(),
             stores.clone(),
-            config.revocation.poll_interval,
+            config.revocation,
+            health.clone(),
             stop_rx.clone(),
         ));
 
@@ -324,22 +329,67 @@ impl Server {
 }
 
 /// Checks every key at once (so a fresh start learns states quickly), then every
-/// `interval`; after each round drops held material that may no longer be handed out.
+/// `poll_interval` while all URIs are ACTIVE and every `degraded_poll_interval` while one is
+/// not. After each round: drops held material that may no longer be handed out, and sets
+/// the KeyBroker health. After the first round, pre-warms the stores' keys (in the
+/// background: listeners are already up). Between rounds, a key-state change seen by a
+/// real call updates the health at once.
 async fn poll_loop(
     broker: Arc<Broker>,
     stores: Arc<Stores>,
-    interval: Duration,
+    revocation: RevocationConfig,
+    health: HealthReporter,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut epochs = broker.clock().subscribe();
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                broker.poll_once().await;
-                stores.purge();
+        broker.poll_once().await;
+        stores.purge();
+        report_health(&health, &stores).await;
+        if std::mem::take(&mut first) {
+            tokio::spawn(stores.clone().prewarm());
+        }
+        let degraded = || {
+            broker
+                .keys()
+                .any(|k| k.uris.iter().any(|u| u.state() != KeyState::Active))
+        };
+        let wait = if degraded() {
+            revocation.degraded_poll_interval
+        } else {
+            revocation.poll_interval
+        };
+        let next = tokio::time::sleep(wait);
+        tokio::pin!(next);
+        loop {
+            tokio::select! {
+                _ = &mut next => break,
+                changed = epochs.changed() => {
+                    if changed.is_ok() {
+                        report_health(&health, &stores).await;
+                        // A real call found a key degraded: look again soon, not at the
+                        // healthy interval.
+                        let soon = tokio::time::Instant::now() + revocation.degraded_poll_interval;
+                        if degraded() && next.deadline() > soon {
+                            next.as_mut().reset(soon);
+                        }
+                    }
+                }
+                _ = async { let _ = stop.wait_for(|s| *s).await.map(|_| ()); } => return,
             }
-            _ = async { let _ = stop.wait_for(|s| *s).await.map(|_| ()); } => return,
+        }
+    }
+}
+
+/// KeyBroker's health: SERVING while every configured store with a key file can be handed
+/// its key (CONTRACT "Additions"). Costs no KMS call.
+async fn report_health(health: &HealthReporter, stores: &Stores) {
+    match stores.servable() {
+        Ok(()) => health.set_serving::<KeyBrokerServer<Service>>().await,
+        Err(why) => {
+            tracing::debug!(%why, "KeyBroker NOT_SERVING");
+            health.set_not_serving::<KeyBrokerServer<Service>>().await
         }
     }
 }

@@ -262,11 +262,15 @@ impl pb::key_broker_server::KeyBroker for Service {
             self.inner
                 .policy
                 .authorize(peer, Operation::UnwrapKey, Some(&env.key_name), None)?;
-            let out = self.inner.broker.unwrap(&env, context).await?;
+            let out = self
+                .inner
+                .broker
+                .unwrap_shared(&body.wrapped, &env, context)
+                .await?;
             Ok(pb::UnwrapKeyResponse {
-                plaintext: out.plaintext.into_response_bytes(),
+                plaintext: out.plaintext.duplicate().into_response_bytes(),
                 key: env.key_name.to_string(),
-                key_version: out.key_version,
+                key_version: out.key_version.clone(),
             })
         }
         .await;

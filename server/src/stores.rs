@@ -290,6 +290,8 @@ impl Stores {
     /// Drops held material whose key may no longer be handed out (revoked kinds at once;
     /// UNREACHABLE once the grace period is over), so it does not linger in memory.
     pub fn purge(&self) {
+        // The broker's cached unwraps follow the same rule as the store keys held here.
+        self.broker.purge_cache();
         for (id, slot) in &self.slots {
             let mut held = slot.held();
             let drop_it = held

@@ -75,15 +75,15 @@ async fn a_late_success_does_not_undo_a_revocation() {
         .unwrap();
     let mut c = d.unix().await;
     let key = c.get_store_key(store(true)).await.unwrap().into_inner();
-    // A restart so that the store key must be unwrapped again, slowly.
+    // A restart so that the store key must be unwrapped again, slowly: the pre-warm's
+    // Decrypt (or our own call's) is the one in flight.
     d.stop().await;
+    m.set_reply_latency(Duration::from_millis(1500));
+    let before = m.calls().decrypt;
     let d = Daemon::start_in(tmp.path(), &body(&["cu-late"], "200ms"))
         .await
         .unwrap();
     let mut c = d.unix().await;
-    wait_for_state(&mut c, "k", KeyState::Active).await;
-    m.set_reply_latency(Duration::from_millis(1500));
-    let before = m.calls().decrypt;
     let mut slow = d.unix().await;
     let call = tokio::spawn(async move { slow.get_store_key(store(false)).await });
     must_return("the slow Decrypt to start", Duration::from_secs(5), async {

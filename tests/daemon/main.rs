@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod availability;
 mod cli;
 mod crash;
 mod custody;

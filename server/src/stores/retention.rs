@@ -125,6 +125,56 @@ impl Stores {
     }
 }
 
+impl Stores {
+    /// Whether every configured store with a key file can be handed its key now: held
+    /// and allowed (ACTIVE, or UNREACHABLE within grace), or not held and its key ACTIVE.
+    /// No KMS call: a health check must never cost one.
+    pub fn servable(&self) -> Result<(), String> {
+        for (id, slot) in &self.slots {
+            if !store_key::path_for(&self.state_dir, id).exists() {
+                continue;
+            }
+            let held = slot.held().clone();
+            let ok = match held {
+                Some(h) => self.broker.may_hand_out_held(&h.key_name).is_ok(),
+                None => {
+                    let key = match store_key::read_store_file(&self.state_dir, id) {
+                        Ok(Some(f)) => crate::key_name::KeyName::parse(&f.key_name).ok(),
+                        _ => None,
+                    };
+                    key.and_then(|k| self.broker.status(&k))
+                        .is_some_and(|s| s.state == crate::state::KeyState::Active)
+                }
+            };
+            if !ok {
+                return Err(format!("store {id}'s key cannot be handed out"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Unwraps every store key that has a file, concurrently, so the first GetStoreKey of
+    /// each node is served from memory. Failures are logged; GetStoreKey retries them.
+    pub async fn prewarm(self: Arc<Self>) {
+        let ids: Vec<StoreId> = self
+            .slots
+            .keys()
+            .filter(|id| store_key::path_for(&self.state_dir, id).exists())
+            .cloned()
+            .collect();
+        let started = tokio::time::Instant::now();
+        let results =
+            futures_util::future::join_all(ids.iter().map(|id| self.get(id, false))).await;
+        let failed = results.iter().filter(|r| r.is_err()).count();
+        for (id, r) in ids.iter().zip(&results) {
+            if let Err(e) = r {
+                tracing::warn!(store = %id, error = %e, "could not pre-warm the store key");
+            }
+        }
+        tracing::info!(stores = ids.len(), failed, took = ?started.elapsed(), "pre-warmed store keys");
+    }
+}
+
 /// Checks the rotation schedule at start and every [`SCHEDULE_TICK`]. Ends with the stores.
 pub(super) async fn rotation_schedule(stores: Weak<Stores>) {
     let mut tick = tokio::time::interval(SCHEDULE_TICK);
