@@ -12,20 +12,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::{join_all, BoxFuture};
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::future::join_all;
 use tokio::time::Instant;
 
 use crate::backend::resilient::Resilient;
-use crate::backend::Decrypted;
 use crate::backend::{self, Aad, BackendError, FailureClass, KmsBackend};
 use crate::config::{Config, ConfigError, WrapMode};
 use crate::envelope::{Entry, Envelope, DOES_NOT_AUTHENTICATE};
 use crate::error::Error;
 use crate::key_name::KeyName;
-use crate::revocation::{Clock, Key, KeyStatus, KmsUri, Source, Ticket};
+use crate::revocation::{Clock, Key, KeyStatus, KmsUri, Source};
 use crate::secret::SecretBytes;
 use crate::unwrap_cache::{Shared, UnwrapCache};
+
+mod unwrap;
 
 /// What WrapKey made.
 #[derive(Debug)]
@@ -35,18 +35,6 @@ pub struct Wrapped {
     /// URIs (redacted) that did not wrap it: only in `available` mode, never empty-handed.
     pub missing: Vec<String>,
 }
-
-/// One Decrypt in flight: which URI and entry, its ticket, how long it took, the answer.
-type DecryptAttempt<'a> = BoxFuture<
-    'a,
-    (
-        &'a KmsUri,
-        &'a Entry,
-        Ticket,
-        Duration,
-        Result<Decrypted, BackendError>,
-    ),
->;
 
 /// What UnwrapKey recovered.
 #[derive(Debug)]
@@ -255,140 +243,6 @@ impl Broker {
         })
     }
 
-    /// Unwraps with the configured URIs the blob names: usable ones only, ACTIVE and
-    /// recently fastest first, each at most once. When the first has not answered within
-    /// `hedge_after`, the next is asked too, and the first good answer wins. URIs come from
-    /// the config, matched by id; the blob only says which. An entry whose URI is no longer
-    /// configured is skipped, so old blobs survive retiring a region.
-    pub async fn unwrap(
-        &self,
-        env: &Envelope,
-        context: BTreeMap<String, String>,
-    ) -> Result<Unwrapped, Error> {
-        let key = &env.key_name;
-        let k = self.key(key)?;
-        k.gate_any()?;
-        let aad = Aad::with_format(env.format.aad(), key.as_str(), context);
-
-        // Envelope entries are unique by URI id (decode checks) and so are a key's URIs
-        // (config checks): each URI is tried at most once.
-        let mut candidates: Vec<(&KmsUri, &Entry)> = env
-            .entries
-            .iter()
-            .filter_map(|e| k.uris.iter().find(|u| u.id == e.uri_id).map(|u| (u, e)))
-            .collect();
-        if candidates.is_empty() {
-            return Err(Error::invalid(format!(
-                "wrapped was made by KMS keys that are not configured for key {:?}",
-                key.as_str()
-            )));
-        }
-        candidates.sort_by_key(|(u, _)| (u.state(), u.latency()));
-        let mut failure: Option<BackendError> = None;
-        let mut pending = candidates.into_iter();
-        let mut in_flight = FuturesUnordered::new();
-        // Started attempts, so that a slow one that lost to a hedge still counts as slow.
-        let mut started: Vec<(&KmsUri, Instant)> = Vec::new();
-        let aad = &aad;
-        loop {
-            if in_flight.is_empty() {
-                match self.start_decrypt(&mut pending, aad, &mut failure, &mut started) {
-                    Some(f) => in_flight.push(f),
-                    None => break,
-                }
-            }
-            let hedge = async {
-                if self.hedge_after.is_zero() {
-                    std::future::pending::<()>().await;
-                }
-                tokio::time::sleep(self.hedge_after).await;
-            };
-            let done = tokio::select! {
-                done = in_flight.next() => done,
-                _ = hedge => {
-                    if let Some(f) = self.start_decrypt(&mut pending, aad, &mut failure, &mut started) {
-                        in_flight.push(f);
-                    }
-                    continue;
-                }
-            };
-            let Some((u, entry, ticket, took, r)) = done else {
-                continue;
-            };
-            started.retain(|(s, _)| !std::ptr::eq(*s, u));
-            match r {
-                Ok(d) => {
-                    u.record(&self.clock, key, ticket, Ok(None));
-                    u.note_latency(took);
-                    for (slow, since) in &started {
-                        slow.note_latency(since.elapsed());
-                    }
-                    env.verify(&d.plaintext)?;
-                    k.gate_any()?;
-                    let key_version = match d.key_version {
-                        Some(v) => v,
-                        None if env.versions_authenticated() => entry.key_version.clone(),
-                        None => String::new(),
-                    };
-                    return Ok(Unwrapped {
-                        plaintext: d.plaintext,
-                        key_version,
-                    });
-                }
-                Err(e) => {
-                    u.record(&self.clock, key, ticket, Err(&e));
-                    tracing::debug!(%key, uri = %u.uri.redacted(), detail = %e.detail, "unwrap attempt failed");
-                    // A blob that does not authenticate under one of its KMS keys was
-                    // tampered with (or made for another context): asking the others only
-                    // costs KMS calls.
-                    if e.class == FailureClass::InvalidCiphertext {
-                        return Err(kms_error(key, e));
-                    }
-                    failure = Some(worse(failure, e));
-                }
-            }
-        }
-        match failure {
-            Some(e) => Err(kms_error(key, e)),
-            // Every candidate URI is of a revoked kind.
-            None => Err(k.gate_any().err().unwrap_or_else(|| {
-                Error::Unavailable(format!("no usable KMS URI for key {:?}", key.as_str()))
-            })),
-        }
-    }
-
-    /// Starts a Decrypt with the next candidate that may be asked (not denied, within the
-    /// KMS's size limits); `None` when none is left.
-    fn start_decrypt<'a>(
-        &'a self,
-        pending: &mut impl Iterator<Item = (&'a KmsUri, &'a Entry)>,
-        aad: &'a Aad,
-        failure: &mut Option<BackendError>,
-        started: &mut Vec<(&'a KmsUri, Instant)>,
-    ) -> Option<DecryptAttempt<'a>> {
-        for (u, entry) in pending.by_ref() {
-            if u.state().is_revoked_kind() {
-                continue;
-            }
-            if let Err(e) = u.backend.check_size(entry.ciphertext.len(), aad) {
-                *failure = Some(worse(failure.take(), e));
-                continue;
-            }
-            let ticket = self.clock.ticket(Source::Use);
-            started.push((u, Instant::now()));
-            return Some(Box::pin(async move {
-                let _turn = u.turn().await;
-                let started = Instant::now();
-                let r = u
-                    .backend
-                    .decrypt(&entry.ciphertext, &entry.key_version, aad)
-                    .await;
-                (u, entry, ticket, started.elapsed(), r)
-            }));
-        }
-        None
-    }
-
     /// Checks every URI of every key once, concurrently, and records the answers.
     pub async fn poll_once(&self) {
         let checks = self.keys.values().flat_map(|k| {
@@ -448,75 +302,4 @@ pub fn kms_error(key: &KeyName, e: BackendError) -> Error {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use super::*;
-    use crate::backend::AadFormat;
-
-    async fn broker(dir: &Path) -> (Broker, Arc<dyn KmsBackend>) {
-        let key = dir.join("k.bin");
-        crate::backend::file::create_key_file(&key).unwrap();
-        let text = format!(
-            "[server]\nunix_socket = \"s.sock\"\nstate_dir = \"state\"\n[keys.k]\nuris = [\"file://{}\"]\n",
-            key.display()
-        );
-        let config = Config::parse(&dir.join("c.toml"), &text).unwrap();
-        let uri = &config.keys.values().next().unwrap().uris[0];
-        let backend = backend::connect(uri).await.unwrap();
-        (Broker::new(&config).await.unwrap(), backend)
-    }
-
-    /// The layout the previous daemon wrote: no MAC, AAD of format 1.
-    fn v1_blob(name: &str, uri_id: &str, version: &str, ct: &[u8]) -> Vec<u8> {
-        let mut b = b"KMSB\x01".to_vec();
-        b.extend_from_slice(&(name.len() as u16).to_be_bytes());
-        b.extend_from_slice(name.as_bytes());
-        b.push(1);
-        for s in [uri_id, version] {
-            b.extend_from_slice(&(s.len() as u16).to_be_bytes());
-            b.extend_from_slice(s.as_bytes());
-        }
-        b.extend_from_slice(&(ct.len() as u32).to_be_bytes());
-        b.extend_from_slice(ct);
-        b
-    }
-
-    #[tokio::test]
-    async fn version_1_blobs_still_unwrap_but_their_header_versions_are_not_echoed() {
-        let dir = tempfile::tempdir().unwrap();
-        let (broker, backend) = broker(dir.path()).await;
-        let name = KeyName::parse("k").unwrap();
-        let ctx = BTreeMap::from([("backup".to_owned(), "b1".to_owned())]);
-        let aad = Aad::with_format(AadFormat::V1, "k", ctx.clone());
-        let ct = backend
-            .encrypt(&SecretBytes::copy_from(b"old data key"), &aad)
-            .await
-            .unwrap();
-        let id = broker.key(&name).unwrap().uris[0].id.clone();
-        let blob = v1_blob("k", &id, "forged-version", &ct.bytes);
-        let env = Envelope::decode(&blob).unwrap();
-        let out = broker.unwrap(&env, ctx.clone()).await.unwrap();
-        assert_eq!(out.plaintext.expose(), b"old data key");
-        assert_eq!(
-            out.key_version, ct.key_version,
-            "from the key, not the header"
-        );
-        // The same ciphertext under the current format's AAD does not authenticate.
-        let v2 = Envelope::seal(
-            &name,
-            &[Entry {
-                uri_id: id,
-                key_version: String::new(),
-                ciphertext: ct.bytes,
-            }],
-            &SecretBytes::copy_from(b"old data key"),
-        )
-        .unwrap();
-        let e = broker
-            .unwrap(&Envelope::decode(&v2).unwrap(), ctx)
-            .await
-            .unwrap_err();
-        assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    }
-}
+mod tests;

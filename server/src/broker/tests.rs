@@ -1,0 +1,72 @@
+//! The broker's unit tests: version 1 blobs through a real file key.
+
+use std::path::Path;
+
+use super::*;
+use crate::backend::AadFormat;
+
+async fn broker(dir: &Path) -> (Broker, Arc<dyn KmsBackend>) {
+    let key = dir.join("k.bin");
+    crate::backend::file::create_key_file(&key).unwrap();
+    let text = format!(
+        "[server]\nunix_socket = \"s.sock\"\nstate_dir = \"state\"\n[keys.k]\nuris = [\"file://{}\"]\n",
+        key.display()
+    );
+    let config = Config::parse(&dir.join("c.toml"), &text).unwrap();
+    let uri = &config.keys.values().next().unwrap().uris[0];
+    let backend = backend::connect(uri).await.unwrap();
+    (Broker::new(&config).await.unwrap(), backend)
+}
+
+/// The layout the previous daemon wrote: no MAC, AAD of format 1.
+fn v1_blob(name: &str, uri_id: &str, version: &str, ct: &[u8]) -> Vec<u8> {
+    let mut b = b"KMSB\x01".to_vec();
+    b.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    b.extend_from_slice(name.as_bytes());
+    b.push(1);
+    for s in [uri_id, version] {
+        b.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        b.extend_from_slice(s.as_bytes());
+    }
+    b.extend_from_slice(&(ct.len() as u32).to_be_bytes());
+    b.extend_from_slice(ct);
+    b
+}
+
+#[tokio::test]
+async fn version_1_blobs_still_unwrap_but_their_header_versions_are_not_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, backend) = broker(dir.path()).await;
+    let name = KeyName::parse("k").unwrap();
+    let ctx = BTreeMap::from([("backup".to_owned(), "b1".to_owned())]);
+    let aad = Aad::with_format(AadFormat::V1, "k", ctx.clone());
+    let ct = backend
+        .encrypt(&SecretBytes::copy_from(b"old data key"), &aad)
+        .await
+        .unwrap();
+    let id = broker.key(&name).unwrap().uris[0].id.clone();
+    let blob = v1_blob("k", &id, "forged-version", &ct.bytes);
+    let env = Envelope::decode(&blob).unwrap();
+    let out = broker.unwrap(&env, ctx.clone()).await.unwrap();
+    assert_eq!(out.plaintext.expose(), b"old data key");
+    assert_eq!(
+        out.key_version, ct.key_version,
+        "from the key, not the header"
+    );
+    // The same ciphertext under the current format's AAD does not authenticate.
+    let v2 = Envelope::seal(
+        &name,
+        &[Entry {
+            uri_id: id,
+            key_version: String::new(),
+            ciphertext: ct.bytes,
+        }],
+        &SecretBytes::copy_from(b"old data key"),
+    )
+    .unwrap();
+    let e = broker
+        .unwrap(&Envelope::decode(&v2).unwrap(), ctx)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+}
