@@ -1,0 +1,135 @@
+//! `kms-broker rotate STORE_ID` and `kms-broker rewrap [--store STORE_ID] [--dry-run]`.
+
+use super::connect::{call_failed, DaemonArgs};
+use super::{key_id, time, CliError};
+use kms_broker::pb;
+
+/// One line about a store's keys: the active id and the previous ids, newest first.
+pub fn describe_keys(s: &pb::StoreStatus) -> String {
+    let active = s.active.as_ref().map_or_else(
+        || "none".to_owned(),
+        |a| {
+            format!(
+                "{} ({}, created {})",
+                key_id(&a.key_id),
+                a.algorithm,
+                time(a.created_at.as_ref())
+            )
+        },
+    );
+    let previous: Vec<String> = s.previous.iter().map(|p| key_id(&p.key_id)).collect();
+    let previous = if previous.is_empty() {
+        "none".to_owned()
+    } else {
+        previous.join(", ")
+    };
+    format!("active key {active}; previous keys (newest first): {previous}")
+}
+
+pub async fn rotate(daemon: &DaemonArgs, store_id: &str) -> Result<(), CliError> {
+    let mut c = daemon.connect().await?;
+    let status = c
+        .rotate_store_key(pb::RotateStoreKeyRequest {
+            store_id: store_id.to_owned(),
+        })
+        .await
+        .map_err(|s| call_failed("RotateStoreKey", s))?
+        .into_inner();
+    println!(
+        "store {}: rotated; {}",
+        status.store_id,
+        describe_keys(&status)
+    );
+    Ok(())
+}
+
+/// What wraps a store's file: key name and per-URI versions.
+fn wrapping(s: &pb::StoreStatus) -> String {
+    let key = if s.key.is_empty() { "-" } else { &s.key };
+    format!("{key} [{}]", s.key_versions.join(", "))
+}
+
+/// A dry run is one call. A real run lists the stores with a dry run first, then re-wraps
+/// them one call each, so that each store's line is printed as soon as it is done and an
+/// interrupted run shows how far it got.
+pub async fn rewrap(
+    daemon: &DaemonArgs,
+    store: Option<&str>,
+    dry_run: bool,
+) -> Result<(), CliError> {
+    let mut c = daemon.connect().await?;
+    let call = |store_id: &str, dry_run| pb::RewrapRequest {
+        store_id: store_id.to_owned(),
+        dry_run,
+    };
+    let plan = c
+        .rewrap(call(store.unwrap_or(""), true))
+        .await
+        .map_err(|s| call_failed("Rewrap", s))?
+        .into_inner();
+    if dry_run {
+        for s in &plan.stores {
+            if s.needs_rewrap {
+                println!(
+                    "store {}: would re-wrap: {} → configured key {} ({})",
+                    s.store_id,
+                    wrapping(s),
+                    s.configured_key,
+                    s.detail
+                );
+            } else {
+                println!("store {}: up to date: {}", s.store_id, wrapping(s));
+            }
+        }
+        println!(
+            "{} store file(s) would be re-wrapped (dry run: nothing changed)",
+            plan.rewrapped
+        );
+        return Ok(());
+    }
+    let mut total = 0;
+    for before in &plan.stores {
+        if !before.needs_rewrap {
+            println!(
+                "store {}: up to date: {}",
+                before.store_id,
+                wrapping(before)
+            );
+            continue;
+        }
+        let done = c
+            .rewrap(call(&before.store_id, false))
+            .await
+            .map_err(|s| {
+                let e = call_failed("Rewrap", s);
+                eprintln!(
+                    "store {}: not re-wrapped; {total} store file(s) re-wrapped before it",
+                    before.store_id
+                );
+                e
+            })?
+            .into_inner();
+        total += done.rewrapped;
+        for after in &done.stores {
+            if done.rewrapped > 0 {
+                println!(
+                    "store {}: re-wrapped: {} → {}",
+                    after.store_id,
+                    wrapping(before),
+                    wrapping(after)
+                );
+            } else {
+                // Another caller (or the heal) got there first.
+                println!("store {}: up to date: {}", after.store_id, wrapping(after));
+            }
+            if after.needs_rewrap {
+                println!(
+                    "store {}: still needs a re-wrap: {}",
+                    after.store_id, after.detail
+                );
+            }
+        }
+    }
+    println!("{total} store file(s) re-wrapped");
+    Ok(())
+}
