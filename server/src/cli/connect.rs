@@ -27,16 +27,22 @@ const MAX_PEM: u64 = 1 << 20;
 
 /// Where the daemon listens. Exactly one of `--socket`, `--config` or `--endpoint`.
 #[derive(Args, Debug, Clone)]
-#[group(id = "daemon", required = true, multiple = false)]
+#[group(skip)]
+#[command(group(
+    clap::ArgGroup::new("daemon")
+        .required(true)
+        .multiple(false)
+        .args(["socket", "config", "endpoint"])
+))]
 pub struct DaemonArgs {
     /// The daemon's Unix socket.
-    #[arg(long, group = "daemon")]
+    #[arg(long)]
     socket: Option<PathBuf>,
     /// The daemon's config file: its `server.unix_socket` is used.
-    #[arg(long, group = "daemon")]
+    #[arg(long)]
     config: Option<PathBuf>,
     /// The daemon's mutual-TLS listener, `https://HOST:PORT` (needs --ca, --cert, --key).
-    #[arg(long, group = "daemon", requires_all = ["ca", "cert", "key"])]
+    #[arg(long, requires_all = ["ca", "cert", "key"])]
     endpoint: Option<String>,
     /// With --endpoint: the CA that signed the daemon's server certificate.
     #[arg(long, requires = "endpoint")]

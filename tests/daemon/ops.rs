@@ -1,0 +1,342 @@
+//! The operator commands of the real binary against a real daemon (also the real binary,
+//! with file keys): status, rotate, rewrap, import, drop-key, check-config, and their exit
+//! codes (0 done, 1 refused, 64 usage or bad config, 69 no daemon). Each step of the
+//! README's "Operator's runbook" is run here (or in lifecycle.rs / regions.rs).
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::common::make_state_dir;
+
+mod site;
+
+use site::{allow_me, get, previous_ids, run, status_json, store, Out, Site, EVERYTHING};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_rotate_and_drop_key() {
+    let site = Site::new();
+    site.configure("a", &allow_me(EVERYTHING));
+    let _daemon = site.start();
+    let mut c = site.client().await;
+    let first = hex::encode(get(&mut c, true).await.unwrap().active.unwrap().key_id);
+
+    let table = site.cli(&["status"]);
+    assert_eq!(table.code, 0, "{table:?}");
+    for want in ["KEY / URI", "STORE", "s1", &first, "ACTIVE", "file://"] {
+        assert!(table.stdout.contains(want), "{want:?} in\n{}", table.stdout);
+    }
+
+    let doc = status_json(&site);
+    let keys = doc["keys"].as_array().unwrap();
+    let names: Vec<&str> = keys.iter().map(|k| k["key"].as_str().unwrap()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(keys[0]["state"], "ACTIVE", "{doc}");
+    assert_eq!(keys[0]["uris"][0]["state"], "ACTIVE", "{doc}");
+    assert!(keys[0]["uris"][0]["uri"]
+        .as_str()
+        .unwrap()
+        .starts_with("file://"));
+    assert!(keys[0]["checked_at"].is_string(), "{doc}");
+    let s = store(&doc);
+    assert_eq!(s["store"], "s1");
+    assert_eq!(s["key"], "a");
+    assert_eq!(s["configured_key"], "a");
+    assert_eq!(s["needs_rewrap"], false);
+    assert_eq!(s["active"]["key_id"], first.as_str());
+    assert_eq!(s["active"]["algorithm"], "AES-256");
+    assert_eq!(s["previous_count"], 0);
+
+    // Rotate twice: each prints the new active id and the previous ones, newest first.
+    let r1 = site.cli(&["rotate", "s1"]);
+    assert_eq!(r1.code, 0, "{r1:?}");
+    let second = store(&status_json(&site))["active"]["key_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(second, first);
+    let r2 = site.cli(&["rotate", "s1"]);
+    assert_eq!(r2.code, 0, "{r2:?}");
+    let doc = status_json(&site);
+    let third = store(&doc)["active"]["key_id"].as_str().unwrap().to_owned();
+    assert_eq!(previous_ids(store(&doc)), [second.clone(), first.clone()]);
+    assert_eq!(store(&doc)["previous_count"], 2);
+    let printed = format!("active key {third}");
+    assert!(r2.stdout.contains(&printed), "{}", r2.stdout);
+    assert!(
+        r2.stdout.contains(&format!("{second}, {first}")),
+        "previous ids, newest first: {}",
+        r2.stdout
+    );
+
+    // Dropping a key is refused without --yes, saying what would be lost; nothing changes.
+    let refused = site.cli(&["drop-key", "s1", &first]);
+    assert_eq!(refused.code, 64, "{refused:?}");
+    for want in ["--yes", "unreadable", &first, "Nothing was changed"] {
+        assert!(
+            refused.stderr.contains(want),
+            "{want:?}: {}",
+            refused.stderr
+        );
+    }
+    assert_eq!(store(&status_json(&site))["previous_count"], 2);
+
+    let dropped = site.cli(&["drop-key", "s1", &first, "--yes"]);
+    assert_eq!(dropped.code, 0, "{dropped:?}");
+    assert_eq!(
+        previous_ids(store(&status_json(&site))),
+        std::slice::from_ref(&second)
+    );
+    let held = get(&mut c, false).await.unwrap();
+    assert_eq!(
+        held.previous.len(),
+        1,
+        "the daemon hands out what status shows"
+    );
+    assert_eq!(hex::encode(&held.previous[0].key_id), second);
+
+    // The active key cannot be dropped: the daemon refuses (exit 1, with its code).
+    let active = site.cli(&["drop-key", "s1", &third, "--yes"]);
+    assert_eq!(active.code, 1, "{active:?}");
+    assert!(
+        active.stderr.contains("InvalidArgument"),
+        "{}",
+        active.stderr
+    );
+    let bad_hex = site.cli(&["drop-key", "s1", "xyz", "--yes"]);
+    assert_eq!(bad_hex.code, 64, "{bad_hex:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrap_moves_a_store_to_its_newly_configured_key() {
+    let site = Site::new();
+    site.configure("a", &allow_me(EVERYTHING));
+    let mut daemon = site.start();
+    let before = get(&mut site.client().await, true).await.unwrap();
+    daemon.kill();
+
+    // The operator points the store at key `b` and restarts the daemon.
+    site.configure("b", &allow_me(EVERYTHING));
+    let _daemon = site.start();
+    let s = store(&status_json(&site)).clone();
+    assert_eq!(
+        (&s["key"], &s["configured_key"]),
+        (&"a".into(), &"b".into())
+    );
+    assert_eq!(s["needs_rewrap"], true, "{s}");
+
+    let dry = site.cli(&["rewrap", "--store", "s1", "--dry-run"]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    assert!(
+        dry.stdout.contains("store s1: would re-wrap"),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout.contains("1 store file(s) would be re-wrapped"),
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(
+        store(&status_json(&site))["key"],
+        "a",
+        "a dry run changes nothing"
+    );
+
+    let done = site.cli(&["rewrap"]);
+    assert_eq!(done.code, 0, "{done:?}");
+    assert!(
+        done.stdout.contains("store s1: re-wrapped: a ["),
+        "{}",
+        done.stdout
+    );
+    assert!(
+        done.stdout.contains("1 store file(s) re-wrapped"),
+        "{}",
+        done.stdout
+    );
+    let s = store(&status_json(&site)).clone();
+    assert_eq!(s["key"], "b");
+    assert_eq!(s["needs_rewrap"], false, "{s}");
+
+    let again = site.cli(&["rewrap"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(
+        again.stdout.contains("0 store file(s) re-wrapped"),
+        "{}",
+        again.stdout
+    );
+    // The store key itself did not change, only what wraps it.
+    let after = get(&mut site.client().await, false).await.unwrap();
+    assert_eq!(after.active.unwrap().key, before.active.unwrap().key);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_restores_a_lost_state_dir_from_a_wrapped_copy() {
+    let site = Site::new();
+    site.configure("a", &allow_me(EVERYTHING));
+    let mut daemon = site.start();
+    let mut c = site.client().await;
+    get(&mut c, true).await.unwrap();
+    assert_eq!(site.cli(&["rotate", "s1"]).code, 0);
+    let before = get(&mut c, false).await.unwrap();
+    let copy = site.dir.join("s1-copy.json");
+    std::fs::write(&copy, &before.wrapped_copy).unwrap();
+    daemon.kill();
+
+    // The state dir is lost; the operator recreates it empty.
+    std::fs::remove_dir_all(site.dir.join("state")).unwrap();
+    make_state_dir(&site.dir);
+    let _daemon = site.start();
+    let mut c = site.client().await;
+    let lost = get(&mut c, false).await.unwrap_err();
+    assert_eq!(lost.code(), tonic::Code::NotFound, "{lost:?}");
+
+    let out = site.cli(&["import", copy.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("store s1 restored"), "{}", out.stdout);
+    let after = get(&mut c, false).await.unwrap();
+    assert_eq!(after.active.unwrap().key, before.active.unwrap().key);
+    assert_eq!(after.previous.len(), 1);
+    assert_eq!(after.previous[0].key, before.previous[0].key);
+
+    // The same copy again is accepted (nothing to replace); a forged one is refused.
+    assert_eq!(site.cli(&["import", copy.to_str().unwrap()]).code, 0);
+    let junk = site.dir.join("junk.json");
+    std::fs::write(&junk, b"{\"not\": \"a store file\"}").unwrap();
+    let refused = site.cli(&["import", junk.to_str().unwrap()]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("InvalidArgument"),
+        "{}",
+        refused.stderr
+    );
+}
+
+/// Writes a config file named `name` in `dir` and runs `check-config` on it.
+fn check(dir: &Path, name: &str, text: &str) -> Out {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    run(&["check-config", path.to_str().unwrap()])
+}
+
+#[test]
+fn check_config_validates_without_serving() {
+    let site = Site::new();
+    site.configure("a", &allow_me(EVERYTHING));
+    let good = std::fs::read_to_string(&site.config).unwrap();
+    let out = check(&site.dir, "good.toml", &good);
+    assert_eq!((out.code, out.stdout.as_str()), (0, "ok\n"), "{out:?}");
+    // Checked, not served: no socket, no lock taken in the state dir, nothing written.
+    assert!(!site.socket.exists());
+    let state: Vec<_> = std::fs::read_dir(site.dir.join("state")).unwrap().collect();
+    assert!(state.is_empty(), "{state:?}");
+
+    let bad = good.replace("[stores.s1]\n", "[stores.s1]\ncolour = \"red\"\n");
+    let out = check(&site.dir, "bad.toml", &bad);
+    assert_eq!(out.code, 64, "{out:?}");
+    assert!(
+        out.stderr.contains("bad.toml") && out.stderr.contains("colour"),
+        "{}",
+        out.stderr
+    );
+
+    let missing = check(
+        &site.dir,
+        "nodir.toml",
+        &good.replace("/state\"", "/gone\""),
+    );
+    assert_eq!(missing.code, 64, "{missing:?}");
+    assert!(
+        missing.stderr.contains("does not exist"),
+        "{}",
+        missing.stderr
+    );
+
+    // A TLS file that does not parse is found without binding anything.
+    std::fs::write(site.dir.join("certs/server.pem"), "not a certificate\n").unwrap();
+    let out = check(&site.dir, "good.toml", &good);
+    assert_eq!(out.code, 64, "{out:?}");
+    assert!(
+        out.stderr.contains("tls.cert") || out.stderr.contains("`cert`"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("server.pem"), "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_daemon_exits_69_and_a_refused_call_exits_1() {
+    let site = Site::new();
+    // Status may be read over the socket and by the dev client certificate; nothing else.
+    let cert =
+        "\n[[policy]]\npeer = \"cert:dev-client\"\nallow = [\"RevokeStatus\", \"StoreStatus\"]\n";
+    site.configure(
+        "a",
+        &format!(
+            "{}{cert}",
+            allow_me(&["GetStoreKey", "RevokeStatus", "StoreStatus"])
+        ),
+    );
+
+    // Nothing listens yet: by socket and by config alike.
+    let down = site.cli(&["status"]);
+    assert_eq!(down.code, 69, "{down:?}");
+    assert!(down.stderr.contains("cannot reach"), "{}", down.stderr);
+    let by_config = run(&["rotate", "s1", "--config", site.config.to_str().unwrap()]);
+    assert_eq!(by_config.code, 69, "{by_config:?}");
+
+    // A known port for the mutual-TLS listener (the config's `127.0.0.1:0` picks any).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(&site.config).unwrap();
+    let text = text.replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(&site.config, text).unwrap();
+
+    let _daemon = site.start();
+    get(&mut site.client().await, true).await.unwrap();
+    let refused = run(&["rotate", "s1", "--config", site.config.to_str().unwrap()]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("RotateStoreKey refused: PermissionDenied"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(site.cli(&["status"]).code, 0);
+
+    // The same commands over mutual TLS, as the dev client certificate.
+    let certs = site.dir.join("certs");
+    let file = |n: &str| certs.join(n).to_str().unwrap().to_owned();
+    let endpoint = format!("https://127.0.0.1:{port}");
+    let tls = |cmd: &[&str]| {
+        let (ca, cert, key) = (file("ca.pem"), file("client.pem"), file("client-key.pem"));
+        let mut args = cmd.to_vec();
+        args.extend([
+            "--endpoint",
+            &endpoint,
+            "--ca",
+            &ca,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+        ]);
+        run(&args)
+    };
+    let out = tls(&["status", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(store(&doc)["store"], "s1");
+    let refused = tls(&["rotate", "s1"]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("PermissionDenied"),
+        "{}",
+        refused.stderr
+    );
+}
