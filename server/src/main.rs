@@ -112,7 +112,20 @@ fn main() -> ExitCode {
     // guess, so pick one for the whole process before any TLS is set up.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 
-    match Cli::parse().command {
+    let command = match Cli::try_parse() {
+        Ok(cli) => cli.command,
+        // Help and version go to stdout and exit 0; a usage error is EX_USAGE (64), as
+        // documented, not clap's own 2.
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(cli::EX_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match command {
         Command::Serve {
             config,
             dev,

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use super::CliError;
+use super::{out, CliError};
 use kms_broker::broker::Broker;
 use kms_broker::config::Config;
 
@@ -26,6 +26,6 @@ pub async fn run(path: &Path) -> Result<(), CliError> {
             config.file.display()
         ))
     })?;
-    println!("ok");
+    out!("ok");
     Ok(())
 }

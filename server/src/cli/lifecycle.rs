@@ -1,7 +1,7 @@
 //! `kms-broker rotate STORE_ID` and `kms-broker rewrap [--store STORE_ID] [--dry-run]`.
 
 use super::connect::{call_failed, DaemonArgs};
-use super::{key_id, time, CliError};
+use super::{key_id, out, time, CliError};
 use kms_broker::pb;
 
 /// One line about a store's keys: the active id and the previous ids, newest first.
@@ -35,7 +35,7 @@ pub async fn rotate(daemon: &DaemonArgs, store_id: &str) -> Result<(), CliError>
         .await
         .map_err(|s| call_failed("RotateStoreKey", s))?
         .into_inner();
-    println!(
+    out!(
         "store {}: rotated; {}",
         status.store_id,
         describe_keys(&status)
@@ -70,7 +70,7 @@ pub async fn rewrap(
     if dry_run {
         for s in &plan.stores {
             if s.needs_rewrap {
-                println!(
+                out!(
                     "store {}: would re-wrap: {} → configured key {} ({})",
                     s.store_id,
                     wrapping(s),
@@ -78,10 +78,10 @@ pub async fn rewrap(
                     s.detail
                 );
             } else {
-                println!("store {}: up to date: {}", s.store_id, wrapping(s));
+                out!("store {}: up to date: {}", s.store_id, wrapping(s));
             }
         }
-        println!(
+        out!(
             "{} store file(s) would be re-wrapped (dry run: nothing changed)",
             plan.rewrapped
         );
@@ -90,7 +90,7 @@ pub async fn rewrap(
     let mut total = 0;
     for before in &plan.stores {
         if !before.needs_rewrap {
-            println!(
+            out!(
                 "store {}: up to date: {}",
                 before.store_id,
                 wrapping(before)
@@ -112,7 +112,7 @@ pub async fn rewrap(
         total += done.rewrapped;
         for after in &done.stores {
             if done.rewrapped > 0 {
-                println!(
+                out!(
                     "store {}: re-wrapped: {} → {}",
                     after.store_id,
                     wrapping(before),
@@ -120,16 +120,16 @@ pub async fn rewrap(
                 );
             } else {
                 // Another caller (or the heal) got there first.
-                println!("store {}: up to date: {}", after.store_id, wrapping(after));
+                out!("store {}: up to date: {}", after.store_id, wrapping(after));
             }
             if after.needs_rewrap {
-                println!(
+                out!(
                     "store {}: still needs a re-wrap: {}",
                     after.store_id, after.detail
                 );
             }
         }
     }
-    println!("{total} store file(s) re-wrapped");
+    out!("{total} store file(s) re-wrapped");
     Ok(())
 }

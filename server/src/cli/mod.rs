@@ -73,6 +73,21 @@ pub fn run(command: impl Future<Output = Result<(), CliError>>) -> ExitCode {
     }
 }
 
+/// `println!` for command output, failing with an error (not a panic, as `println!` would)
+/// when stdout is gone, e.g. piped into `head`.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_line(format_args!($($arg)*))?
+    };
+}
+pub(crate) use out;
+
+pub fn write_line(line: std::fmt::Arguments<'_>) -> Result<(), CliError> {
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{line}")
+        .map_err(|e| CliError::Failed(format!("cannot write to stdout: {e}")))
+}
+
 /// A store key's id as operators type it (`drop-key`) and see it (`status`): lower-case hex.
 pub fn key_id(id: &[u8]) -> String {
     hex::encode(id)

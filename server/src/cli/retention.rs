@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use super::connect::{call_failed, Client, DaemonArgs};
 use super::lifecycle::describe_keys;
-use super::{key_id, time, CliError};
+use super::{key_id, out, time, CliError};
 use kms_broker::pb;
 
 /// The largest copy read: the daemon's own bound on a store key file.
@@ -47,7 +47,7 @@ pub async fn import(daemon: &DaemonArgs, files: &[PathBuf]) -> Result<(), CliErr
         {
             Ok(r) => {
                 let s = r.into_inner();
-                println!(
+                out!(
                     "{}: store {} restored (every key in it unwrapped); {}",
                     path.display(),
                     s.store_id,
@@ -103,7 +103,7 @@ pub async fn drop_key(
         .await
         .map_err(|s| call_failed("DropPreviousStoreKey", s))?
         .into_inner();
-    println!(
+    out!(
         "store {}: dropped previous key {}; {}",
         s.store_id,
         key_id(&id),

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::connect::{call_failed, DaemonArgs};
-use super::{key_id, state_name, time, CliError};
+use super::{key_id, out, state_name, time, CliError};
 use kms_broker::pb;
 
 #[derive(Serialize, Debug)]
@@ -118,9 +118,9 @@ pub async fn run(daemon: &DaemonArgs, json: bool) -> Result<(), CliError> {
         };
         let text = serde_json::to_string_pretty(&doc)
             .map_err(|e| CliError::Failed(format!("cannot print JSON: {e}")))?;
-        println!("{text}");
+        out!("{text}");
     } else {
-        print!("{}", table(&keys, &stores));
+        out!("{}", table(&keys, &stores).trim_end_matches('\n'));
     }
     Ok(())
 }
