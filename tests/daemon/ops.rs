@@ -4,6 +4,7 @@
 //! README's "Operator's runbook" is run here (or in lifecycle.rs / regions.rs).
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -279,6 +280,10 @@ async fn no_daemon_exits_69_and_a_refused_call_exits_1() {
         ),
     );
 
+    // A command that does not say where the daemon is: a usage error, nothing asked.
+    let usage = run(&["status"]);
+    assert_eq!(usage.code, 64, "{usage:?}");
+
     // Nothing listens yet: by socket and by config alike.
     let down = site.cli(&["status"]);
     assert_eq!(down.code, 69, "{down:?}");
@@ -339,4 +344,54 @@ async fn no_daemon_exits_69_and_a_refused_call_exits_1() {
         "{}",
         refused.stderr
     );
+}
+
+/// One key with a URI per "region" (two file keys), `wrap_mode = "available"`: a store made
+/// while region b is gone lacks b's wrap; `status` shows it, and once b is back the heal or
+/// `rewrap` adds it, after which region a may go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_region_shows_in_status_and_rewrap_fills_the_gap() {
+    let site = Site::new();
+    let (a, b) = (site.dir.join("a.key"), site.dir.join("b.key"));
+    site.configure_body(&format!(
+        "[keys.k]\nuris = [\"file://{}\", \"file://{}\"]\nwrap_mode = \"available\"\n[stores.s1]\nkey = \"k\"\n[revocation]\npoll_interval = \"200ms\"\n{}",
+        a.display(),
+        b.display(),
+        allow_me(EVERYTHING)
+    ));
+    // Region b is lost: its key file is gone.
+    let away = site.dir.join("b.key.away");
+    std::fs::rename(&b, &away).unwrap();
+    let mut daemon = site.start();
+    let made = get(&mut site.client().await, true).await.unwrap();
+    let s = store(&status_json(&site)).clone();
+    assert_eq!(s["needs_rewrap"], true, "{s}");
+    assert!(s["detail"].as_str().unwrap().contains("b.key"), "{s}");
+    assert_eq!(s["key_versions"].as_array().unwrap().len(), 1, "{s}");
+
+    // Region b is back. Once the daemon sees it ACTIVE, a re-wrap (or the heal, if it came
+    // first) adds its wrap.
+    std::fs::rename(&away, &b).unwrap();
+    crate::common::must_return(
+        "region b to be seen ACTIVE",
+        Duration::from_secs(20),
+        async {
+            while status_json(&site)["keys"][0]["uris"][1]["state"] != "ACTIVE" {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        },
+    )
+    .await;
+    let out = site.cli(&["rewrap"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let s = store(&status_json(&site)).clone();
+    assert_eq!(s["needs_rewrap"], false, "{s}");
+    assert_eq!(s["key_versions"].as_array().unwrap().len(), 2, "{s}");
+
+    // Now region a may go: after a restart the store opens through b alone.
+    daemon.kill();
+    std::fs::remove_file(&a).unwrap();
+    let _daemon = site.start();
+    let again = get(&mut site.client().await, false).await.unwrap();
+    assert_eq!(again.active.unwrap().key, made.active.unwrap().key);
 }

@@ -125,7 +125,8 @@ pub async fn rewrap(
             if after.needs_rewrap {
                 out!(
                     "store {}: still needs a re-wrap: {}",
-                    after.store_id, after.detail
+                    after.store_id,
+                    after.detail
                 );
             }
         }

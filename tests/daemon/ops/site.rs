@@ -66,7 +66,12 @@ impl Site {
             self.dir.join("a.key").display(),
             self.dir.join("b.key").display(),
         );
-        std::fs::write(&self.config, config_text(&self.dir, &body)).unwrap();
+        self.configure_body(&body);
+    }
+
+    /// Any `[keys]`, `[stores]`, `[revocation]` and `[[policy]]` text.
+    pub fn configure_body(&self, body: &str) {
+        std::fs::write(&self.config, config_text(&self.dir, body)).unwrap();
     }
 
     /// Starts `kms-broker serve` and waits until its socket accepts (a stale socket left by
