@@ -3,16 +3,14 @@
 //! codes (0 done, 1 refused, 64 usage or bad config, 69 no daemon). Each step of the
 //! README's "Operator's runbook" is run here (or in lifecycle.rs / regions.rs).
 
-use std::path::Path;
 use std::time::Duration;
-
-use serde_json::Value;
 
 use crate::common::make_state_dir;
 
+mod exits;
 mod site;
 
-use site::{allow_me, get, previous_ids, run, status_json, store, Out, Site, EVERYTHING};
+use site::{allow_me, get, previous_ids, status_json, store, Site, EVERYTHING};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_rotate_and_drop_key() {
@@ -214,138 +212,6 @@ async fn import_restores_a_lost_state_dir_from_a_wrapped_copy() {
     );
 }
 
-/// Writes a config file named `name` in `dir` and runs `check-config` on it.
-fn check(dir: &Path, name: &str, text: &str) -> Out {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    run(&["check-config", path.to_str().unwrap()])
-}
-
-#[test]
-fn check_config_validates_without_serving() {
-    let site = Site::new();
-    site.configure("a", &allow_me(EVERYTHING));
-    let good = std::fs::read_to_string(&site.config).unwrap();
-    let out = check(&site.dir, "good.toml", &good);
-    assert_eq!((out.code, out.stdout.as_str()), (0, "ok\n"), "{out:?}");
-    // Checked, not served: no socket, no lock taken in the state dir, nothing written.
-    assert!(!site.socket.exists());
-    let state: Vec<_> = std::fs::read_dir(site.dir.join("state")).unwrap().collect();
-    assert!(state.is_empty(), "{state:?}");
-
-    let bad = good.replace("[stores.s1]\n", "[stores.s1]\ncolour = \"red\"\n");
-    let out = check(&site.dir, "bad.toml", &bad);
-    assert_eq!(out.code, 64, "{out:?}");
-    assert!(
-        out.stderr.contains("bad.toml") && out.stderr.contains("colour"),
-        "{}",
-        out.stderr
-    );
-
-    let missing = check(
-        &site.dir,
-        "nodir.toml",
-        &good.replace("/state\"", "/gone\""),
-    );
-    assert_eq!(missing.code, 64, "{missing:?}");
-    assert!(
-        missing.stderr.contains("does not exist"),
-        "{}",
-        missing.stderr
-    );
-
-    // A TLS file that does not parse is found without binding anything.
-    std::fs::write(site.dir.join("certs/server.pem"), "not a certificate\n").unwrap();
-    let out = check(&site.dir, "good.toml", &good);
-    assert_eq!(out.code, 64, "{out:?}");
-    assert!(
-        out.stderr.contains("tls.cert") || out.stderr.contains("`cert`"),
-        "{}",
-        out.stderr
-    );
-    assert!(out.stderr.contains("server.pem"), "{}", out.stderr);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_daemon_exits_69_and_a_refused_call_exits_1() {
-    let site = Site::new();
-    // Status may be read over the socket and by the dev client certificate; nothing else.
-    let cert =
-        "\n[[policy]]\npeer = \"cert:dev-client\"\nallow = [\"RevokeStatus\", \"StoreStatus\"]\n";
-    site.configure(
-        "a",
-        &format!(
-            "{}{cert}",
-            allow_me(&["GetStoreKey", "RevokeStatus", "StoreStatus"])
-        ),
-    );
-
-    // A command that does not say where the daemon is: a usage error, nothing asked.
-    let usage = run(&["status"]);
-    assert_eq!(usage.code, 64, "{usage:?}");
-
-    // Nothing listens yet: by socket and by config alike.
-    let down = site.cli(&["status"]);
-    assert_eq!(down.code, 69, "{down:?}");
-    assert!(down.stderr.contains("cannot reach"), "{}", down.stderr);
-    let by_config = run(&["rotate", "s1", "--config", site.config.to_str().unwrap()]);
-    assert_eq!(by_config.code, 69, "{by_config:?}");
-
-    // A known port for the mutual-TLS listener (the config's `127.0.0.1:0` picks any).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let text = std::fs::read_to_string(&site.config).unwrap();
-    let text = text.replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
-    std::fs::write(&site.config, text).unwrap();
-
-    let _daemon = site.start();
-    get(&mut site.client().await, true).await.unwrap();
-    let refused = run(&["rotate", "s1", "--config", site.config.to_str().unwrap()]);
-    assert_eq!(refused.code, 1, "{refused:?}");
-    assert!(
-        refused
-            .stderr
-            .contains("RotateStoreKey refused: PermissionDenied"),
-        "{}",
-        refused.stderr
-    );
-    assert_eq!(site.cli(&["status"]).code, 0);
-
-    // The same commands over mutual TLS, as the dev client certificate.
-    let certs = site.dir.join("certs");
-    let file = |n: &str| certs.join(n).to_str().unwrap().to_owned();
-    let endpoint = format!("https://127.0.0.1:{port}");
-    let tls = |cmd: &[&str]| {
-        let (ca, cert, key) = (file("ca.pem"), file("client.pem"), file("client-key.pem"));
-        let mut args = cmd.to_vec();
-        args.extend([
-            "--endpoint",
-            &endpoint,
-            "--ca",
-            &ca,
-            "--cert",
-            &cert,
-            "--key",
-            &key,
-        ]);
-        run(&args)
-    };
-    let out = tls(&["status", "--json"]);
-    assert_eq!(out.code, 0, "{out:?}");
-    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
-    assert_eq!(store(&doc)["store"], "s1");
-    let refused = tls(&["rotate", "s1"]);
-    assert_eq!(refused.code, 1, "{refused:?}");
-    assert!(
-        refused.stderr.contains("PermissionDenied"),
-        "{}",
-        refused.stderr
-    );
-}
-
 /// One key with a URI per "region" (two file keys), `wrap_mode = "available"`: a store made
 /// while region b is gone lacks b's wrap; `status` shows it, and once b is back the heal or
 /// `rewrap` adds it, after which region a may go.
@@ -394,4 +260,68 @@ async fn a_lost_region_shows_in_status_and_rewrap_fills_the_gap() {
     let _daemon = site.start();
     let again = get(&mut site.client().await, false).await.unwrap();
     assert_eq!(again.active.unwrap().key, made.active.unwrap().key);
+}
+
+/// A store the daemon cannot re-wrap (its old key destroyed) is reported, and the others
+/// are still re-wrapped; the run then exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrap_reports_a_refused_store_and_goes_on() {
+    let site = Site::new();
+    let c_key = site.dir.join("c.key");
+    kms_broker::backend::file::create_key_file(&c_key).unwrap();
+    let body = |s1: &str, s2: &str| {
+        let uri = |k: &str| format!("file://{}", site.dir.join(format!("{k}.key")).display());
+        format!(
+            "[keys.a]\nuris = [\"{}\"]\n[keys.b]\nuris = [\"{}\"]\n[keys.c]\nuris = [\"{}\"]\n[stores.s1]\nkey = \"{s1}\"\n[stores.s2]\nkey = \"{s2}\"\n{}",
+            uri("a"),
+            uri("b"),
+            uri("c"),
+            allow_me(EVERYTHING)
+        )
+    };
+    site.configure_body(&body("c", "a"));
+    let mut daemon = site.start();
+    let mut c = site.client().await;
+    for id in ["s1", "s2"] {
+        c.get_store_key(kms_broker_client::pb::GetStoreKeyRequest {
+            store_id: id.into(),
+            create: true,
+        })
+        .await
+        .unwrap();
+    }
+    daemon.kill();
+    // Both stores move to b; s1's old key is destroyed first, so s1 (asked first) cannot be
+    // opened, and s2 must still be re-wrapped.
+    site.configure_body(&body("b", "b"));
+    std::fs::remove_file(&c_key).unwrap();
+    let _daemon = site.start();
+
+    let out = site.cli(&["rewrap"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout.contains("store s2: re-wrapped: a ["),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("1 store file(s) re-wrapped"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("store s1: not re-wrapped"),
+        "{}",
+        out.stderr
+    );
+    let doc = status_json(&site);
+    let stores = doc["stores"].as_array().unwrap();
+    assert_eq!(
+        (&stores[0]["key"], &stores[0]["needs_rewrap"]),
+        (&"c".into(), &true.into())
+    );
+    assert_eq!(
+        (&stores[1]["key"], &stores[1]["needs_rewrap"]),
+        (&"b".into(), &false.into())
+    );
 }

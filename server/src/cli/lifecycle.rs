@@ -50,8 +50,9 @@ fn wrapping(s: &pb::StoreStatus) -> String {
 }
 
 /// A dry run is one call. A real run lists the stores with a dry run first, then re-wraps
-/// them one call each, so that each store's line is printed as soon as it is done and an
-/// interrupted run shows how far it got.
+/// them one call each, so that each store's line is printed as soon as it is done, an
+/// interrupted run shows how far it got, and a store the daemon refuses is reported (exit 1
+/// at the end) without stopping the others.
 pub async fn rewrap(
     daemon: &DaemonArgs,
     store: Option<&str>,
@@ -87,7 +88,7 @@ pub async fn rewrap(
         );
         return Ok(());
     }
-    let mut total = 0;
+    let (mut total, mut failed) = (0, 0);
     for before in &plan.stores {
         if !before.needs_rewrap {
             out!(
@@ -97,18 +98,22 @@ pub async fn rewrap(
             );
             continue;
         }
-        let done = c
-            .rewrap(call(&before.store_id, false))
-            .await
-            .map_err(|s| {
-                let e = call_failed("Rewrap", s);
-                eprintln!(
-                    "store {}: not re-wrapped; {total} store file(s) re-wrapped before it",
-                    before.store_id
-                );
-                e
-            })?
-            .into_inner();
+        // One store's refusal (its old key revoked, say) does not hold up the others; an
+        // unreachable daemon stops the run.
+        let done = match c.rewrap(call(&before.store_id, false)).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => match call_failed("Rewrap", status) {
+                e @ CliError::Unreachable(_) => {
+                    eprintln!("{total} store file(s) re-wrapped before the daemon was lost");
+                    return Err(e);
+                }
+                e => {
+                    eprintln!("store {}: not re-wrapped: {e}", before.store_id);
+                    failed += 1;
+                    continue;
+                }
+            },
+        };
         total += done.rewrapped;
         for after in &done.stores {
             if done.rewrapped > 0 {
@@ -132,5 +137,10 @@ pub async fn rewrap(
         }
     }
     out!("{total} store file(s) re-wrapped");
+    if failed > 0 {
+        return Err(CliError::Failed(format!(
+            "{failed} store(s) not re-wrapped (see above)"
+        )));
+    }
     Ok(())
 }
