@@ -69,7 +69,11 @@ impl DaemonArgs {
                         .server
                         .unix_socket
                 }
-                (None, None) => unreachable!("clap requires --socket, --config or --endpoint"),
+                (None, None) => {
+                    return Err(CliError::Usage(
+                        "say where the daemon is: --socket, --config or --endpoint".into(),
+                    ))
+                }
             };
             let shown = path.display().to_string();
             // h2 rejects a socket path as `:authority`, so the URI names `localhost`; the
@@ -93,7 +97,9 @@ impl DaemonArgs {
             )));
         }
         let (Some(ca), Some(cert), Some(key)) = (&self.ca, &self.cert, &self.key) else {
-            unreachable!("clap requires --ca, --cert and --key with --endpoint");
+            return Err(CliError::Usage(
+                "--endpoint needs --ca, --cert and --key (mutual TLS)".into(),
+            ));
         };
         let ca = read_pem("--ca", ca)?;
         let cert = read_pem("--cert", cert)?;
