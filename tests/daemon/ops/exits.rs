@@ -47,16 +47,28 @@ fn check_config_validates_without_serving() {
         missing.stderr
     );
 
-    // A TLS file that does not parse is found without binding anything.
-    std::fs::write(site.dir.join("certs/server.pem"), "not a certificate\n").unwrap();
-    let out = check(&site.dir, "good.toml", &good);
+    // A certificate whose key is another one's is found by building the TLS config...
+    let other = site.dir.join("other");
+    kms_broker::certs::write_dev_certs(&other).unwrap();
+    let mismatched = good.replace(
+        &site.dir.join("certs/server.pem").display().to_string(),
+        &other.join("server.pem").display().to_string(),
+    );
+    let out = check(&site.dir, "mismatch.toml", &mismatched);
     assert_eq!(out.code, 64, "{out:?}");
     assert!(
-        out.stderr.contains("tls.cert") || out.stderr.contains("`cert`"),
+        out.stderr.contains("`tls.key`: does not fit"),
         "{}",
         out.stderr
     );
+
+    // ...and one that does not parse at all; in each case without binding anything.
+    std::fs::write(site.dir.join("certs/server.pem"), "not a certificate\n").unwrap();
+    let out = check(&site.dir, "good.toml", &good);
+    assert_eq!(out.code, 64, "{out:?}");
+    assert!(out.stderr.contains("`tls.cert`"), "{}", out.stderr);
     assert!(out.stderr.contains("server.pem"), "{}", out.stderr);
+    assert!(!site.socket.exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
