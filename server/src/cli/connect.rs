@@ -175,3 +175,34 @@ pub fn call_failed(op: &str, status: tonic::Status) -> CliError {
     }
     CliError::Unreachable(format!("{op}: lost the daemon: {}", chain(source)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_daemons_answers_are_refusals_and_local_failures_are_unreachable() {
+        let answer = tonic::Status::permission_denied("uid:1 may not call RotateStoreKey");
+        assert!(matches!(
+            call_failed("RotateStoreKey", answer),
+            CliError::Refused { .. }
+        ));
+        // A daemon that answers UNAVAILABLE (its KMS is down) has answered: exit 1.
+        let kms_down = tonic::Status::unavailable("the KMS did not answer");
+        assert!(matches!(
+            call_failed("Rewrap", kms_down),
+            CliError::Refused { .. }
+        ));
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let lost = tonic::Status::from_error(Box::new(reset));
+        assert!(matches!(
+            call_failed("Rewrap", lost),
+            CliError::Unreachable(_)
+        ));
+        let slow = tonic::Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        match call_failed("Rewrap", slow) {
+            CliError::Unreachable(m) => assert!(m.contains("did not answer"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

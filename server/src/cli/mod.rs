@@ -106,3 +106,42 @@ pub fn state_name(state: i32) -> String {
         .unwrap_or("KEY_STATE_UNKNOWN_VALUE");
     name.trim_start_matches("KEY_STATE_").to_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_are_named_as_the_contract_names_them() {
+        assert_eq!(
+            state_name(kms_broker::pb::KeyState::Active as i32),
+            "ACTIVE"
+        );
+        assert_eq!(
+            state_name(kms_broker::pb::KeyState::Unreachable as i32),
+            "UNREACHABLE"
+        );
+        assert_eq!(state_name(99), "UNKNOWN_VALUE");
+    }
+
+    #[test]
+    fn exit_codes_follow_the_contract() {
+        let refused = CliError::Refused {
+            op: "Rewrap".into(),
+            status: tonic::Status::not_found("no such store"),
+        };
+        assert_eq!(refused.exit_code(), ExitCode::FAILURE);
+        assert_eq!(
+            refused.to_string(),
+            "Rewrap refused: NotFound: no such store"
+        );
+        assert_eq!(
+            CliError::Unreachable("x".into()).exit_code(),
+            ExitCode::from(EX_UNAVAILABLE)
+        );
+        assert_eq!(
+            CliError::Usage("x".into()).exit_code(),
+            ExitCode::from(EX_USAGE)
+        );
+    }
+}
