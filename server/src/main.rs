@@ -1,17 +1,16 @@
-//! `kms-broker`: thin CLI over the library (STYLE lesson 1). Exit codes: 0 clean stop,
-//! 64 bad config or usage (EX_USAGE), 75 the state dir is in use by another daemon
-//! (EX_TEMPFAIL), 1 anything else (process hardening that could not be applied included).
+//! `kms-broker`: thin CLI over the library (STYLE lesson 1): parsing and dispatch only; each
+//! command's work is in `cli/`. Exit codes: 0 success, 1 a refused call or any other failure,
+//! 64 bad config or usage (EX_USAGE), 69 the daemon cannot be reached (EX_UNAVAILABLE), 75
+//! the state dir is in use by another daemon (EX_TEMPFAIL, `serve` only).
+
+mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use kms_broker::config::Config;
-use kms_broker::server::{ServeError, Server};
+use cli::connect::DaemonArgs;
 use tracing_subscriber::EnvFilter;
-
-const EX_USAGE: u8 = 64;
-const EX_TEMPFAIL: u8 = 75;
 
 /// vaultrs logs every Vault error response at ERROR; the backend already classifies and
 /// reports them once, so its own lines would only repeat them on every poll.
@@ -51,6 +50,53 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Every key's state (per URI) and every store's status, as a table.
+    Status {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+        /// One JSON document instead of the table (field names in the README).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a new active store key; the old ones stay readable as previous keys.
+    Rotate {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+        store_id: String,
+    },
+    /// Re-wrap store key files under their configured key's current version (and move
+    /// stores whose configured key changed).
+    Rewrap {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+        /// Only this store (default: every store the policy lets you re-wrap).
+        #[arg(long = "store")]
+        store: Option<String>,
+        /// Say what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Restore store key files from wrapped copies (GetStoreKey's `wrapped_copy`, or a
+    /// backed-up `store-<id>.json`); the daemon unwraps every key in each first.
+    Import {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Drop one previous store key: data still encrypted under it becomes unreadable.
+    DropKey {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+        store_id: String,
+        /// The key's id, 64 hex digits, as `status` shows it.
+        key_id: String,
+        /// Confirm that no data needs that key any more.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Validate a config as `serve` would load it, without serving (exit 64 on error).
+    CheckConfig { file: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -66,107 +112,43 @@ fn main() -> ExitCode {
     // guess, so pick one for the whole process before any TLS is set up.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 
-    let cli = Cli::parse();
-    match cli.command {
-        Command::DevCerts { out } => match kms_broker::certs::write_dev_certs(&out) {
-            Ok(()) => {
-                println!(
-                    "wrote {} (DEV ONLY) to {}",
-                    kms_broker::certs::FILES.join(", "),
-                    out.display()
-                );
+    let command = match Cli::try_parse() {
+        Ok(cli) => cli.command,
+        // Help and version go to stdout and exit 0; a usage error is EX_USAGE (64), as
+        // documented, not clap's own 2.
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(cli::EX_USAGE)
+            } else {
                 ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("kms-broker: {e}");
-                ExitCode::FAILURE
-            }
-        },
+            };
+        }
+    };
+    match command {
         Command::Serve {
             config,
             dev,
             dev_dir,
             allow_unhardened,
-        } => {
-            // Before any key byte is in memory (`--dev` makes a key file next).
-            if let Err(e) = kms_broker::hardening::apply() {
-                if !allow_unhardened {
-                    eprintln!(
-                        "kms-broker: process hardening failed: {e}; key bytes could leak through core dumps or ptrace. Fix the cause, or pass --allow-unhardened to serve anyway"
-                    );
-                    return ExitCode::FAILURE;
-                }
-                tracing::warn!(
-                    "process hardening incomplete, serving anyway (--allow-unhardened): {e}"
-                );
-            }
-            let (config, banner) = if dev {
-                match kms_broker::dev::prepare(&dev_dir) {
-                    Ok(c) => {
-                        let dir = c.file.parent().map(PathBuf::from).unwrap_or_default();
-                        (c, Some(kms_broker::dev::usage(&dir)))
-                    }
-                    Err(e) => {
-                        eprintln!("kms-broker: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                }
-            } else {
-                let path = config.expect("clap requires --config without --dev");
-                match Config::load(&path) {
-                    Ok(c) => (c, None),
-                    Err(e) => {
-                        eprintln!("kms-broker: bad config: {e}");
-                        return ExitCode::from(EX_USAGE);
-                    }
-                }
-            };
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("kms-broker: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(serve(config, banner)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(ServeError::Config(e)) => {
-                    eprintln!("kms-broker: bad config: {e}");
-                    ExitCode::from(EX_USAGE)
-                }
-                Err(e @ ServeError::StateDirInUse(_)) => {
-                    eprintln!("kms-broker: {e}");
-                    ExitCode::from(EX_TEMPFAIL)
-                }
-                Err(e) => {
-                    eprintln!("kms-broker: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+        } => cli::serve::serve(config, dev, &dev_dir, allow_unhardened),
+        Command::DevCerts { out } => cli::serve::dev_certs(&out),
+        Command::Status { daemon, json } => cli::run(cli::status::run(&daemon, json)),
+        Command::Rotate { daemon, store_id } => {
+            cli::run(cli::lifecycle::rotate(&daemon, &store_id))
         }
-    }
-}
-
-async fn serve(config: Config, banner: Option<String>) -> Result<(), ServeError> {
-    let server = Server::bind(config).await?;
-    if let Some(b) = banner {
-        println!("{b}");
-    }
-    server.serve(shutdown_signal()).await
-}
-
-/// SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
+        Command::Rewrap {
+            daemon,
+            store,
+            dry_run,
+        } => cli::run(cli::lifecycle::rewrap(&daemon, store.as_deref(), dry_run)),
+        Command::Import { daemon, files } => cli::run(cli::retention::import(&daemon, &files)),
+        Command::DropKey {
+            daemon,
+            store_id,
+            key_id,
+            yes,
+        } => cli::run(cli::retention::drop_key(&daemon, &store_id, &key_id, yes)),
+        Command::CheckConfig { file } => cli::run(cli::check_config::run(&file)),
     }
 }

@@ -11,6 +11,7 @@ mod custody;
 mod flood;
 mod lifecycle;
 mod logs;
+mod ops;
 mod regions;
 mod revocation;
 mod state_dir;
