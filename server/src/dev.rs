@@ -80,12 +80,13 @@ poll_interval = "5s"
 # You (uid {uid}) may do everything over the Unix socket.
 [[policy]]
 peer = "uid:{uid}"
-allow = ["WrapKey", "UnwrapKey", "GetStoreKey", "RevokeStatus"]
+allow = ["WrapKey", "UnwrapKey", "GetStoreKey", "RevokeStatus", "RotateStoreKey",
+         "StoreStatus", "Rewrap", "ImportStoreKey", "DropPreviousStoreKey"]
 
 # The dev client certificate may wrap, unwrap and read states over mutual TLS.
 [[policy]]
 peer = "cert:{client}"
-allow = ["WrapKey", "UnwrapKey", "RevokeStatus"]
+allow = ["WrapKey", "UnwrapKey", "RevokeStatus", "StoreStatus"]
 "#,
         key = key.display(),
         client = crate::certs::DEV_CLIENT_IDENTITY,
