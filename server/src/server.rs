@@ -165,7 +165,7 @@ impl Server {
         let state_lock = lock_state_dir(&config.server.state_dir)?;
         let broker = Arc::new(Broker::new(&config).await?);
         let stores = Stores::new(&config, broker.clone()).map_err(ServeError::Startup)?;
-        let unix = bind_unix(&config.server.unix_socket).await?;
+        // TCP first: a port in use must not leave a socket file behind that no one serves.
         let tcp = match (config.server.tcp_listen, tls) {
             (Some(addr), Some(tls)) => Some((
                 listen_tcp(addr)
@@ -174,6 +174,7 @@ impl Server {
             )),
             _ => None,
         };
+        let unix = bind_unix(&config.server.unix_socket).await?;
         Ok(Server {
             state_lock,
             unix_path: config.server.unix_socket.clone(),

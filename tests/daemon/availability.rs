@@ -59,7 +59,9 @@ async fn identical_concurrent_unwraps_make_one_kms_call() {
     let d = Daemon::start(&body("av-coalesce", "[cache]\nmax_age = \"0s\"")).await;
     let mut c = d.unix().await;
     let blob = wrap(&mut c).await;
-    m.set_latency(Duration::from_millis(50));
+    // Long enough that all 100 calls arrive while the first is at the KMS, even on a
+    // loaded machine: a call arriving after it ends would (rightly) start another.
+    m.set_latency(Duration::from_secs(2));
     let before = m.calls().decrypt;
     let calls: Vec<_> = (0..100)
         .map(|_| {
