@@ -23,6 +23,7 @@ use crate::error::Error;
 use crate::key_name::KeyName;
 use crate::revocation::{Clock, Key, KeyStatus, KmsUri, Source};
 use crate::secret::SecretBytes;
+use crate::state::KeyState;
 use crate::unwrap_cache::{Shared, UnwrapCache};
 
 mod unwrap;
@@ -173,11 +174,18 @@ impl Broker {
                 .check_size(plaintext.len(), &aad)
                 .map_err(|e| kms_error(key, e))?;
         }
-        // In available mode a denied URI is not even asked.
+        // In available mode a denied URI is not even asked, nor (while another is ACTIVE) one
+        // the poller already found unreachable: every wrap would otherwise wait out the KMS
+        // deadline for the whole outage. The gap is filled when it is back.
+        let any_active = k.uris.iter().any(|u| u.state() == KeyState::Active);
         let asked: Vec<&KmsUri> = k
             .uris
             .iter()
-            .filter(|u| strict || !u.state().is_revoked_kind())
+            .filter(|u| match u.state() {
+                _ if strict => true,
+                KeyState::Unreachable => !any_active,
+                s => !s.is_revoked_kind(),
+            })
             .collect();
         let aad = &aad;
         let calls = asked.iter().map(|u| {
@@ -293,6 +301,11 @@ pub fn kms_error(key: &KeyName, e: BackendError) -> Error {
             key.as_str(),
             e.detail
         )),
+        (_, Some(state)) if e.version_only => Error::VersionNotUsable {
+            key: key.to_string(),
+            state,
+            detail: e.detail,
+        },
         (_, Some(state)) => Error::KeyNotUsable {
             key: key.to_string(),
             state,

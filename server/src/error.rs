@@ -32,6 +32,14 @@ pub enum Error {
         state: KeyState,
         detail: String,
     },
+    /// The key is usable, but the key VERSION that wrapped this blob is not (disabled or
+    /// destroyed at the KMS, or below Vault's `min_decryption_version`).
+    #[error("key {key:?}: the version that wrapped this is {state}{}", detail_suffix(.detail))]
+    VersionNotUsable {
+        key: String,
+        state: KeyState,
+        detail: String,
+    },
     /// The KMS did not answer in time, or kept throttling.
     #[error("{0}")]
     Unavailable(String),
@@ -67,7 +75,7 @@ impl Error {
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::NotFound(_) => Code::NotFound,
-            Error::KeyNotUsable { .. } => Code::FailedPrecondition,
+            Error::KeyNotUsable { .. } | Error::VersionNotUsable { .. } => Code::FailedPrecondition,
             Error::Unavailable(_) => Code::Unavailable,
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::Internal(_) => Code::Internal,

@@ -108,8 +108,10 @@ impl Stores {
                 })
                 .collect(),
         });
-        tokio::spawn(purge_on_change(Arc::downgrade(&stores)));
-        tokio::spawn(heal_on_change(Arc::downgrade(&stores)));
+        // Subscribed before the tasks start, so no change between now and then is missed.
+        let epochs = stores.broker.clock().subscribe();
+        tokio::spawn(purge_on_change(Arc::downgrade(&stores), epochs.clone()));
+        tokio::spawn(heal_on_change(Arc::downgrade(&stores), epochs));
         if stores
             .slots
             .values()
@@ -307,11 +309,7 @@ impl Stores {
 
 /// Purges held keys whenever any URI's state changes, so a revocation seen by a real call
 /// drops them at once rather than at the next poll. Ends with the [`Stores`].
-async fn purge_on_change(stores: Weak<Stores>) {
-    let mut rx = match stores.upgrade() {
-        Some(s) => s.broker.clock().subscribe(),
-        None => return,
-    };
+async fn purge_on_change(stores: Weak<Stores>, mut rx: tokio::sync::watch::Receiver<u64>) {
     while rx.changed().await.is_ok() {
         match stores.upgrade() {
             Some(s) => s.purge(),
@@ -322,11 +320,7 @@ async fn purge_on_change(stores: Weak<Stores>) {
 
 /// When a URI comes back, adds the wraps `available` mode had to leave out. Its own task:
 /// KMS calls here must never delay a purge.
-async fn heal_on_change(stores: Weak<Stores>) {
-    let mut rx = match stores.upgrade() {
-        Some(s) => s.broker.clock().subscribe(),
-        None => return,
-    };
+async fn heal_on_change(stores: Weak<Stores>, mut rx: tokio::sync::watch::Receiver<u64>) {
     while rx.changed().await.is_ok() {
         match stores.upgrade() {
             Some(s) => s.heal().await,
