@@ -9,6 +9,8 @@ mod bao;
 mod common;
 #[path = "vault_transit/daemon.rs"]
 mod daemon;
+#[path = "vault_transit/lifecycle.rs"]
+mod lifecycle;
 #[path = "vault_transit/rights.rs"]
 mod rights;
 

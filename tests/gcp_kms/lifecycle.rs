@@ -1,0 +1,115 @@
+//! Issue 7 on Cloud KMS (the fake), through the daemon: CMEK rotation, re-wrap and the old
+//! version disabled; moving a store between keys; any-of-N with the KMS stopped.
+
+use google_cloud_kms_v1::model::crypto_key_version::CryptoKeyVersionState as S;
+use kms_broker_client::pb::KeyState;
+use tonic::Code;
+
+use crate::common::backend_daemon::lifecycle::{
+    lc_body, moves_a_store, rewrap, rewrap_key, start_in, store_status, survives_a_stopped_region,
+    wait_for_rewrap,
+};
+use crate::common::backend_daemon::{
+    assert_all_active, code, hold_store_key, store_key, unwrap, wrap, NO_SECRETS,
+};
+use crate::common::wait_for_state;
+use crate::fake::Fake;
+
+#[tokio::test]
+async fn cmek_rotation_rewrap_then_the_old_version_disabled() {
+    let Some(fake) = Fake::start().await else {
+        return;
+    };
+    let key = fake.create_key("k").await;
+    let v = |n: &str| format!("{key}/cryptoKeyVersions/{n}");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let body = lc_body(&[("k", &[&fake.uri("k")], "strict")], "k");
+    let (d, mut c) = start_in(tmp.path(), &body, &["k"]).await;
+    let held = hold_store_key(&mut c).await;
+    let old = wrap(&mut c, b"old blob").await.expect("wrap");
+    assert_eq!(old.key_version, v("1"));
+    let st = store_status(&mut c).await;
+    assert!(!st.needs_rewrap, "{}", st.detail);
+    assert_eq!(st.key_versions, vec![v("1")]);
+
+    // The operator rotates: a new version, made primary. The poll learns it.
+    assert_eq!(fake.rotate(&key).await, "2");
+    let st = wait_for_rewrap(&mut c, true, "the poll sees the new primary").await;
+    assert!(
+        st.detail.contains(&format!("version {:?}", v("1")))
+            && st.detail.contains(&format!("{:?}", v("2"))),
+        "{}",
+        st.detail
+    );
+    assert_eq!(rewrap(&mut c, true).await.expect("dry run"), 1);
+    assert!(
+        store_status(&mut c).await.needs_rewrap,
+        "a dry run changes nothing"
+    );
+    assert_eq!(rewrap(&mut c, false).await.expect("rewrap"), 1);
+    let st = store_status(&mut c).await;
+    assert!(!st.needs_rewrap, "{}", st.detail);
+    assert_eq!(st.key_versions, vec![v("2")]);
+    assert_eq!(rewrap(&mut c, false).await.expect("again"), 0, "idempotent");
+    let moved = rewrap_key(&mut c, &old.wrapped, "")
+        .await
+        .expect("RewrapKey");
+    assert_eq!(
+        (moved.key.as_str(), moved.key_version.clone()),
+        ("k", v("2"))
+    );
+
+    // Version 1 is retired at the KMS. After a restart (nothing from memory), everything
+    // re-wrapped still opens; the blob left on version 1 is refused, and the key stays
+    // ACTIVE: a disabled old version is not the key disabled.
+    fake.set_state(&key, "1", S::Disabled).await;
+    let d = d.restart().await;
+    let mut c = d.unix().await;
+    wait_for_state(&mut c, "k", KeyState::Active).await;
+    assert_eq!(store_key(&mut c, false).await.expect("store key"), held);
+    assert_eq!(
+        unwrap(&mut c, &moved.wrapped)
+            .await
+            .expect("re-wrapped blob"),
+        b"old blob"
+    );
+    let (got, msg) = code(unwrap(&mut c, &old.wrapped).await, NO_SECRETS);
+    assert_eq!(got, Code::FailedPrecondition, "{msg}");
+    assert!(msg.contains(&format!("{} is not enabled", v("1"))), "{msg}");
+    assert_all_active(&mut c, "an unwrap under a disabled old version").await;
+    let st = store_status(&mut c).await;
+    assert!(!st.needs_rewrap, "{}", st.detail);
+    let fresh = wrap(&mut c, b"new").await.expect("wraps under version 2");
+    assert_eq!(fresh.key_version, v("2"));
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn moving_a_store_from_a_file_key_to_a_then_b_then_a_revoked() {
+    let Some(fake) = Fake::start().await else {
+        return;
+    };
+    let a = fake.create_key("a").await;
+    fake.create_key("b").await;
+    // Revocation as an operator does it: the key's IAM policy grants nothing any more.
+    let retire = fake.set_bindings(&a, &[]);
+    moves_a_store(&fake.uri("a"), &fake.uri("b"), retire, KeyState::Revoked).await;
+}
+
+#[tokio::test]
+async fn any_of_n_with_the_kms_stopped_and_back() {
+    let Some(mut fake) = Fake::start().await else {
+        return;
+    };
+    fake.create_key("k").await;
+    let uri = fake.uri("k");
+    // A real stop (connections refused), then a restart with the same keys.
+    survives_a_stopped_region(&uri, &mut |up| {
+        if up {
+            fake.restart()
+        } else {
+            fake.kill()
+        }
+    })
+    .await;
+}
