@@ -5,10 +5,10 @@
 use kms_broker_client::pb::KeyState;
 
 use crate::common::backend_daemon::lifecycle::{
-    lc_body, moves_a_store, pause, rewrap, rewrap_key, start_in, store_status,
-    survives_a_stopped_region,
+    all_store_keys, lc_body, moves_a_store, pause, rewrap, rewrap_key, start_in, store_status,
+    survives_a_stopped_region, two_generations,
 };
-use crate::common::backend_daemon::{hold_store_key, store_key, unwrap, wrap};
+use crate::common::backend_daemon::{unwrap, wrap};
 use crate::common::wait_for_state;
 use crate::moto::Moto;
 
@@ -19,7 +19,7 @@ async fn cmek_rotation_needs_no_rewrap() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let body = lc_body(&[("k", &[&moto.uri(&id)], "strict")], "k");
     let (d, mut c) = start_in(tmp.path(), &body, &["k"]).await;
-    let held = hold_store_key(&mut c).await;
+    let held = two_generations(&mut c).await;
     let old = wrap(&mut c, b"old blob").await.expect("wrap");
     assert_eq!(old.key_version, "", "AWS shows no versions");
 
@@ -47,7 +47,7 @@ async fn cmek_rotation_needs_no_rewrap() {
     assert_eq!(st.key_versions, vec![String::new()]);
     assert_eq!(rewrap(&mut c, true).await.expect("dry run"), 0);
     assert_eq!(rewrap(&mut c, false).await.expect("rewrap"), 0);
-    assert_eq!(store_key(&mut c, false).await.expect("store key"), held);
+    assert_eq!(all_store_keys(&mut c).await.expect("every store key"), held);
     // RewrapKey still re-encrypts (under the rotated material, invisibly).
     let moved = rewrap_key(&mut c, &old.wrapped, "")
         .await

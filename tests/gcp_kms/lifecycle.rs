@@ -6,12 +6,10 @@ use kms_broker_client::pb::KeyState;
 use tonic::Code;
 
 use crate::common::backend_daemon::lifecycle::{
-    lc_body, moves_a_store, rewrap, rewrap_key, start_in, store_status, survives_a_stopped_region,
-    wait_for_rewrap,
+    all_store_keys, file_key, lc_body, moves_a_store, rewrap, rewrap_key, start_in, store_status,
+    survives_a_stopped_region, two_generations, wait_for_key_uri, wait_for_rewrap,
 };
-use crate::common::backend_daemon::{
-    assert_all_active, code, hold_store_key, store_key, unwrap, wrap, NO_SECRETS,
-};
+use crate::common::backend_daemon::{assert_all_active, code, store_key, unwrap, wrap, NO_SECRETS};
 use crate::common::wait_for_state;
 use crate::fake::Fake;
 
@@ -25,7 +23,7 @@ async fn cmek_rotation_rewrap_then_the_old_version_disabled() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let body = lc_body(&[("k", &[&fake.uri("k")], "strict")], "k");
     let (d, mut c) = start_in(tmp.path(), &body, &["k"]).await;
-    let held = hold_store_key(&mut c).await;
+    let held = two_generations(&mut c).await;
     let old = wrap(&mut c, b"old blob").await.expect("wrap");
     assert_eq!(old.key_version, v("1"));
     let st = store_status(&mut c).await;
@@ -66,7 +64,7 @@ async fn cmek_rotation_rewrap_then_the_old_version_disabled() {
     let d = d.restart().await;
     let mut c = d.unix().await;
     wait_for_state(&mut c, "k", KeyState::Active).await;
-    assert_eq!(store_key(&mut c, false).await.expect("store key"), held);
+    assert_eq!(all_store_keys(&mut c).await.expect("every store key"), held);
     assert_eq!(
         unwrap(&mut c, &moved.wrapped)
             .await
@@ -112,4 +110,30 @@ async fn any_of_n_with_the_kms_stopped_and_back() {
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_gap_left_at_shutdown_is_filled_after_the_restart() {
+    let Some(mut fake) = Fake::start().await else {
+        return;
+    };
+    fake.create_key("k").await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = file_key(tmp.path(), "f.key");
+    let body = lc_body(&[("ka", &[&fake.uri("k"), &file], "available")], "ka");
+    let (d, mut c) = start_in(tmp.path(), &body, &["ka"]).await;
+    fake.kill();
+    wait_for_key_uri(&mut c, "ka", "gs://", KeyState::Unreachable).await;
+    let held = store_key(&mut c, true)
+        .await
+        .expect("created under the file key");
+    assert!(store_status(&mut c).await.needs_rewrap);
+    // The node stops during the outage; the KMS is back before it starts again.
+    d.stop().await;
+    fake.restart();
+    let (d, mut c) = start_in(tmp.path(), &body, &["ka"]).await;
+    let st = wait_for_rewrap(&mut c, false, "the gap is filled after the restart").await;
+    assert_eq!(st.key_versions.len(), 2, "{st:?}");
+    assert_eq!(store_key(&mut c, false).await.expect("opens"), held);
+    d.stop().await;
 }

@@ -7,12 +7,10 @@ use tonic::Code;
 
 use crate::bao::Bao;
 use crate::common::backend_daemon::lifecycle::{
-    lc_body, moves_a_store, pause, rewrap, rewrap_key, start_in, store_status,
-    survives_a_stopped_region, wait_for_rewrap,
+    all_store_keys, lc_body, moves_a_store, pause, rewrap, rewrap_key, start_in, store_status,
+    survives_a_stopped_region, two_generations, wait_for_rewrap,
 };
-use crate::common::backend_daemon::{
-    assert_all_active, code, hold_store_key, store_key, unwrap, wrap,
-};
+use crate::common::backend_daemon::{assert_all_active, code, unwrap, wrap};
 use crate::common::wait_for_state;
 
 #[tokio::test]
@@ -27,7 +25,7 @@ async fn cmek_rotation_rewrap_then_the_old_version_retired() {
         &["k"],
     )
     .await;
-    let held = hold_store_key(&mut c).await;
+    let held = two_generations(&mut c).await;
     let old = wrap(&mut c, b"old blob").await.expect("wrap");
     assert_eq!(old.key_version, "v1");
     let st = store_status(&mut c).await;
@@ -66,7 +64,7 @@ async fn cmek_rotation_rewrap_then_the_old_version_retired() {
     let d = d.restart().await;
     let mut c = d.unix().await;
     wait_for_state(&mut c, "k", KeyState::Active).await;
-    assert_eq!(store_key(&mut c, false).await.expect("store key"), held);
+    assert_eq!(all_store_keys(&mut c).await.expect("every store key"), held);
     assert_eq!(
         unwrap(&mut c, &moved.wrapped)
             .await

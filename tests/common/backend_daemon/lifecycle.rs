@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kms_broker_client::pb::{
-    KeyState, RewrapKeyRequest, RewrapRequest, StoreStatus, StoreStatusRequest, WrapKeyRequest,
-    WrapKeyResponse,
+    GetStoreKeyRequest, KeyState, RewrapKeyRequest, RewrapRequest, RotateStoreKeyRequest,
+    StoreStatus, StoreStatusRequest, WrapKeyRequest, WrapKeyResponse,
 };
 use tonic::Code;
 
@@ -115,6 +115,36 @@ pub async fn rewrap(c: &mut Client, dry_run: bool) -> Result<u32, tonic::Status>
     .map(|r| r.into_inner().rewrapped)
 }
 
+/// Every key store `s` hands out now (active first, then previous), as (key id, key bytes).
+pub async fn all_store_keys(c: &mut Client) -> Result<Vec<(Vec<u8>, Vec<u8>)>, tonic::Status> {
+    let r = c
+        .get_store_key(GetStoreKeyRequest {
+            store_id: STORE.into(),
+            create: false,
+        })
+        .await?
+        .into_inner();
+    Ok(r.active
+        .into_iter()
+        .chain(r.previous)
+        .map(|k| (k.key_id, k.key))
+        .collect())
+}
+
+/// Creates store `s` and rotates it once, so its file holds two wrapped store keys (a
+/// re-wrap must carry both); returns them as [`all_store_keys`] does.
+pub async fn two_generations(c: &mut Client) -> Vec<(Vec<u8>, Vec<u8>)> {
+    store_key(c, true).await.expect("create store s");
+    c.rotate_store_key(RotateStoreKeyRequest {
+        store_id: STORE.into(),
+    })
+    .await
+    .expect("RotateStoreKey");
+    let keys = all_store_keys(c).await.expect("store keys");
+    assert_eq!(keys.len(), 2, "active and previous");
+    keys
+}
+
 /// Polls StoreStatus until `needs_rewrap` is `want`; a hang guard, not a timing assertion.
 pub async fn wait_for_rewrap(c: &mut Client, want: bool, why: &str) -> StoreStatus {
     let start = Instant::now();
@@ -181,7 +211,7 @@ pub async fn moves_a_store(
     ];
     let all = ["f", "a", "b"];
     let (d, mut c) = start_in(tmp.path(), &lc_body(&keys, "f"), &all).await;
-    let held = store_key(&mut c, true).await.expect("create the store key");
+    let held = two_generations(&mut c).await;
     assert_eq!(store_status(&mut c).await.key, "f");
     d.stop().await;
 
@@ -191,7 +221,7 @@ pub async fn moves_a_store(
         assert_eq!((st.key.as_str(), st.configured_key.as_str()), (from, to));
         assert!(st.needs_rewrap, "{}", st.detail);
         assert_eq!(
-            store_key(&mut c, false)
+            all_store_keys(&mut c)
                 .await
                 .expect("opens through the old key"),
             held
@@ -207,10 +237,7 @@ pub async fn moves_a_store(
         assert_eq!(st.key, to);
         assert!(!st.needs_rewrap, "{}", st.detail);
         assert_eq!(rewrap(&mut c, false).await.expect("again"), 0, "idempotent");
-        assert_eq!(
-            store_key(&mut c, false).await.expect("after the move"),
-            held
-        );
+        assert_eq!(all_store_keys(&mut c).await.expect("after the move"), held);
         d.stop().await;
     }
 
@@ -218,10 +245,7 @@ pub async fn moves_a_store(
     retire_a.await;
     let (d, mut c) = start_in(tmp.path(), &lc_body(&keys, "b"), &["f", "b"]).await;
     wait_for_state(&mut c, "a", a_state).await;
-    assert_eq!(
-        store_key(&mut c, false).await.expect("opens through b"),
-        held
-    );
+    assert_eq!(all_store_keys(&mut c).await.expect("opens through b"), held);
     let st = store_status(&mut c).await;
     assert!(st.key == "b" && !st.needs_rewrap, "{st:?}");
     d.stop().await;
