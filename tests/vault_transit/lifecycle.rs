@@ -72,7 +72,11 @@ async fn cmek_rotation_rewrap_then_the_old_version_retired() {
         b"old blob"
     );
     let (got, msg) = code(unwrap(&mut c, &old.wrapped).await, &secrets);
-    assert_eq!(got, Code::InvalidArgument, "{msg}");
+    assert_eq!(got, Code::FailedPrecondition, "{msg}");
+    assert!(
+        msg.contains("below the key's min_decryption_version 2"),
+        "{msg}"
+    );
     assert_all_active(&mut c, "an unwrap below min_decryption_version").await;
     assert!(!store_status(&mut c).await.needs_rewrap);
     let fresh = wrap(&mut c, b"new").await.expect("wraps under v2");
@@ -100,4 +104,32 @@ async fn any_of_n_with_the_server_stopped_and_back() {
     // (it accepts connections and never answers), and comes back with the same keys.
     let pid = bao.server.0.id();
     survives_a_stopped_region(&uri, &mut |up| pause(pid, !up)).await;
+}
+
+/// An operator who retires a version before re-wrapping is told so, not that the store's
+/// file is corrupt; lowering `min_decryption_version` again undoes it.
+#[tokio::test]
+async fn retiring_a_version_the_store_still_needs_is_named_and_reversible() {
+    let Some(bao) = Bao::start() else { return };
+    let (uri, token) = bao.setup("k");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let body = lc_body(&[("k", &[&uri], "strict")], "k");
+    let (d, mut c) = start_in(tmp.path(), &body, &["k"]).await;
+    let held = two_generations(&mut c).await;
+    bao.rotate("k");
+    bao.configure("k", "min_decryption_version=2");
+    let d = d.restart().await;
+    let mut c = d.unix().await;
+    wait_for_state(&mut c, "k", KeyState::Active).await;
+    let (got, msg) = code(all_store_keys(&mut c).await, &[token.as_str()]);
+    assert_eq!(got, Code::FailedPrecondition, "{msg}");
+    assert!(msg.contains("min_decryption_version"), "{msg}");
+    let (got, msg) = code(rewrap(&mut c, false).await, &[token.as_str()]);
+    assert_eq!(got, Code::FailedPrecondition, "{msg}");
+    assert_all_active(&mut c, "a store file under a retired version").await;
+
+    bao.configure("k", "min_decryption_version=1");
+    assert_eq!(all_store_keys(&mut c).await.expect("readable again"), held);
+    assert_eq!(rewrap(&mut c, false).await.expect("now re-wrapped"), 1);
+    d.stop().await;
 }
