@@ -137,3 +137,33 @@ async fn a_gap_left_at_shutdown_is_filled_after_the_restart() {
     assert_eq!(store_key(&mut c, false).await.expect("opens"), held);
     d.stop().await;
 }
+
+/// An operator who disables a version before re-wrapping is told so, not that the store's
+/// file is corrupt; enabling it again undoes it.
+#[tokio::test]
+async fn disabling_a_version_the_store_still_needs_is_named_and_reversible() {
+    let Some(fake) = Fake::start().await else {
+        return;
+    };
+    let key = fake.create_key("k").await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let body = lc_body(&[("k", &[&fake.uri("k")], "strict")], "k");
+    let (d, mut c) = start_in(tmp.path(), &body, &["k"]).await;
+    let held = two_generations(&mut c).await;
+    fake.rotate(&key).await;
+    fake.set_state(&key, "1", S::Disabled).await;
+    let d = d.restart().await;
+    let mut c = d.unix().await;
+    wait_for_state(&mut c, "k", KeyState::Active).await;
+    let (got, msg) = code(all_store_keys(&mut c).await, NO_SECRETS);
+    assert_eq!(got, Code::FailedPrecondition, "{msg}");
+    assert!(msg.contains("cryptoKeyVersions/1 is not enabled"), "{msg}");
+    let (got, msg) = code(rewrap(&mut c, false).await, NO_SECRETS);
+    assert_eq!(got, Code::FailedPrecondition, "{msg}");
+    assert_all_active(&mut c, "a store file under a disabled version").await;
+
+    fake.set_state(&key, "1", S::Enabled).await;
+    assert_eq!(all_store_keys(&mut c).await.expect("readable again"), held);
+    assert_eq!(rewrap(&mut c, false).await.expect("now re-wrapped"), 1);
+    d.stop().await;
+}
