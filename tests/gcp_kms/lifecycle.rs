@@ -79,6 +79,16 @@ async fn cmek_rotation_rewrap_then_the_old_version_disabled() {
     assert!(!st.needs_rewrap, "{}", st.detail);
     let fresh = wrap(&mut c, b"new").await.expect("wraps under version 2");
     assert_eq!(fresh.key_version, v("2"));
+
+    // Further still: version 1 scheduled for destruction. The store does not care.
+    fake.destroy(&key, "1").await;
+    let d = d.restart().await;
+    let mut c = d.unix().await;
+    wait_for_state(&mut c, "k", KeyState::Active).await;
+    assert_eq!(all_store_keys(&mut c).await.expect("after destroy"), held);
+    let (got, msg) = code(unwrap(&mut c, &old.wrapped).await, NO_SECRETS);
+    assert_eq!(got, Code::FailedPrecondition, "{msg}");
+    assert_all_active(&mut c, "an unwrap under a destroyed old version").await;
     d.stop().await;
 }
 
