@@ -8,6 +8,8 @@
 mod common;
 #[path = "aws_kms/daemon.rs"]
 mod daemon;
+#[path = "aws_kms/lifecycle.rs"]
+mod lifecycle;
 #[path = "aws_kms/moto.rs"]
 mod moto;
 #[path = "aws_kms/uri.rs"]

@@ -14,6 +14,8 @@ mod daemon;
 mod fake;
 #[path = "gcp_kms/faults.rs"]
 mod faults;
+#[path = "gcp_kms/lifecycle.rs"]
+mod lifecycle;
 #[path = "gcp_kms/limits.rs"]
 mod limits;
 

@@ -9,6 +9,8 @@ mod bao;
 mod common;
 #[path = "vault_transit/daemon.rs"]
 mod daemon;
+#[path = "vault_transit/lifecycle.rs"]
+mod lifecycle;
 #[path = "vault_transit/rights.rs"]
 mod rights;
 
@@ -134,7 +136,7 @@ async fn rotation_new_wraps_carry_the_new_version_and_old_blobs_still_unwrap() {
 }
 
 #[tokio::test]
-async fn a_version_below_min_decryption_version_is_invalid_ciphertext_not_a_key_state() {
+async fn a_version_below_min_decryption_version_is_that_version_disabled_not_the_key() {
     let Some(bao) = Bao::start() else { return };
     let (uri, _) = bao.setup("k");
     let b = backend(&uri).await;
@@ -143,7 +145,11 @@ async fn a_version_below_min_decryption_version_is_invalid_ciphertext_not_a_key_
     let v2 = wrap(&b, b"two").await.expect("wrap v2");
     bao.configure("k", "min_decryption_version=2");
     let e = unwrap(&b, &v1).await.expect_err("v1 is retired");
-    assert_eq!(e.class, FailureClass::InvalidCiphertext);
+    assert_eq!(
+        (e.class, e.evidence()),
+        (FailureClass::Disabled, None),
+        "{e}"
+    );
     assert!(e.detail.contains("min_decryption_version"), "{}", e.detail);
     assert!(unwrap(&b, &v2).await.is_ok());
     let health = b.check().await.expect("the key itself is fine");

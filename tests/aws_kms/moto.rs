@@ -166,6 +166,12 @@ impl Moto {
             .expect("PutKeyPolicy");
     }
 
+    /// The server's process id: a test pauses it (SIGSTOP) to lose a region without losing
+    /// the keys, which moto holds only in memory.
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
     /// Stops the server (as in "AWS went away").
     pub fn kill(&mut self) {
         self.child.kill();

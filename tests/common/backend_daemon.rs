@@ -1,6 +1,9 @@
 //! What the per-backend daemon tests (AWS on moto, Cloud KMS on the fake, Vault on OpenBao)
 //! share: a daemon whose key `k` (store `s`) lives on the given URIs, with fast polling and
-//! short KMS timeouts so state changes show within a second or two.
+//! short KMS timeouts so state changes show within a second or two. The key lifecycle
+//! (rotation, re-wrap, moving stores, a region stopped) is in `backend_daemon/lifecycle.rs`.
+
+pub mod lifecycle;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

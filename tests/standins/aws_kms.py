@@ -26,6 +26,11 @@ as AWS KMS does (error shapes from the KMS API reference: HTTP 400, JSON `__type
 - Decrypt naming a KeyId other than the ciphertext's key -> IncorrectKeyException (moto says
   AccessDeniedException); a ciphertext moto cannot parse or whose key it does not know ->
   InvalidCiphertextException.
+- RotateKeyOnDemand of a symmetric key makes new key material, as AWS does (moto only
+  records the rotation): Encrypt uses the new material from then on, and Decrypt still
+  opens what every earlier material encrypted ("KMS retains all previous versions of the
+  key material ... to decrypt any data encrypted by that KMS key"). The key id, ARN and
+  policy stay; nothing a client sees says which material a ciphertext used.
 """
 
 import argparse
@@ -35,7 +40,10 @@ import re
 import sys
 
 from moto.core.exceptions import JsonRESTError
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from moto.kms import models as kms_models
 from moto.kms import utils as kms_utils
+from moto.kms.exceptions import InvalidCiphertextException
 from moto.kms.responses import KmsResponse
 from moto.sts.exceptions import STSClientError
 from moto.sts.responses import TokenResponse
@@ -179,7 +187,55 @@ def _assume_role_guard(self):
         )
 
 
+def _rotate_material():
+    """RotateKeyOnDemand replaces the key material and keeps the old ones for Decrypt."""
+    original_rotate = kms_models.KmsBackend.rotate_key_on_demand
+
+    def rotate(self, key_id):
+        out = original_rotate(self, key_id)
+        key = self.keys[self.get_key_id(key_id)]
+        if key.key_spec == "SYMMETRIC_DEFAULT":
+            key.previous_key_material = [key.key_material] + getattr(
+                key, "previous_key_material", []
+            )
+            key.key_material = kms_utils.generate_master_key()
+        return out
+
+    kms_models.KmsBackend.rotate_key_on_demand = rotate
+
+    original_decrypt = kms_models.decrypt
+
+    def decrypt(master_keys, ciphertext_blob, encryption_context):
+        try:
+            return original_decrypt(
+                master_keys=master_keys,
+                ciphertext_blob=ciphertext_blob,
+                encryption_context=encryption_context,
+            )
+        except InvalidCiphertextException:
+            pass
+        # Not the current material: one of the earlier ones, newest first (AES-GCM's tag
+        # says which, as AWS's backing-key id in its real ciphertext format does).
+        try:
+            ct = kms_utils._deserialize_ciphertext_blob(ciphertext_blob)
+            key = master_keys[ct.key_id]
+        except Exception:
+            raise InvalidCiphertextException()
+        aad = kms_utils._serialize_encryption_context(encryption_context=encryption_context)
+        for material in getattr(key, "previous_key_material", []):
+            try:
+                d = Cipher(algorithms.AES(material), modes.GCM(ct.iv, ct.tag)).decryptor()
+                d.authenticate_additional_data(aad)
+                return d.update(ct.ciphertext) + d.finalize(), ct.key_id
+            except Exception:
+                continue
+        raise InvalidCiphertextException()
+
+    kms_models.decrypt = decrypt
+
+
 def install():
+    _rotate_material()
     _wrap("encrypt", lambda self: _guard(self, self._get_param("KeyId"), "kms:Encrypt"))
     _wrap("generate_data_key", lambda self: _guard(self, self._get_param("KeyId"), "kms:GenerateDataKey"))
     _wrap("decrypt", _decrypt_guard)

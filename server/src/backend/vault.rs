@@ -76,8 +76,10 @@
 //! without a call: no ciphertext of a 4 KiB plaintext is that long.
 //!
 //! A blob whose version is below the key's `min_decryption_version` (the operator retired
-//! that version) fails **InvalidCiphertext**, not DISABLED: the key itself is healthy and
-//! new wraps work, only that blob is unreadable; the detail names the version.
+//! that version) fails **DISABLED for that version only** (`version_scoped`, as a disabled
+//! Cloud KMS version): the key itself stays ACTIVE and new wraps work, only that blob is
+//! unreadable; the detail names the version. Not InvalidCiphertext: a store file under a
+//! retired version would then read as corrupt.
 //!
 //! # Vault policy for the daemon's token
 //!

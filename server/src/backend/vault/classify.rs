@@ -115,12 +115,17 @@ pub(super) fn after_400(
     blob_version: Option<u64>,
 ) -> BackendError {
     match (op, blob_version) {
-        (Op::Decrypt, Some(v)) if v < info.min_decryption_version => {
-            BackendError::invalid_ciphertext(format!(
-                "ciphertext is from key version v{v}, below the key's min_decryption_version {} (retired by the operator)",
+        // The version is retired, not the blob bad: DISABLED for this version only, as a
+        // disabled Cloud KMS version is. Called "does not authenticate", a store file
+        // under it would be reported corrupt, and the cause would never reach an operator.
+        (Op::Decrypt, Some(v)) if v < info.min_decryption_version => BackendError::new(
+            FailureClass::Disabled,
+            format!(
+                "ciphertext is from key version v{v}, below the key's min_decryption_version {} (retired by the operator: lower it to read this, then re-wrap)",
                 info.min_decryption_version
-            ))
-        }
+            ),
+        )
+        .version_scoped(),
         (Op::Decrypt, _) => {
             BackendError::invalid_ciphertext(format!("Vault refused to decrypt: {vault_says}"))
         }
@@ -258,7 +263,7 @@ mod tests {
             "{}",
             e.detail
         );
-        assert_eq!(e.evidence(), None);
+        assert_eq!((e.class, e.evidence()), (FailureClass::Disabled, None));
     }
 
     #[test]
