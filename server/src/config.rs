@@ -58,6 +58,8 @@ pub struct Config {
     pub hedge_after: Duration,
     pub policy: Policy,
     pub limits: crate::limits::Limits,
+    pub audit: Option<crate::audit::AuditConfig>,
+    pub metrics: Option<crate::metrics::MetricsConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +132,8 @@ struct RawConfig {
     policy: Vec<RawPolicy>,
     #[serde(default)]
     limits: crate::limits::RawLimits,
+    audit: Option<crate::audit::RawAudit>,
+    metrics: Option<crate::metrics::RawMetrics>,
 }
 
 #[derive(Deserialize)]
@@ -452,6 +456,14 @@ impl Config {
         let limits = crate::limits::Limits::from_raw(raw.limits, kms.deadline, uris_per_key, path)?;
         Ok(Config {
             limits,
+            audit: raw
+                .audit
+                .map(|a| crate::audit::AuditConfig::from_raw(a, &base, path))
+                .transpose()?,
+            metrics: raw
+                .metrics
+                .map(|m| crate::metrics::MetricsConfig::from_raw(m, path))
+                .transpose()?,
             file: path.to_owned(),
             server,
             tls,

@@ -29,9 +29,12 @@
 //! - [`backend`]: `trait KmsBackend`, retries, and one module per KMS.
 //! - [`tls`] / [`certs`] / [`dev`]: mTLS set-up, rcgen certificates, `serve --dev`.
 //! - [`fs`]: private files: checked reads, atomic writes, the state dir lock.
+//! - [`audit`] / [`metrics`] / [`observe`]: the hash-chained audit trail, Prometheus
+//!   metrics on `/metrics`, and the one hook every finished call passes through.
 //! - [`hardening`]: no core dumps, no same-user ptrace, the open-file limit raised (done by
 //!   `main` before serving).
 
+pub mod audit;
 pub mod backend;
 pub mod broker;
 pub mod certs;
@@ -47,6 +50,8 @@ pub mod key_uri;
 pub mod limits;
 pub mod listener;
 pub mod log_limit;
+pub mod metrics;
+pub mod observe;
 pub mod peer;
 pub mod policy;
 pub mod revocation;

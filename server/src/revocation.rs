@@ -141,6 +141,8 @@ pub struct KmsUri {
     /// Recent answer time (an EWMA, microseconds; 0 = none yet): unwraps ask the
     /// fastest URI first.
     latency_us: AtomicU64,
+    /// Every KMS answer by outcome, for metrics (read at scrape time).
+    pub outcomes: crate::metrics::KmsOutcomes,
 }
 
 impl KmsUri {
@@ -163,6 +165,7 @@ impl KmsUri {
             uri,
             backend,
             latency_us: AtomicU64::new(0),
+            outcomes: Default::default(),
         }
     }
 
@@ -201,6 +204,11 @@ impl KmsUri {
         self.lock().shown.clone()
     }
 
+    /// When this URI last answered as usable (a check or a call), for metrics.
+    pub fn last_good(&self) -> Option<Instant> {
+        self.lock().last_active
+    }
+
     /// The version a new Encrypt would use, if the KMS has said (see
     /// [`crate::backend::KeyHealth::version`]).
     pub fn current_version(&self) -> Option<String> {
@@ -224,6 +232,7 @@ impl KmsUri {
         ticket: Ticket,
         result: Result<Option<&str>, &BackendError>,
     ) {
+        self.outcomes.count(result.map(|_| ()));
         let now = SystemTime::now();
         let mut r = self.lock();
         let was = r.shown.state;
