@@ -4,12 +4,14 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod audit;
 mod cli;
 mod crash;
 mod custody;
 mod flood;
 mod lifecycle;
 mod logs;
+mod metrics;
 mod regions;
 mod revocation;
 mod state_dir;
