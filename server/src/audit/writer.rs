@@ -3,6 +3,7 @@
 //! record: a crash of the daemon loses nothing already written), fsyncs at most once per
 //! `sync_interval` and on rotation and shutdown, and rotates by size.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -20,6 +21,13 @@ use crate::log_limit::LogLimit;
 
 static WRITE_ERRORS: LogLimit = LogLimit::new(1);
 
+/// How long the writer lets records gather while calls keep coming.
+const BATCH_NAP: Duration = Duration::from_millis(1);
+/// How long a caller's executable path is reused for the same pid: `/proc/PID/exe` is a
+/// path walk per record otherwise. A pid reused within this window would show the previous
+/// process's executable; the `pid` itself is always the kernel's.
+const EXE_TTL: Duration = Duration::from_secs(1);
+
 /// The open file and where the chain stands.
 #[derive(Debug)]
 pub(super) struct Writer {
@@ -29,6 +37,7 @@ pub(super) struct Writer {
     prev: String,
     seq: u64,
     dirty: bool,
+    exe_cache: HashMap<i32, (Instant, Option<String>)>,
 }
 
 /// The JSON shape of a record: members in this order, `prev` last (the seal appends `hash`).
@@ -169,6 +178,7 @@ impl Writer {
             prev,
             seq,
             dirty: false,
+            exe_cache: HashMap::new(),
         };
         w.event("start", None, (torn > 0).then_some(torn))?;
         w.sync();
@@ -194,13 +204,29 @@ impl Writer {
         self.append(&unsealed)
     }
 
+    fn exe(&mut self, pid: i32) -> Option<String> {
+        let now = Instant::now();
+        if let Some((at, exe)) = self.exe_cache.get(&pid) {
+            if now.duration_since(*at) < EXE_TTL {
+                return exe.clone();
+            }
+        }
+        if self.exe_cache.len() >= 4096 {
+            self.exe_cache
+                .retain(|_, (at, _)| now.duration_since(*at) < EXE_TTL);
+        }
+        let exe = exe_of(pid);
+        self.exe_cache.insert(pid, (now, exe.clone()));
+        exe
+    }
+
     fn call(&mut self, e: &Entry) -> std::io::Result<()> {
         let peer = match &e.peer {
             Some(crate::peer::Peer::Unix { uid, gid, pid }) => PeerRecord::Unix {
                 uid: *uid,
                 gid: *gid,
                 pid: *pid,
-                exe: pid.and_then(exe_of),
+                exe: pid.and_then(|p| self.exe(p)),
             },
             Some(crate::peer::Peer::Tls { identity }) => PeerRecord::Cert { cert: identity },
             None => PeerRecord::Unidentified { unidentified: true },
@@ -282,30 +308,59 @@ impl Writer {
         }
     }
 
+    /// Handles one message; false once the writer must stop.
+    fn handle(&mut self, msg: Msg, lost: &Lost) -> bool {
+        match msg {
+            Msg::Call(entry) => {
+                self.note_lost(lost);
+                if let Err(e) = self.call(&entry) {
+                    lost.add(1);
+                    if let Some(suppressed) = WRITE_ERRORS.admit() {
+                        tracing::error!(path = %self.config.path.display(), error = %e, suppressed, "audit trail: cannot write a record; it is counted as lost");
+                    }
+                }
+                true
+            }
+            Msg::Stop => false,
+        }
+    }
+
     /// The thread's loop: until `Msg::Stop` (or every sender is gone), then fsync.
+    ///
+    /// Under load the writer does not block on the channel: after a record it naps for
+    /// [`BATCH_NAP`] and then writes everything that arrived meanwhile (still one write(2)
+    /// per record). So a busy daemon pays no thread wake-up per call; an idle one pays one
+    /// for its first record.
     pub(super) fn run(mut self, rx: Receiver<Msg>, lost: Arc<Lost>) {
         let mut last_sync = Instant::now();
-        loop {
+        let mut running = true;
+        while running {
             let wait = self
                 .config
                 .sync_interval
                 .saturating_sub(last_sync.elapsed())
                 .max(Duration::from_millis(1));
             match rx.recv_timeout(wait) {
-                Ok(Msg::Call(entry)) => {
-                    self.note_lost(&lost);
-                    if let Err(e) = self.call(&entry) {
-                        lost.add(1);
-                        if let Some(suppressed) = WRITE_ERRORS.admit() {
-                            tracing::error!(path = %self.config.path.display(), error = %e, suppressed, "audit trail: cannot write a record; it is counted as lost");
+                Ok(msg) => {
+                    running = self.handle(msg, &lost);
+                    while running {
+                        std::thread::sleep(BATCH_NAP);
+                        let mut any = false;
+                        while running {
+                            let Ok(msg) = rx.try_recv() else { break };
+                            any = true;
+                            running = self.handle(msg, &lost);
+                        }
+                        if last_sync.elapsed() >= self.config.sync_interval {
+                            self.sync();
+                            last_sync = Instant::now();
+                        }
+                        if !any {
+                            break;
                         }
                     }
                 }
-                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => {
-                    self.note_lost(&lost);
-                    self.sync();
-                    return;
-                }
+                Err(RecvTimeoutError::Disconnected) => running = false,
                 Err(RecvTimeoutError::Timeout) => self.note_lost(&lost),
             }
             if last_sync.elapsed() >= self.config.sync_interval {
@@ -313,5 +368,7 @@ impl Writer {
                 last_sync = Instant::now();
             }
         }
+        self.note_lost(&lost);
+        self.sync();
     }
 }
