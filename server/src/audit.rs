@@ -1,6 +1,6 @@
 //! The audit trail (`[audit] path`): one JSON line per call, hash-chained.
 //!
-//! Each record has `seq`, `time`, `op` (the RPC's policy name), `key` or `store` (the name
+//! Each record has `seq`, `time`, `op` (the RPC's name), `key` or `store` (the name
 //! the caller asked for, through [`caller_text`]), `peer` (`uid`/`gid`/`pid` and `exe`, the
 //! caller's executable read from `/proc/PID/exe` where it can be; or `cert`, the
 //! certificate identity), `code` (the gRPC code name), `latency_us`, `prev` and `hash`
@@ -62,7 +62,10 @@ fn targets_store(op: Operation) -> bool {
 #[derive(Debug)]
 struct Entry {
     time: SystemTime,
-    op: Operation,
+    /// The RPC's name.
+    rpc: &'static str,
+    /// Whether the target is a store id (else a key name).
+    store: bool,
     target: String,
     peer: Option<Peer>,
     code: tonic::Code,
@@ -139,6 +142,7 @@ impl Audit {
     /// Queues one call's record. Never blocks: a full queue counts the record as lost.
     pub fn record(
         &self,
+        rpc: &'static str,
         op: Operation,
         target: &str,
         peer: Option<&Peer>,
@@ -147,7 +151,8 @@ impl Audit {
     ) {
         let entry = Entry {
             time: SystemTime::now(),
-            op,
+            rpc,
+            store: targets_store(op),
             target: caller_text(target),
             peer: peer.cloned(),
             code,
@@ -208,6 +213,7 @@ mod tests {
         };
         for _ in 0..n {
             a.record(
+                "WrapKey",
                 Operation::WrapKey,
                 "primary",
                 Some(&peer),

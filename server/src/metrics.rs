@@ -140,7 +140,7 @@ impl Metrics {
         let calls = Family::<CallLabels, Counter>::default();
         registry.register(
             "kms_broker_calls",
-            "KeyBroker calls by RPC (policy operation name) and gRPC code",
+            "KeyBroker calls by RPC name and gRPC code",
             calls.clone(),
         );
         let latency: Family<OpLabels, Histogram, fn() -> Histogram> =

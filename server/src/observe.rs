@@ -51,9 +51,11 @@ pub struct Observer {
 }
 
 impl Observer {
-    /// One finished call: `target` is the key name or store id the caller sent.
+    /// One finished call of the RPC `rpc`, governed by `op`: `target` is the key name or
+    /// store id the caller sent.
     pub fn call(
         &self,
+        rpc: &'static str,
         op: Operation,
         target: &str,
         peer: Option<&Peer>,
@@ -61,10 +63,10 @@ impl Observer {
         latency: Duration,
     ) {
         if let Some(m) = &self.metrics {
-            m.call(op.as_str(), code, latency);
+            m.call(rpc, code, latency);
         }
         if let Some(a) = &self.audit {
-            a.record(op, target, peer, code, latency);
+            a.record(rpc, op, target, peer, code, latency);
         }
     }
 }

@@ -192,11 +192,27 @@ impl Service {
         started: Instant,
         result: Result<T, Error>,
     ) -> Result<Response<T>, Status> {
+        self.finish_rpc(op.as_str(), op, target, peer, started, result)
+    }
+
+    /// [`Self::finish`] for an RPC whose name is not its policy operation's (RewrapKey,
+    /// WatchRevokeStatus): logs, the audit trail and metrics show the RPC's own name.
+    fn finish_rpc<T>(
+        &self,
+        rpc: &'static str,
+        op: Operation,
+        target: &str,
+        peer: Option<&Peer>,
+        started: Instant,
+        result: Result<T, Error>,
+    ) -> Result<Response<T>, Status> {
         let elapsed = started.elapsed();
         let code = result
             .as_ref()
             .map_or_else(Error::code, |_| tonic::Code::Ok);
-        self.inner.observer.call(op, target, peer, code, elapsed);
+        self.inner
+            .observer
+            .call(rpc, op, target, peer, code, elapsed);
         let latency_ms = elapsed.as_secs_f64() * 1e3;
         let peer = peer
             .map(|p| p.to_string())
@@ -204,17 +220,17 @@ impl Service {
         let target = caller_text(target);
         match result {
             Ok(v) => {
-                tracing::debug!(op = op.as_str(), target, %peer, outcome = "OK", latency_ms, "key operation");
+                tracing::debug!(op = rpc, target, %peer, outcome = "OK", latency_ms, "key operation");
                 Ok(Response::new(v))
             }
             Err(e) => {
                 let code = e.code();
                 if code == tonic::Code::Internal {
                     if let Some(suppressed) = FAILURES.admit() {
-                        tracing::error!(op = op.as_str(), target, %peer, outcome = ?code, latency_ms, error = %e, suppressed, "key operation failed");
+                        tracing::error!(op = rpc, target, %peer, outcome = ?code, latency_ms, error = %e, suppressed, "key operation failed");
                     }
                 } else if let Some(suppressed) = REFUSALS.admit() {
-                    tracing::info!(op = op.as_str(), target, %peer, outcome = ?code, latency_ms, error = %e, suppressed, "key operation refused");
+                    tracing::info!(op = rpc, target, %peer, outcome = ?code, latency_ms, error = %e, suppressed, "key operation refused");
                 }
                 Err(e.into())
             }
@@ -442,8 +458,9 @@ impl pb::key_broker_server::KeyBroker for Service {
             self.rewrap_key(peer, env, context, to).await
         }
         .await;
-        // Logged under UnwrapKey's name: a rewrap is an unwrap and a wrap.
-        self.finish(
+        // Governed by UnwrapKey (and WrapKey on the target); recorded under its own name.
+        self.finish_rpc(
+            "RewrapKey",
             Operation::UnwrapKey,
             &target,
             peer.as_ref().ok(),
@@ -473,7 +490,8 @@ impl pb::key_broker_server::KeyBroker for Service {
                 self.inner.closing.subscribe(),
             ))
         })();
-        self.finish(
+        self.finish_rpc(
+            "WatchRevokeStatus",
             Operation::RevokeStatus,
             &key,
             peer.as_ref().ok(),

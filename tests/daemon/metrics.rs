@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 
 use kms_broker::backend::mock::mock;
-use kms_broker_client::pb::{GetStoreKeyRequest, KeyState, WrapKeyRequest};
+use kms_broker_client::pb::{GetStoreKeyRequest, KeyState, RewrapKeyRequest, WrapKeyRequest};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
@@ -68,9 +68,17 @@ async fn counters_move_and_a_key_state_change_shows() {
     assert_eq!(sample(&text, disabled), Some(0.0));
     let ok_wraps = r#"kms_broker_calls_total{op="WrapKey",code="OK"}"#;
     let before = sample(&text, ok_wraps).unwrap_or(0.0);
+    let mut wrapped = Vec::new();
     for _ in 0..3 {
-        c.wrap_key(wrap()).await.unwrap();
+        wrapped = c.wrap_key(wrap()).await.unwrap().into_inner().wrapped;
     }
+    c.rewrap_key(RewrapKeyRequest {
+        wrapped,
+        context: HashMap::new(),
+        key: String::new(),
+    })
+    .await
+    .unwrap();
     c.get_store_key(GetStoreKeyRequest {
         store_id: "s1".into(),
         create: true,
@@ -79,6 +87,11 @@ async fn counters_move_and_a_key_state_change_shows() {
     .unwrap();
     let text = scrape(&d).await;
     assert_eq!(sample(&text, ok_wraps), Some(before + 3.0), "{text}");
+    // Counted under the RPC's own name, not the policy operation that governs it.
+    assert_eq!(
+        sample(&text, r#"kms_broker_calls_total{op="RewrapKey",code="OK"}"#),
+        Some(1.0)
+    );
     assert_eq!(
         sample(
             &text,

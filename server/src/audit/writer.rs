@@ -231,7 +231,7 @@ impl Writer {
             Some(crate::peer::Peer::Tls { identity }) => PeerRecord::Cert { cert: identity },
             None => PeerRecord::Unidentified { unidentified: true },
         };
-        let (key, store) = if super::targets_store(e.op) {
+        let (key, store) = if e.store {
             (None, Some(e.target.as_str()))
         } else {
             (Some(e.target.as_str()), None)
@@ -240,7 +240,7 @@ impl Writer {
             seq: self.seq + 1,
             time: rfc3339(e.time),
             event: None,
-            op: Some(e.op.as_str()),
+            op: Some(e.rpc),
             key,
             store,
             peer: Some(peer),
