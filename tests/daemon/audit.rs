@@ -148,6 +148,23 @@ async fn every_call_is_recorded_with_its_peer_and_code_and_never_key_bytes() {
         !text.contains("ctx-value-zz9"),
         "context values are not recorded"
     );
+
+    // A copy with one record removed is caught, and the line named.
+    let cut: String = text
+        .lines()
+        .enumerate()
+        .filter(|(i, _)| *i != 3)
+        .map(|(_, l)| format!("{l}\n"))
+        .collect();
+    let copy = tmp.path().join("copy.jsonl");
+    std::fs::write(&copy, cut).unwrap();
+    match verify(&copy) {
+        Err(kms_broker::audit::VerifyError::Bad { line, why }) => {
+            assert_eq!(line, 4, "{why}");
+            assert!(why.contains("removed"), "{why}");
+        }
+        other => panic!("a removed record must be found: {other:?}"),
+    }
 }
 
 #[tokio::test]
