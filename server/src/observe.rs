@@ -138,10 +138,17 @@ pub struct Running {
 }
 
 impl Running {
-    /// Writes the queued audit records and fsyncs (off the async runtime's threads).
+    /// Writes the queued audit records and fsyncs (off the async runtime's threads). A
+    /// disk that hangs does not hang the exit: after 10 s the daemon stops without waiting.
     pub async fn close(self) {
         if let Some(a) = self.audit {
-            let _ = tokio::task::spawn_blocking(move || a.close()).await;
+            let closing = tokio::task::spawn_blocking(move || a.close());
+            if tokio::time::timeout(Duration::from_secs(10), closing)
+                .await
+                .is_err()
+            {
+                tracing::error!("audit trail: the writer did not finish within 10s (a hung disk?); records still queued may be lost");
+            }
         }
     }
 }
