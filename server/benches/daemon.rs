@@ -65,6 +65,11 @@ fn make_state_dir(dir: &Path) {
 }
 
 fn config(dir: &Path, mock_name: &str) -> Config {
+    config_with(dir, mock_name, "")
+}
+
+/// The bench config plus `extra` sections (`[audit]`, `[metrics]`).
+fn config_with(dir: &Path, mock_name: &str, extra: &str) -> Config {
     make_state_dir(&dir.join("state"));
     let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
     let text = format!(
@@ -86,6 +91,7 @@ allow = ["WrapKey", "UnwrapKey", "GetStoreKey", "RevokeStatus"]
 [[policy]]
 peer = "cert:dev-client"
 allow = ["WrapKey", "UnwrapKey"]
+{extra}
 "#,
         d = dir.display()
     );
@@ -179,6 +185,67 @@ async fn process_startup(dir: &Path) -> (Duration, Duration) {
     }
     times.sort();
     (times[times.len() / 2], times[times.len() - 1])
+}
+
+/// What the audit trail and the metrics add to a WrapKey over the Unix socket: four
+/// daemons (plain, audit, metrics, both) measured in interleaved rounds, so drift of the
+/// machine hits each alike.
+async fn observability_overhead(dir: &Path) {
+    mock("bench-ops");
+    let variants = [
+        ("WrapKey over unix, no audit, no metrics", ""),
+        (
+            "WrapKey over unix, audit on",
+            "[audit]\npath = \"audit.jsonl\"\n",
+        ),
+        (
+            "WrapKey over unix, metrics on",
+            "[metrics]\nlisten = \"127.0.0.1:0\"\n",
+        ),
+        (
+            "WrapKey over unix, audit and metrics on",
+            "[audit]\npath = \"audit.jsonl\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+        ),
+    ];
+    let mut running = Vec::new();
+    for (i, (_, extra)) in variants.iter().enumerate() {
+        let d = dir.join(format!("ops{i}"));
+        kms_broker::certs::write_dev_certs(&d.join("certs")).unwrap();
+        let server = Server::bind(config_with(&d, "bench-ops", extra))
+            .await
+            .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(async {
+            let _ = stopped.await;
+        }));
+        let mut c = KeyBrokerClient::new(unix(&d.join("b.sock")).await);
+        for _ in 0..200 {
+            c.wrap_key(wrap_req()).await.unwrap();
+        }
+        running.push((c, stop, task));
+    }
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); variants.len()];
+    for _round in 0..8 {
+        for (i, (c, _, _)) in running.iter_mut().enumerate() {
+            for _ in 0..N / 4 {
+                let t = Instant::now();
+                c.wrap_key(wrap_req()).await.unwrap();
+                samples[i].push(t.elapsed());
+            }
+        }
+    }
+    println!();
+    println!("| audit trail and metrics ({} calls each, interleaved) |  p50 (µs) |  p99 (µs) | mean (µs) | vs none          |", N * 2);
+    println!("|----------------------------------------------|-----------|-----------|-----------|------------------|");
+    let plain = stats(samples[0].clone()).2;
+    for (i, v) in samples.into_iter().enumerate() {
+        let base = (i > 0).then_some((plain, "none"));
+        row(variants[i].0, v, base);
+    }
+    for (_, stop, task) in running {
+        let _ = stop.send(());
+        task.await.unwrap().unwrap();
+    }
 }
 
 fn wrap_req() -> WrapKeyRequest {
@@ -341,6 +408,8 @@ async fn main() {
         p50.as_secs_f64() * 1e3,
         max.as_secs_f64() * 1e3
     );
+
+    observability_overhead(dir).await;
 
     // Coalescing: 64 node processes ask for a store key the daemon does not hold yet, while
     // each KMS call takes 50 ms.

@@ -61,6 +61,8 @@ pub struct Config {
     pub policy: Policy,
     pub limits: crate::limits::Limits,
     pub cache: crate::unwrap_cache::CacheConfig,
+    pub audit: Option<crate::audit::AuditConfig>,
+    pub metrics: Option<crate::metrics::MetricsConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -138,6 +140,8 @@ struct RawConfig {
     limits: crate::limits::RawLimits,
     #[serde(default)]
     cache: crate::unwrap_cache::CacheConfig,
+    audit: Option<crate::audit::RawAudit>,
+    metrics: Option<crate::metrics::RawMetrics>,
 }
 
 #[derive(Deserialize)]
@@ -481,6 +485,14 @@ impl Config {
         Ok(Config {
             limits,
             cache: raw.cache,
+            audit: raw
+                .audit
+                .map(|a| crate::audit::AuditConfig::from_raw(a, &base, path))
+                .transpose()?,
+            metrics: raw
+                .metrics
+                .map(|m| crate::metrics::MetricsConfig::from_raw(m, path))
+                .transpose()?,
             file: path.to_owned(),
             server,
             tls,

@@ -30,9 +30,12 @@
 //! - [`unwrap_cache`]: UnwrapKey's coalescing and bounded, revocation-purged cache.
 //! - [`tls`] / [`certs`] / [`dev`]: mTLS set-up, rcgen certificates, `serve --dev`.
 //! - [`fs`]: private files: checked reads, atomic writes, the state dir lock.
+//! - [`audit`] / [`metrics`] / [`observe`]: the hash-chained audit trail, Prometheus
+//!   metrics on `/metrics`, and the one hook every finished call passes through.
 //! - [`hardening`]: no core dumps, no same-user ptrace, the open-file limit raised (done by
 //!   `main` before serving).
 
+pub mod audit;
 pub mod backend;
 pub mod broker;
 pub mod certs;
@@ -48,6 +51,8 @@ pub mod key_uri;
 pub mod limits;
 pub mod listener;
 pub mod log_limit;
+pub mod metrics;
+pub mod observe;
 pub mod peer;
 pub mod policy;
 pub mod revocation;

@@ -97,6 +97,17 @@ enum Command {
     },
     /// Validate a config as `serve` would load it, without serving (exit 64 on error).
     CheckConfig { file: PathBuf },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Check an audit file's hash chain (exit 1 naming the first bad record).
+    Verify { file: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -150,5 +161,8 @@ fn main() -> ExitCode {
             yes,
         } => cli::run(cli::retention::drop_key(&daemon, &store_id, &key_id, yes)),
         Command::CheckConfig { file } => cli::run(cli::check_config::run(&file)),
+        Command::Audit {
+            command: AuditCommand::Verify { file },
+        } => cli::audit::verify(&file),
     }
 }

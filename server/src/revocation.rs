@@ -143,6 +143,8 @@ pub struct KmsUri {
     latency_us: AtomicU64,
     /// Bounds the KMS calls in flight through this URI (`[kms] max_in_flight`).
     in_flight: tokio::sync::Semaphore,
+    /// Every KMS answer by outcome, for metrics (read at scrape time).
+    pub outcomes: crate::metrics::KmsOutcomes,
 }
 
 impl KmsUri {
@@ -166,6 +168,7 @@ impl KmsUri {
             backend,
             latency_us: AtomicU64::new(0),
             in_flight: tokio::sync::Semaphore::new(max_in_flight),
+            outcomes: Default::default(),
         }
     }
 
@@ -210,6 +213,11 @@ impl KmsUri {
         self.lock().shown.clone()
     }
 
+    /// When this URI last answered as usable (a check or a call), for metrics.
+    pub fn last_good(&self) -> Option<Instant> {
+        self.lock().last_active
+    }
+
     /// The version a new Encrypt would use, if the KMS has said (see
     /// [`crate::backend::KeyHealth::version`]).
     pub fn current_version(&self) -> Option<String> {
@@ -233,6 +241,7 @@ impl KmsUri {
         ticket: Ticket,
         result: Result<Option<&str>, &BackendError>,
     ) {
+        self.outcomes.count(result.map(|_| ()));
         let now = SystemTime::now();
         let mut r = self.lock();
         let was = r.shown.state;

@@ -53,6 +53,8 @@ pub struct Server {
     tcp: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
     broker: Arc<Broker>,
     stores: Arc<Stores>,
+    /// The audit trail and the metrics listener (`[audit]`, `[metrics]`).
+    ops: crate::observe::Ops,
     /// Held for the life of the server: a second daemon on this state dir exits 75.
     state_lock: DirLock,
 }
@@ -165,6 +167,7 @@ impl Server {
         let state_lock = lock_state_dir(&config.server.state_dir)?;
         let broker = Arc::new(Broker::new(&config).await?);
         let stores = Stores::new(&config, broker.clone()).map_err(ServeError::Startup)?;
+        let ops = crate::observe::Ops::bind(&config).await?;
         // TCP first: a port in use must not leave a socket file behind that no one serves.
         let tcp = match (config.server.tcp_listen, tls) {
             (Some(addr), Some(tls)) => Some((
@@ -183,7 +186,13 @@ impl Server {
             tcp,
             broker,
             stores,
+            ops,
         })
+    }
+
+    /// The bound metrics address, with `[metrics]` (useful with port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.ops.metrics_addr()
     }
 
     /// The bound TCP address (useful with port 0).
@@ -205,6 +214,7 @@ impl Server {
             tcp,
             broker,
             stores,
+            ops,
             state_lock,
         } = self;
         let limits = config.limits;
@@ -247,7 +257,13 @@ impl Server {
             .build_v1alpha()
             .map_err(|e| ServeError::Startup(format!("reflection: {e}")))?
             .max_decoding_message_size(MAX_SMALL_REQUEST);
-        let svc = Service::new(broker.clone(), stores.clone(), config.policy.clone());
+        let (observer, ops) = ops.start(broker.clone(), stores.clone(), stop_rx.clone());
+        let svc = Service::new(
+            broker.clone(),
+            stores.clone(),
+            config.policy.clone(),
+            observer,
+        );
         let service = KeyBrokerServer::new(svc.clone())
             .max_decoding_message_size(MAX_KEY_BROKER_REQUEST)
             .max_encoding_message_size(MAX_KEY_BROKER_RESPONSE);
@@ -322,6 +338,7 @@ impl Server {
             }
         };
         poller.abort();
+        ops.close().await;
         let _ = std::fs::remove_file(&unix_path);
         // Only now may another daemon take the state dir.
         drop(state_lock);

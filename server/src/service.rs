@@ -55,17 +55,25 @@ struct Inner {
     broker: Arc<Broker>,
     stores: Arc<Stores>,
     policy: Policy,
+    /// The audit trail and metrics: every call's end passes through it, in `finish`.
+    observer: crate::observe::Observer,
     /// Set at shutdown: long-lived streams end, so they never hold the drain.
     closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Service {
-    pub fn new(broker: Arc<Broker>, stores: Arc<Stores>, policy: Policy) -> Self {
+    pub fn new(
+        broker: Arc<Broker>,
+        stores: Arc<Stores>,
+        policy: Policy,
+        observer: crate::observe::Observer,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 broker,
                 stores,
                 policy,
+                observer,
                 closing: tokio::sync::watch::Sender::new(false),
             }),
         }
@@ -173,34 +181,59 @@ fn pb_key_status(s: revocation::KeyStatus) -> pb::KeyStatus {
     }
 }
 
-/// Logs one call's outcome and converts the error in the one place that does.
-fn finish<T>(
-    op: Operation,
-    target: &str,
-    peer: Option<&Peer>,
-    started: Instant,
-    result: Result<T, Error>,
-) -> Result<Response<T>, Status> {
-    let latency_ms = started.elapsed().as_secs_f64() * 1e3;
-    let peer = peer
-        .map(|p| p.to_string())
-        .unwrap_or_else(|| "unidentified".into());
-    let target = caller_text(target);
-    match result {
-        Ok(v) => {
-            tracing::debug!(op = op.as_str(), target, %peer, outcome = "OK", latency_ms, "key operation");
-            Ok(Response::new(v))
-        }
-        Err(e) => {
-            let code = e.code();
-            if code == tonic::Code::Internal {
-                if let Some(suppressed) = FAILURES.admit() {
-                    tracing::error!(op = op.as_str(), target, %peer, outcome = ?code, latency_ms, error = %e, suppressed, "key operation failed");
-                }
-            } else if let Some(suppressed) = REFUSALS.admit() {
-                tracing::info!(op = op.as_str(), target, %peer, outcome = ?code, latency_ms, error = %e, suppressed, "key operation refused");
+impl Service {
+    /// Logs, audits and counts one call's outcome and converts the error in the one place
+    /// that does.
+    fn finish<T>(
+        &self,
+        op: Operation,
+        target: &str,
+        peer: Option<&Peer>,
+        started: Instant,
+        result: Result<T, Error>,
+    ) -> Result<Response<T>, Status> {
+        self.finish_rpc(op.as_str(), op, target, peer, started, result)
+    }
+
+    /// [`Self::finish`] for an RPC whose name is not its policy operation's (RewrapKey,
+    /// WatchRevokeStatus): logs, the audit trail and metrics show the RPC's own name.
+    fn finish_rpc<T>(
+        &self,
+        rpc: &'static str,
+        op: Operation,
+        target: &str,
+        peer: Option<&Peer>,
+        started: Instant,
+        result: Result<T, Error>,
+    ) -> Result<Response<T>, Status> {
+        let elapsed = started.elapsed();
+        let code = result
+            .as_ref()
+            .map_or_else(Error::code, |_| tonic::Code::Ok);
+        self.inner
+            .observer
+            .call(rpc, op, target, peer, code, elapsed);
+        let latency_ms = elapsed.as_secs_f64() * 1e3;
+        let peer = peer
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "unidentified".into());
+        let target = caller_text(target);
+        match result {
+            Ok(v) => {
+                tracing::debug!(op = rpc, target, %peer, outcome = "OK", latency_ms, "key operation");
+                Ok(Response::new(v))
             }
-            Err(e.into())
+            Err(e) => {
+                let code = e.code();
+                if code == tonic::Code::Internal {
+                    if let Some(suppressed) = FAILURES.admit() {
+                        tracing::error!(op = rpc, target, %peer, outcome = ?code, latency_ms, error = %e, suppressed, "key operation failed");
+                    }
+                } else if let Some(suppressed) = REFUSALS.admit() {
+                    tracing::info!(op = rpc, target, %peer, outcome = ?code, latency_ms, error = %e, suppressed, "key operation refused");
+                }
+                Err(e.into())
+            }
         }
     }
 }
@@ -237,7 +270,7 @@ impl pb::key_broker_server::KeyBroker for Service {
             })
         }
         .await;
-        finish(
+        self.finish(
             Operation::WrapKey,
             &key,
             peer.as_ref().ok(),
@@ -274,7 +307,7 @@ impl pb::key_broker_server::KeyBroker for Service {
             })
         }
         .await;
-        finish(
+        self.finish(
             Operation::UnwrapKey,
             &target,
             peer.as_ref().ok(),
@@ -304,7 +337,7 @@ impl pb::key_broker_server::KeyBroker for Service {
             })
         }
         .await;
-        finish(
+        self.finish(
             Operation::GetStoreKey,
             &body.store_id,
             peer.as_ref().ok(),
@@ -335,7 +368,7 @@ impl pb::key_broker_server::KeyBroker for Service {
             })
         }
         .await;
-        finish(
+        self.finish(
             Operation::RevokeStatus,
             &key,
             peer.as_ref().ok(),
@@ -357,7 +390,7 @@ impl pb::key_broker_server::KeyBroker for Service {
             self.rotate(peer, &id).await
         }
         .await;
-        finish(
+        self.finish(
             Operation::RotateStoreKey,
             &id,
             peer.as_ref().ok(),
@@ -380,7 +413,7 @@ impl pb::key_broker_server::KeyBroker for Service {
             let peer = peer.as_ref().map_err(Clone::clone)?;
             self.store_status(peer, &id)
         })();
-        finish(
+        self.finish(
             Operation::StoreStatus,
             &id,
             peer.as_ref().ok(),
@@ -405,7 +438,7 @@ impl pb::key_broker_server::KeyBroker for Service {
             self.rewrap(peer, body).await
         }
         .await;
-        finish(Operation::Rewrap, &id, peer.as_ref().ok(), started, result)
+        self.finish(Operation::Rewrap, &id, peer.as_ref().ok(), started, result)
     }
 
     async fn rewrap_key(
@@ -429,8 +462,9 @@ impl pb::key_broker_server::KeyBroker for Service {
             self.rewrap_key(peer, env, context, to).await
         }
         .await;
-        // Logged under UnwrapKey's name: a rewrap is an unwrap and a wrap.
-        finish(
+        // Governed by UnwrapKey (and WrapKey on the target); recorded under its own name.
+        self.finish_rpc(
+            "RewrapKey",
             Operation::UnwrapKey,
             &target,
             peer.as_ref().ok(),
@@ -460,7 +494,8 @@ impl pb::key_broker_server::KeyBroker for Service {
                 self.inner.closing.subscribe(),
             ))
         })();
-        finish(
+        self.finish_rpc(
+            "WatchRevokeStatus",
             Operation::RevokeStatus,
             &key,
             peer.as_ref().ok(),
@@ -481,7 +516,7 @@ impl pb::key_broker_server::KeyBroker for Service {
             self.import(peer, &copy).await
         }
         .await;
-        finish(
+        self.finish(
             Operation::ImportStoreKey,
             "",
             peer.as_ref().ok(),
@@ -510,7 +545,7 @@ impl pb::key_broker_server::KeyBroker for Service {
             Ok(lifecycle::pb_store_status(info))
         }
         .await;
-        finish(
+        self.finish(
             Operation::DropPreviousStoreKey,
             &body.store_id,
             peer.as_ref().ok(),

@@ -289,6 +289,11 @@ impl Stores {
             .map_err(|_| self.corrupt(id, "unwrapped key has the wrong size or id"))
     }
 
+    /// Each store, and whether its keys are held in memory now (for metrics).
+    pub fn held(&self) -> impl Iterator<Item = (&StoreId, bool)> {
+        self.slots.iter().map(|(id, s)| (id, s.held().is_some()))
+    }
+
     /// Drops held material whose key may no longer be handed out (revoked kinds at once;
     /// UNREACHABLE once the grace period is over), so it does not linger in memory.
     pub fn purge(&self) {

@@ -48,6 +48,8 @@ pub struct Daemon {
     _tmp: Option<tempfile::TempDir>,
     pub socket: PathBuf,
     pub tcp: SocketAddr,
+    /// The `/metrics` listener's address, with `[metrics]` in the body.
+    pub metrics: Option<SocketAddr>,
     pub ca: Pem,
     pub body: String,
     shutdown: Option<oneshot::Sender<()>>,
@@ -114,6 +116,7 @@ impl Daemon {
         let server = Server::bind(config).await?;
         let tcp = server.tcp_addr().expect("tcp is configured");
         let socket = server.unix_path().to_owned();
+        let metrics = server.metrics_addr();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(server.serve(async {
             let _ = rx.await;
@@ -123,6 +126,7 @@ impl Daemon {
             _tmp: None,
             socket,
             tcp,
+            metrics,
             ca,
             body: body.to_owned(),
             shutdown: Some(tx),

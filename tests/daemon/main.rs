@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod audit;
 mod availability;
 mod cli;
 mod crash;
@@ -11,6 +12,7 @@ mod custody;
 mod flood;
 mod lifecycle;
 mod logs;
+mod metrics;
 mod ops;
 mod regions;
 mod revocation;

@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::process::ExitCode;
 
+pub mod audit;
 pub mod check_config;
 pub mod connect;
 pub mod lifecycle;
