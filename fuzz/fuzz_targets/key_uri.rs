@@ -21,8 +21,11 @@ fuzz_target!(|text: &str| {
     let id = uri.id();
     let shown = uri.redacted();
     let debug = format!("{uri:?}");
-    // The identity never carries a query string: it is recorded in envelopes.
-    assert!(!id.contains('?'), "id has a query: {id}");
+    // The identity never carries a query string: it is recorded in envelopes. (A file
+    // path may hold a literal `?`, written `%3F` in the URI: no query, so not checked.)
+    if !id.starts_with("file:") {
+        assert!(!id.contains('?'), "id has a query: {id}");
+    }
     let Some((_, query)) = text.split_once('?') else {
         return;
     };
