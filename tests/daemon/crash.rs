@@ -16,9 +16,19 @@ use tonic::Code;
 use crate::common::standins::ChildGuard;
 use crate::common::{allow_me_everything, config_text, must_return, try_unix_client, Client};
 
+mod lifecycle;
+
 const BIN: &str = env!("CARGO_BIN_EXE_kms-broker");
 const HANG: Duration = Duration::from_secs(30);
 const SIGABRT: i32 = 6;
+
+/// A policy granting this process every operation, lifecycle ones included.
+fn my_policy() -> String {
+    format!(
+        "[[policy]]\npeer = \"uid:{}\"\nallow = [\"WrapKey\", \"UnwrapKey\", \"GetStoreKey\", \"RevokeStatus\", \"RotateStoreKey\", \"StoreStatus\", \"Rewrap\"]\n",
+        crate::common::my_uid()
+    )
+}
 
 /// One test's folder: certs, a file key, a config with store `s1`, and the state dir.
 struct Setup {

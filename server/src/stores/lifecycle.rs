@@ -239,6 +239,7 @@ impl Stores {
             .broker
             .wrap(&key_name, &key.to_key_file_bytes(), context(id))
             .await?;
+        crate::fs::failpoint("store-rotate:wrapped");
         file.rotate(WrappedStoreKey::new(&key, wrapped.blob));
         self.replace(id, &file)?;
         // Keys held in memory follow; if none are held, the next GetStoreKey unwraps all.
@@ -312,6 +313,7 @@ impl Stores {
             .ok_or_else(|| Error::internal("no active key"))?;
         let mut new = StoreKeyFile::new(id.clone(), target.as_str(), active);
         new.previous = wrapped.collect();
+        crate::fs::failpoint("store-rewrap:wrapped");
         self.replace(id, &new)?;
         let keys = StoreKeys {
             wrapped_copy: new.to_json(),
