@@ -178,13 +178,17 @@ impl Broker {
         // the poller already found unreachable: every wrap would otherwise wait out the KMS
         // deadline for the whole outage. The gap is filled when it is back.
         let any_active = k.uris.iter().any(|u| u.state() == KeyState::Active);
+        // ("Not checked yet" also reads UNREACHABLE: that URI is asked.)
         let asked: Vec<&KmsUri> = k
             .uris
             .iter()
-            .filter(|u| match u.state() {
-                _ if strict => true,
-                KeyState::Unreachable => !any_active,
-                s => !s.is_revoked_kind(),
+            .filter(|u| {
+                let s = u.status();
+                match s.state {
+                    _ if strict => true,
+                    KeyState::Unreachable => !any_active || s.checked_at.is_none(),
+                    state => !state.is_revoked_kind(),
+                }
             })
             .collect();
         let aad = &aad;
