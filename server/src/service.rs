@@ -11,13 +11,11 @@
 //! string a caller sent is shown through [`caller_text`] (cut short, never URI-shaped).
 //! Never key bytes.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
-use crate::backend::RESERVED_CONTEXT_PREFIX;
 use crate::broker::Broker;
 use crate::envelope::Envelope;
 use crate::error::Error;
@@ -26,23 +24,23 @@ use crate::log_limit::{caller_text, LogLimit};
 use crate::pb;
 use crate::peer::Peer;
 use crate::policy::{Operation, Policy};
-use crate::revocation;
 use crate::secret::SecretBytes;
-use crate::state::KeyState;
-use crate::store_key::{StoreId, StoreKey};
+use crate::store_key::StoreId;
 use crate::stores::Stores;
 
+mod convert;
 mod lifecycle;
+mod parse;
 mod watch;
+
+use convert::{pb_key_status, pb_store_key};
+use parse::{parse_context, parse_key_name};
 
 /// Refusal and failure lines per second, each.
 static REFUSALS: LogLimit = LogLimit::new(20);
 static FAILURES: LogLimit = LogLimit::new(20);
 
-/// The cloud KMS limit on a single Encrypt.
-pub const MAX_PLAINTEXT: usize = 4096;
-const MAX_CONTEXT_ENTRIES: usize = 64;
-const MAX_CONTEXT_BYTES: usize = 8192;
+pub use parse::MAX_PLAINTEXT;
 
 /// Shared by both transports.
 #[derive(Debug, Clone)]
@@ -105,79 +103,6 @@ impl Service {
             policy.authorize(peer, Operation::RevokeStatus, None, None)?;
         }
         Ok(visible)
-    }
-}
-
-fn parse_context(ctx: HashMap<String, String>) -> Result<BTreeMap<String, String>, Error> {
-    if ctx.len() > MAX_CONTEXT_ENTRIES {
-        return Err(Error::invalid(format!(
-            "context has more than {MAX_CONTEXT_ENTRIES} entries"
-        )));
-    }
-    let size: usize = ctx.iter().map(|(k, v)| k.len() + v.len()).sum();
-    if size > MAX_CONTEXT_BYTES {
-        return Err(Error::invalid(format!(
-            "context is larger than {MAX_CONTEXT_BYTES} bytes"
-        )));
-    }
-    if ctx.keys().any(|k| k.starts_with(RESERVED_CONTEXT_PREFIX)) {
-        return Err(Error::invalid(format!(
-            "context keys starting with {RESERVED_CONTEXT_PREFIX:?} are reserved"
-        )));
-    }
-    Ok(ctx.into_iter().collect())
-}
-
-fn parse_key_name(key: &str) -> Result<KeyName, Error> {
-    if key.is_empty() {
-        return Err(Error::invalid(
-            "key is required: the name of a configured key",
-        ));
-    }
-    KeyName::parse(key).map_err(|_| {
-        Error::invalid("key must be a configured key's name ([A-Za-z0-9._-], 1 to 128)")
-    })
-}
-
-fn timestamp(t: SystemTime) -> prost_types::Timestamp {
-    prost_types::Timestamp::from(t)
-}
-
-fn pb_state(s: KeyState) -> pb::KeyState {
-    match s {
-        KeyState::Active => pb::KeyState::Active,
-        KeyState::Unreachable => pb::KeyState::Unreachable,
-        KeyState::Disabled => pb::KeyState::Disabled,
-        KeyState::Revoked => pb::KeyState::Revoked,
-        KeyState::Destroyed => pb::KeyState::Destroyed,
-    }
-}
-
-fn pb_store_key(k: StoreKey) -> pb::StoreKey {
-    pb::StoreKey {
-        key_id: k.key_id.to_vec(),
-        algorithm: k.algorithm.as_str().to_owned(),
-        created_at: Some(timestamp(k.created_at)),
-        key: k.key.into_response_bytes(),
-    }
-}
-
-fn pb_key_status(s: revocation::KeyStatus) -> pb::KeyStatus {
-    pb::KeyStatus {
-        key: s.key.to_string(),
-        state: pb_state(s.state) as i32,
-        checked_at: s.checked_at.map(timestamp),
-        detail: s.detail,
-        uris: s
-            .uris
-            .into_iter()
-            .map(|u| pb::UriStatus {
-                uri: u.uri,
-                state: pb_state(u.state) as i32,
-                checked_at: u.checked_at.map(timestamp),
-                detail: u.detail,
-            })
-            .collect(),
     }
 }
 

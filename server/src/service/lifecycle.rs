@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use super::{timestamp, Service};
+use super::convert::timestamp;
+use super::Service;
 use crate::envelope::Envelope;
 use crate::error::Error;
 use crate::key_name::KeyName;
