@@ -47,6 +47,14 @@ const AUTH_CODES: &[&str] = &[
     "OptInRequired",
 ];
 
+/// Codes that mean "slow down": backed off longer (see `backend::resilient`).
+const THROTTLE_CODES: &[&str] = &[
+    "ThrottlingException",
+    "Throttling",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+];
+
 /// Codes of transient trouble on AWS's side.
 const TRANSIENT_CODES: &[&str] = &[
     "ThrottlingException",
@@ -189,7 +197,18 @@ where
                 .message()
                 .map(|m| format!(": {}", short(m)))
                 .unwrap_or_default();
-            BackendError::new(class, format!("{op}: {code} (HTTP {status}){message}"))
+            let e = BackendError::new(class, format!("{op}: {code} (HTTP {status}){message}"));
+            if status == 429 || THROTTLE_CODES.contains(&code) {
+                let retry_after = ctx
+                    .raw()
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(std::time::Duration::from_secs);
+                BackendError::throttled(e.detail, retry_after)
+            } else {
+                e
+            }
         }
         SdkError::TimeoutError(_) => BackendError::unreachable(format!("{op}: timed out")),
         SdkError::ResponseError(ctx) => {

@@ -70,6 +70,10 @@ pub fn classify(op: Op, err: &GaxError) -> BackendError {
         let msg = short(&status.message);
         let class = class_for(op, code, &status.message);
         let e = BackendError::new(class, format!("{what}: {} {msg}", code.name()));
+        if code == Code::ResourceExhausted && class == FailureClass::Unreachable {
+            // Quota: slow down (Cloud KMS quotas refill per minute).
+            return BackendError::throttled(e.detail, None);
+        }
         return if op == Op::Decrypt && code == Code::FailedPrecondition {
             e.version_scoped()
         } else {
