@@ -9,6 +9,7 @@ mod cli;
 mod crash;
 mod custody;
 mod flood;
+mod grpcio;
 mod lifecycle;
 mod logs;
 mod ops;
