@@ -30,6 +30,18 @@ pub enum ClientError {
         message: String,
     },
 
+    /// The TLS handshake with the daemon failed (a certificate the daemon does not trust,
+    /// or a server certificate this client does not): never a daemon answer, and not
+    /// retried, since the same files fail the same way. Code `Unavailable`, as a gRPC
+    /// client would see it.
+    #[error("TLS with kms-broker at {endpoint} failed: {message}")]
+    Tls {
+        /// The endpoint as given to [`Client::connect`](crate::Client::connect).
+        endpoint: String,
+        /// The TLS library's description of the failure.
+        message: String,
+    },
+
     /// No answer within [`ClientOptions::call_timeout`](crate::ClientOptions::call_timeout).
     #[error("kms-broker did not answer within {0:?}")]
     Timeout(Duration),
@@ -71,7 +83,7 @@ impl ClientError {
     pub fn code(&self) -> Code {
         match self {
             ClientError::Config(_) => Code::InvalidArgument,
-            ClientError::Connect { .. } => Code::Unavailable,
+            ClientError::Connect { .. } | ClientError::Tls { .. } => Code::Unavailable,
             ClientError::Timeout(_) => Code::DeadlineExceeded,
             ClientError::Status { code, .. } => *code,
             ClientError::KeyNotUsable { .. } => Code::FailedPrecondition,
@@ -88,6 +100,7 @@ impl ClientError {
             ClientError::Connect { .. } | ClientError::Timeout(_) => true,
             ClientError::Status { code, .. } => retryable_code(*code),
             ClientError::Config(_)
+            | ClientError::Tls { .. }
             | ClientError::InvalidResponse(_)
             | ClientError::KeyNotUsable { .. } => false,
         }
@@ -100,7 +113,13 @@ impl ClientError {
     pub(crate) fn from_status(status: tonic::Status, endpoint: &str, timeout: Duration) -> Self {
         let mut cause = status.source();
         let mut transport = false;
+        // rustls reports a failed handshake (a bad certificate, a fatal alert) as an
+        // io::Error of kind InvalidData; refused or reset connections are other kinds.
+        let mut tls = false;
         while let Some(err) = cause {
+            tls |= err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::InvalidData);
             if err.is::<tonic::TimeoutExpired>() {
                 return ClientError::Timeout(timeout);
             }
@@ -112,6 +131,12 @@ impl ClientError {
         }
         let code = status.code();
         if transport && matches!(code, Code::Unavailable | Code::Unknown | Code::Cancelled) {
+            if tls {
+                return ClientError::Tls {
+                    endpoint: endpoint.to_owned(),
+                    message: describe_transport(&status),
+                };
+            }
             return ClientError::Connect {
                 endpoint: endpoint.to_owned(),
                 message: describe_transport(&status),
@@ -222,6 +247,16 @@ mod tests {
         let status = tonic::Status::from_error(Box::new(reset));
         assert_eq!(status.code(), Code::Unknown);
         assert!(ClientError::from_status(status, "unix:///x", T).is_retryable());
+    }
+
+    #[test]
+    fn a_failed_tls_handshake_is_not_retried() {
+        let bad = std::io::Error::new(std::io::ErrorKind::InvalidData, "invalid peer certificate");
+        let status = tonic::Status::from_error(Box::new(tonic::ConnectError(Box::new(bad))));
+        let err = ClientError::from_status(status, "https://x:1", T);
+        assert!(matches!(err, ClientError::Tls { .. }), "{err:?}");
+        assert!(!err.is_retryable());
+        assert_eq!(err.code(), Code::Unavailable);
     }
 
     #[test]
