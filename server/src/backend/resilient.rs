@@ -4,7 +4,8 @@
 //! 1. the circuit breaker ([`super::breaker`]): open after sustained unreachability, it
 //!    fails encrypt/decrypt at once; status checks always pass (they are its probes too);
 //! 2. the token bucket ([`super::bucket`]): a call waits for a token within its deadline,
-//!    else fails UNREACHABLE "throttled locally" without calling the KMS;
+//!    else fails UNREACHABLE "throttled locally" without calling the KMS; status checks
+//!    skip it too (one per URI per poll: the revocation poller must always get through);
 //! 3. the attempt, cut by the per-attempt timeout and the call's deadline;
 //! 4. on [`FailureClass::Unreachable`], a retry if attempts, the deadline and the retry
 //!    budget ([`super::budget`]) allow. The sleep is capped full jitter (uniform in
@@ -148,7 +149,14 @@ impl Resilient {
                     ))
                 })?,
             };
-            if let Err(wait) = self.bucket.acquire(deadline).await {
+            // Status checks skip the bucket as they skip the breaker: one per URI per poll,
+            // they cannot flood the KMS, and a check held back by our own bucket (say for a
+            // long Retry-After) would leave the key's state unverified.
+            let token = match kind {
+                Kind::Check => Ok(()),
+                Kind::Crypto => self.bucket.acquire(deadline).await,
+            };
+            if let Err(wait) = token {
                 Counters::bump(&self.counters.throttled_locally);
                 return Err(BackendError::local(format!(
                     "{what}: throttled locally (next KMS call slot in {wait:?}, past the deadline)"

@@ -191,6 +191,20 @@ async fn the_breaker_opens_fails_fast_lets_checks_probe_and_closes() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_check_gets_through_a_held_bucket_and_crypto_does_not() {
+    let r = resilient(fast());
+    r.bucket.hold(Instant::now() + Duration::from_secs(3600));
+    let e = r
+        .call("t", Kind::Crypto, || async { Ok(()) })
+        .await
+        .unwrap_err();
+    assert!(e.local, "{e:?}");
+    r.call("t", Kind::Check, || async { Ok(()) })
+        .await
+        .expect("the poller is never held back by our own bucket");
+}
+
+#[tokio::test(start_paused = true)]
 async fn key_state_answers_do_not_open_the_breaker() {
     let mut p = fast();
     p.protection.breaker_failures = 2;
