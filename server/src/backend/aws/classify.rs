@@ -290,6 +290,26 @@ mod tests {
     }
 
     #[test]
+    fn throttling_is_marked_and_its_retry_after_read() {
+        let throttled = |code: &str, status: u16, retry_after: Option<&str>| {
+            let e = EncryptError::generic(generic(code, "m"));
+            let mut resp = response(status);
+            if let Some(v) = retry_after {
+                resp.headers_mut().insert("retry-after", v.to_owned());
+            }
+            let got = encrypt(&SdkError::service_error(e, resp));
+            assert_eq!(got.class, Unreachable);
+            (got.throttled, got.retry_after)
+        };
+        assert_eq!(throttled("ThrottlingException", 400, None), (true, None));
+        assert_eq!(
+            throttled("SomethingNew", 429, Some("3")),
+            (true, Some(std::time::Duration::from_secs(3)))
+        );
+        assert_eq!(throttled("KMSInternalException", 500, None), (false, None));
+    }
+
+    #[test]
     fn typed_variants() {
         let e =
             EncryptError::DisabledException(DisabledException::builder().message("off").build());

@@ -218,6 +218,11 @@ mod tests {
         for (op, code, msg, want) in cases {
             let got = classify(op, &service(code, msg));
             assert_eq!(got.class, want, "{op:?} {code:?} {msg}");
+            assert_eq!(
+                got.throttled,
+                code == Code::ResourceExhausted,
+                "{op:?} {code:?}"
+            );
             assert!(got.detail.starts_with(op.name()), "{}", got.detail);
         }
     }

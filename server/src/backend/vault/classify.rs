@@ -209,6 +209,7 @@ mod tests {
         ] {
             let e = classify(op, &api(code, "m"));
             assert_eq!(e.class, want, "{op:?} {code}");
+            assert_eq!(e.throttled, code == 429, "{op:?} {code}");
             assert!(
                 e.detail.starts_with(&format!("Vault {}:", op.name())),
                 "{}",
