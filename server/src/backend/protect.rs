@@ -167,4 +167,33 @@ mod tests {
         );
         assert!(Protection::from_raw(None, None, None, Some(0), Some(Duration::ZERO)).is_ok());
     }
+
+    fn config(kms: &str) -> Result<crate::config::Config, crate::config::ConfigError> {
+        let text = format!(
+            "[server]\nunix_socket = \"b.sock\"\nstate_dir = \"state\"\n\
+             [keys.k]\nuris = [\"file:///etc/kms/key.bin\"]\n[kms]\n{kms}"
+        );
+        crate::config::Config::parse(std::path::Path::new("/etc/kms-broker/c.toml"), &text)
+    }
+
+    #[test]
+    fn read_from_the_kms_section() {
+        let c = config(
+            "rate_per_second = 5.5\nburst = 7\nretry_budget = 0.1\n\
+             breaker_failures = 0\nbreaker_cooldown = \"30s\"\n",
+        )
+        .expect("valid");
+        let p = c.kms.protection;
+        assert_eq!((p.rate_per_second, p.burst, p.retry_budget), (5.5, 7, 0.1));
+        assert_eq!(p.breaker_failures, 0);
+        assert_eq!(p.breaker_cooldown, Duration::from_secs(30));
+        assert_eq!(
+            config("").expect("defaults").kms.protection,
+            Protection::default()
+        );
+        let e = config("retry_budget = 2.0\n").unwrap_err();
+        assert_eq!(e.field, "kms.retry_budget");
+        assert!(config("burst = 0\n").is_err());
+        assert!(config("brust = 5\n").is_err(), "a typo is an error");
+    }
 }
