@@ -7,7 +7,8 @@
 //!
 //! When the KMS throttles us anyway (another tenant, a lower quota than configured),
 //! [`TokenBucket::hold`] pauses the whole bucket, so every caller of that URI slows down,
-//! not only the one that saw the answer.
+//! not only the one that saw the answer. The pause ends early when the KMS answers a call
+//! again ([`TokenBucket::release`]): then the bucket resumes, empty, at its rate.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -21,9 +22,16 @@ pub struct TokenBucket {
     interval: Duration,
     /// How far ahead of now the bucket may have handed out tokens when full: `burst` tokens.
     burst_span: Duration,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
     /// The time at which the bucket will be empty again (GCRA's "theoretical arrival
     /// time"): a call is due at `tat - burst_span`, at the earliest now.
-    tat: Mutex<Instant>,
+    tat: Instant,
+    /// While a [`TokenBucket::hold`] is in force: when it ends.
+    held_until: Option<Instant>,
 }
 
 impl TokenBucket {
@@ -33,7 +41,10 @@ impl TokenBucket {
         Self {
             interval,
             burst_span: interval.saturating_mul(burst.max(1)),
-            tat: Mutex::new(Instant::now()),
+            state: Mutex::new(State {
+                tat: Instant::now(),
+                held_until: None,
+            }),
         }
     }
 
@@ -42,8 +53,8 @@ impl TokenBucket {
     pub async fn acquire(&self, deadline: Instant) -> Result<(), Duration> {
         let due = {
             let now = Instant::now();
-            let mut tat = self.tat.lock().unwrap_or_else(|p| p.into_inner());
-            let start = (*tat).max(now);
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let start = s.tat.max(now);
             // The call may run once the bucket has room for it: `start + interval` must not
             // lie more than `burst_span` ahead of the time it runs.
             let due = (start + self.interval)
@@ -52,7 +63,7 @@ impl TokenBucket {
             if due > deadline {
                 return Err(due - now);
             }
-            *tat = start + self.interval;
+            s.tat = start + self.interval;
             due
         };
         tokio::time::sleep_until(due).await;
@@ -62,11 +73,26 @@ impl TokenBucket {
     /// Grants no token before `until` (the KMS asked us to slow down): the bucket is
     /// emptied up to then.
     pub fn hold(&self, until: Instant) {
-        let mut tat = self.tat.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         // The first call after the hold is due at `until`, then one per interval.
         let empty_at = until + self.burst_span.saturating_sub(self.interval);
-        if empty_at > *tat {
-            *tat = empty_at;
+        if empty_at > s.tat {
+            s.tat = empty_at;
+            s.held_until = Some(until);
+        }
+    }
+
+    /// The KMS answered a call again: a hold still in force ends now. The schedule moves
+    /// back by the rest of the hold, so the bucket resumes empty, at its rate; callers
+    /// already waiting keep their turn (a few calls may overlap theirs, at most one per
+    /// waiter).
+    pub fn release(&self) {
+        let now = Instant::now();
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(until) = s.held_until.take() {
+            if until > now {
+                s.tat = s.tat.checked_sub(until - now).unwrap_or(now).max(now);
+            }
         }
     }
 }
@@ -114,5 +140,22 @@ mod tests {
         assert!(b.acquire(now + Duration::from_secs(1)).await.is_err());
         b.acquire(now + Duration::from_secs(5)).await.unwrap();
         assert!(Instant::now() - now >= Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn release_ends_a_hold_and_resumes_empty() {
+        let b = TokenBucket::new(10.0, 100);
+        let now = Instant::now();
+        b.hold(now + Duration::from_secs(60));
+        assert!(b.acquire(now + Duration::from_secs(1)).await.is_err());
+        b.release();
+        // Due at once, then at the rate: not a fresh burst of 100.
+        b.acquire(now).await.unwrap();
+        assert!(b.acquire(now).await.is_err());
+        b.acquire(now + Duration::from_millis(100)).await.unwrap();
+        assert_eq!(Instant::now() - now, Duration::from_millis(100));
+        // Without a hold, release changes nothing.
+        b.release();
+        assert!(b.acquire(Instant::now()).await.is_err());
     }
 }

@@ -180,6 +180,7 @@ impl Resilient {
             let e = match result {
                 Ok(v) => {
                     self.breaker.success(admit);
+                    self.bucket.release();
                     return Ok(v);
                 }
                 Err(e) => e,
@@ -189,6 +190,10 @@ impl Resilient {
                 self.breaker.failure(admit);
             } else {
                 self.breaker.success(admit);
+                if !e.throttled {
+                    // It takes calls again: a throttling pause ends.
+                    self.bucket.release();
+                }
             }
             if e.throttled {
                 Counters::bump(&self.counters.throttled_by_kms);
