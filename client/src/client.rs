@@ -1,14 +1,13 @@
 //! The connection and the four typed RPCs.
 
-use std::path::PathBuf;
-
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 use zeroize::Zeroizing;
 
 use crate::pb::key_broker_client::KeyBrokerClient;
-use crate::retry::retry_until;
+use crate::retry::{retry_until, Retry};
+use crate::target::{parse_target, Target};
 use crate::{
     pb, ClientError, ClientOptions, KeyStatus, RevokeEvent, RewrapReport, SecretBytes, StoreKeys,
     StoreStatus, TlsFiles, Unwrapped, Wrapped,
@@ -17,46 +16,10 @@ use crate::{
 /// A handle to one kms-broker daemon. Cheap to clone: clones share one HTTP/2 connection.
 #[derive(Debug, Clone)]
 pub struct Client {
-    grpc: KeyBrokerClient<Channel>,
-    endpoint: String,
-    opts: ClientOptions,
-}
-
-/// Where the daemon listens, parsed from the endpoint string.
-#[derive(Debug, PartialEq, Eq)]
-enum Target {
-    Unix(PathBuf),
-    Https,
-}
-
-/// Parses gRPC's naming forms `unix:PATH` and `unix:///ABSOLUTE/PATH`, and `https://host:port`.
-fn parse_target(endpoint: &str) -> Result<Target, ClientError> {
-    let bad = |why: &str| ClientError::Config(format!("endpoint {endpoint:?}: {why}"));
-    if let Some(rest) = endpoint.strip_prefix("unix:") {
-        let path = match rest.strip_prefix("//") {
-            // `unix://host/...` would put a host where gRPC expects none.
-            Some(abs) if !abs.starts_with('/') => {
-                return Err(bad("write unix:///absolute/path or unix:relative/path"))
-            }
-            Some(abs) => abs,
-            None => rest,
-        };
-        if path.is_empty() {
-            return Err(bad("the socket path is empty"));
-        }
-        return Ok(Target::Unix(PathBuf::from(path)));
-    }
-    if endpoint.starts_with("https://") {
-        return Ok(Target::Https);
-    }
-    if endpoint.starts_with("http://") {
-        return Err(bad(
-            "the daemon's TCP listener speaks only mutual TLS; use https://",
-        ));
-    }
-    Err(bad(
-        "expected unix:///path/to/broker.sock or https://host:port",
-    ))
+    pub(crate) grpc: KeyBrokerClient<Channel>,
+    pub(crate) health: tonic_health::pb::health_client::HealthClient<Channel>,
+    pub(crate) endpoint: String,
+    pub(crate) opts: ClientOptions,
 }
 
 impl Client {
@@ -65,8 +28,10 @@ impl Client {
     ///
     /// Connects lazily, on the first call, so that a node may create its client before the
     /// daemon listens; the start-up retries of [`Client::get_store_key`] then cover the gap.
-    /// Errors here are configuration errors only (bad endpoint, unreadable TLS files).
+    /// Errors here are configuration errors only (bad endpoint, unreadable TLS files, a
+    /// [`ClientOptions::call_timeout`] that would undercut the daemon's KMS deadline).
     pub async fn connect(endpoint: &str, opts: ClientOptions) -> Result<Client, ClientError> {
+        opts.validate()?;
         let channel = match parse_target(endpoint)? {
             Target::Unix(path) => {
                 // h2 rejects a socket path as `:authority`, so the URI names `localhost`;
@@ -97,6 +62,7 @@ impl Client {
             }
         };
         Ok(Client {
+            health: tonic_health::pb::health_client::HealthClient::new(channel.clone()),
             grpc: KeyBrokerClient::new(channel),
             endpoint: endpoint.to_owned(),
             opts,
@@ -117,7 +83,10 @@ impl Client {
     /// Wraps `plaintext` (1 to 4096 bytes) under the configured key named `key`, binding
     /// `context` as authenticated data: [`Client::unwrap_key`] needs the same map.
     ///
-    /// Not retried: the caller decides whether wrapping twice is acceptable.
+    /// Not idempotent (each call makes a new blob), so retried only while the request
+    /// certainly never reached the daemon (the connection failed, e.g. it is still starting),
+    /// until [`ClientOptions::startup_deadline`]; a timeout or `Unavailable` returns at once
+    /// and the caller decides whether wrapping twice is acceptable.
     /// The request copy of `plaintext` lives in tonic's buffers, outside this crate's reach.
     pub async fn wrap_key<K, V>(
         &self,
@@ -129,13 +98,18 @@ impl Client {
         K: Into<String>,
         V: Into<String>,
     {
-        let req = pb::WrapKeyRequest {
-            key: key.to_owned(),
-            plaintext: plaintext.to_vec(),
-            context: collect_context(context),
-        };
-        let resp = self.grpc.clone().wrap_key(req).await;
-        let resp = resp.map_err(|s| self.error(s))?.into_inner();
+        let context = collect_context(context);
+        let resp = self
+            .retry("WrapKey", Retry::IfNeverSent, || async {
+                let req = pb::WrapKeyRequest {
+                    key: key.to_owned(),
+                    plaintext: plaintext.to_vec(),
+                    context: context.clone(),
+                };
+                let resp = self.grpc.clone().wrap_key(req).await;
+                Ok(resp.map_err(|s| self.error(s))?.into_inner())
+            })
+            .await?;
         Ok(Wrapped {
             wrapped: resp.wrapped,
             key: resp.key,
@@ -144,6 +118,9 @@ impl Client {
     }
 
     /// Unwraps a blob made by [`Client::wrap_key`], with the same `context`.
+    ///
+    /// Idempotent: retried while the daemon is unreachable or `Unavailable`, until
+    /// [`ClientOptions::startup_deadline`].
     pub async fn unwrap_key<K, V>(
         &self,
         wrapped: &[u8],
@@ -153,12 +130,17 @@ impl Client {
         K: Into<String>,
         V: Into<String>,
     {
-        let req = pb::UnwrapKeyRequest {
-            wrapped: wrapped.to_vec(),
-            context: collect_context(context),
-        };
-        let resp = self.grpc.clone().unwrap_key(req).await;
-        let mut resp = resp.map_err(|s| self.error(s))?.into_inner();
+        let context = collect_context(context);
+        let mut resp = self
+            .retry("UnwrapKey", Retry::Idempotent, || async {
+                let req = pb::UnwrapKeyRequest {
+                    wrapped: wrapped.to_vec(),
+                    context: context.clone(),
+                };
+                let resp = self.grpc.clone().unwrap_key(req).await;
+                Ok(resp.map_err(|s| self.error(s))?.into_inner())
+            })
+            .await?;
         Ok(Unwrapped {
             plaintext: SecretBytes::take(&mut resp.plaintext),
             key: resp.key,
@@ -180,40 +162,44 @@ impl Client {
         store_id: &str,
         create: bool,
     ) -> Result<StoreKeys, ClientError> {
-        retry_until(
-            self.opts.startup_deadline,
-            self.opts.backoff,
-            "GetStoreKey",
-            || async {
-                let req = pb::GetStoreKeyRequest {
-                    store_id: store_id.to_owned(),
-                    create,
-                };
-                let resp = self.grpc.clone().get_store_key(req).await;
-                StoreKeys::from_pb(resp.map_err(|s| self.error(s))?.into_inner())
-            },
-        )
+        self.retry("GetStoreKey", Retry::Idempotent, || async {
+            let req = pb::GetStoreKeyRequest {
+                store_id: store_id.to_owned(),
+                create,
+            };
+            let resp = self.grpc.clone().get_store_key(req).await;
+            StoreKeys::from_pb(resp.map_err(|s| self.error(s))?.into_inner())
+        })
         .await
     }
 
     /// Each configured key's state as the daemon last saw it: `Some(name)` for one key,
     /// `None` for every key the caller's policy lets it see.
     pub async fn revoke_status(&self, key: Option<&str>) -> Result<Vec<KeyStatus>, ClientError> {
-        let req = pb::RevokeStatusRequest {
-            key: key.unwrap_or_default().to_owned(),
-        };
-        let resp = self.grpc.clone().revoke_status(req).await;
-        let resp = resp.map_err(|s| self.error(s))?.into_inner();
+        let resp = self
+            .retry("RevokeStatus", Retry::Idempotent, || async {
+                let req = pb::RevokeStatusRequest {
+                    key: key.unwrap_or_default().to_owned(),
+                };
+                let resp = self.grpc.clone().revoke_status(req).await;
+                Ok(resp.map_err(|s| self.error(s))?.into_inner())
+            })
+            .await?;
         Ok(resp.keys.into_iter().map(KeyStatus::from).collect())
     }
 
     /// Makes a new active key for `store_id`; the old ones stay readable (`previous`).
+    /// Not idempotent (each call rotates): retried only while the request certainly never
+    /// reached the daemon.
     pub async fn rotate_store_key(&self, store_id: &str) -> Result<StoreStatus, ClientError> {
-        let req = pb::RotateStoreKeyRequest {
-            store_id: store_id.to_owned(),
-        };
-        let resp = self.grpc.clone().rotate_store_key(req).await;
-        Ok(resp.map_err(|s| self.error(s))?.into_inner().into())
+        self.retry("RotateStoreKey", Retry::IfNeverSent, || async {
+            let req = pb::RotateStoreKeyRequest {
+                store_id: store_id.to_owned(),
+            };
+            let resp = self.grpc.clone().rotate_store_key(req).await;
+            Ok(resp.map_err(|s| self.error(s))?.into_inner().into())
+        })
+        .await
     }
 
     /// Which key and versions wrap each store: `Some(id)` for one, `None` for every store
@@ -222,27 +208,36 @@ impl Client {
         &self,
         store_id: Option<&str>,
     ) -> Result<Vec<StoreStatus>, ClientError> {
-        let req = pb::StoreStatusRequest {
-            store_id: store_id.unwrap_or_default().to_owned(),
-        };
-        let resp = self.grpc.clone().store_status(req).await;
-        let resp = resp.map_err(|s| self.error(s))?.into_inner();
+        let resp = self
+            .retry("StoreStatus", Retry::Idempotent, || async {
+                let req = pb::StoreStatusRequest {
+                    store_id: store_id.unwrap_or_default().to_owned(),
+                };
+                let resp = self.grpc.clone().store_status(req).await;
+                Ok(resp.map_err(|s| self.error(s))?.into_inner())
+            })
+            .await?;
         Ok(resp.stores.into_iter().map(StoreStatus::from).collect())
     }
 
     /// Re-wraps store files under their configured key's current version (one store, or
-    /// all); with `dry_run`, only reports what would change.
+    /// all); with `dry_run`, only reports what would change. Idempotent (a second run finds
+    /// nothing left to do), so retried like [`Client::unwrap_key`].
     pub async fn rewrap(
         &self,
         store_id: Option<&str>,
         dry_run: bool,
     ) -> Result<RewrapReport, ClientError> {
-        let req = pb::RewrapRequest {
-            store_id: store_id.unwrap_or_default().to_owned(),
-            dry_run,
-        };
-        let resp = self.grpc.clone().rewrap(req).await;
-        let resp = resp.map_err(|s| self.error(s))?.into_inner();
+        let resp = self
+            .retry("Rewrap", Retry::Idempotent, || async {
+                let req = pb::RewrapRequest {
+                    store_id: store_id.unwrap_or_default().to_owned(),
+                    dry_run,
+                };
+                let resp = self.grpc.clone().rewrap(req).await;
+                Ok(resp.map_err(|s| self.error(s))?.into_inner())
+            })
+            .await?;
         Ok(RewrapReport {
             stores: resp.stores.into_iter().map(StoreStatus::from).collect(),
             rewrapped: resp.rewrapped,
@@ -251,6 +246,7 @@ impl Client {
 
     /// Re-wraps a blob made by [`Client::wrap_key`] under its key's current version, or
     /// under the key named `to`, without the plaintext ever reaching this process.
+    /// Makes a new blob like [`Client::wrap_key`], and is retried like it.
     pub async fn rewrap_key<K, V>(
         &self,
         wrapped: &[u8],
@@ -261,13 +257,18 @@ impl Client {
         K: Into<String>,
         V: Into<String>,
     {
-        let req = pb::RewrapKeyRequest {
-            wrapped: wrapped.to_vec(),
-            context: collect_context(context),
-            key: to.unwrap_or_default().to_owned(),
-        };
-        let resp = self.grpc.clone().rewrap_key(req).await;
-        let resp = resp.map_err(|s| self.error(s))?.into_inner();
+        let context = collect_context(context);
+        let resp = self
+            .retry("RewrapKey", Retry::IfNeverSent, || async {
+                let req = pb::RewrapKeyRequest {
+                    wrapped: wrapped.to_vec(),
+                    context: context.clone(),
+                    key: to.unwrap_or_default().to_owned(),
+                };
+                let resp = self.grpc.clone().rewrap_key(req).await;
+                Ok(resp.map_err(|s| self.error(s))?.into_inner())
+            })
+            .await?;
         Ok(Wrapped {
             wrapped: resp.wrapped,
             key: resp.key,
@@ -278,6 +279,7 @@ impl Client {
     /// The current state of one key (`Some`) or every visible key (`None`), then every
     /// change as it happens: drop your keys on a revoked state. The stream ends when the
     /// daemon shuts down; call again to resume (the first event is the full state).
+    /// Opening the stream is retried like [`Client::unwrap_key`].
     pub async fn watch_revoke_status(
         &self,
         key: Option<&str>,
@@ -285,12 +287,16 @@ impl Client {
         impl tokio_stream::Stream<Item = Result<RevokeEvent, ClientError>> + use<>,
         ClientError,
     > {
-        let req = pb::RevokeStatusRequest {
-            key: key.unwrap_or_default().to_owned(),
-        };
         // A watch outlives any call timeout: the channel's timeout applies per message.
-        let resp = self.grpc.clone().watch_revoke_status(req).await;
-        let stream = resp.map_err(|s| self.error(s))?.into_inner();
+        let stream = self
+            .retry("WatchRevokeStatus", Retry::Idempotent, || async {
+                let req = pb::RevokeStatusRequest {
+                    key: key.unwrap_or_default().to_owned(),
+                };
+                let resp = self.grpc.clone().watch_revoke_status(req).await;
+                Ok(resp.map_err(|s| self.error(s))?.into_inner())
+            })
+            .await?;
         let endpoint = self.endpoint.clone();
         Ok(tokio_stream::StreamExt::map(stream, move |r| {
             r.map(RevokeEvent::from)
@@ -298,7 +304,23 @@ impl Client {
         }))
     }
 
-    fn error(&self, status: tonic::Status) -> ClientError {
+    /// Runs one RPC with the start-up retries (see [`Retry`]).
+    async fn retry<T, F, Fut>(&self, what: &str, when: Retry, op: F) -> Result<T, ClientError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        retry_until(
+            self.opts.startup_deadline,
+            self.opts.backoff,
+            what,
+            when,
+            op,
+        )
+        .await
+    }
+
+    pub(crate) fn error(&self, status: tonic::Status) -> ClientError {
         let timeout = self.opts.call_timeout.unwrap_or_default();
         ClientError::from_status(status, &self.endpoint, timeout)
     }
@@ -344,41 +366,6 @@ fn collect_context<K: Into<String>, V: Into<String>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn endpoints_parse() {
-        let unix = |p: &str| Ok(Target::Unix(PathBuf::from(p)));
-        assert_eq!(
-            parse_target("unix:///run/kb.sock").map_err(|e| e.to_string()),
-            unix("/run/kb.sock")
-        );
-        assert_eq!(
-            parse_target("unix:.dev/broker.sock").map_err(|e| e.to_string()),
-            unix(".dev/broker.sock")
-        );
-        assert_eq!(
-            parse_target("unix:/abs").map_err(|e| e.to_string()),
-            unix("/abs")
-        );
-        assert_eq!(
-            parse_target("https://127.0.0.1:7443").ok(),
-            Some(Target::Https)
-        );
-        for bad in [
-            "unix:",
-            "unix://",
-            "unix://host/x",
-            "http://127.0.0.1:1",
-            "127.0.0.1:7443",
-            "",
-        ] {
-            let err = parse_target(bad).err();
-            assert!(
-                matches!(err, Some(ClientError::Config(_))),
-                "{bad:?} → {err:?}"
-            );
-        }
-    }
 
     #[tokio::test]
     async fn https_needs_tls_files() {

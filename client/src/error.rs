@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use tonic::Code;
 
+use crate::KeyState;
+
 /// What went wrong in a call to the daemon.
 ///
 /// Messages are the daemon's short status messages or a transport description; they
@@ -28,6 +30,18 @@ pub enum ClientError {
         message: String,
     },
 
+    /// The TLS handshake with the daemon failed (a certificate the daemon does not trust,
+    /// or a server certificate this client does not): never a daemon answer, and not
+    /// retried, since the same files fail the same way. Code `Unavailable`, as a gRPC
+    /// client would see it.
+    #[error("TLS with kms-broker at {endpoint} failed: {message}")]
+    Tls {
+        /// The endpoint as given to [`Client::connect`](crate::Client::connect).
+        endpoint: String,
+        /// The TLS library's description of the failure.
+        message: String,
+    },
+
     /// No answer within [`ClientOptions::call_timeout`](crate::ClientOptions::call_timeout).
     #[error("kms-broker did not answer within {0:?}")]
     Timeout(Duration),
@@ -38,6 +52,21 @@ pub enum ClientError {
         /// The gRPC code, as listed in the daemon's contract.
         code: Code,
         /// The daemon's short, human message.
+        message: String,
+    },
+
+    /// The key is switched off, revoked or destroyed at the KMS: the daemon answered
+    /// `FAILED_PRECONDITION` naming the key and its state. Match on `state` to tell a
+    /// reversible [`KeyState::Disabled`] from [`KeyState::Revoked`] (our access was taken
+    /// away) and [`KeyState::Destroyed`] (the data under it is gone for good). Not retried:
+    /// the state changes only at the KMS.
+    #[error("kms-broker: key {key:?} is not usable: {message}")]
+    KeyNotUsable {
+        /// The configured key name.
+        key: String,
+        /// Its state, as the daemon saw it.
+        state: KeyState,
+        /// The daemon's full message (state and the KMS's short explanation).
         message: String,
     },
 
@@ -54,9 +83,10 @@ impl ClientError {
     pub fn code(&self) -> Code {
         match self {
             ClientError::Config(_) => Code::InvalidArgument,
-            ClientError::Connect { .. } => Code::Unavailable,
+            ClientError::Connect { .. } | ClientError::Tls { .. } => Code::Unavailable,
             ClientError::Timeout(_) => Code::DeadlineExceeded,
             ClientError::Status { code, .. } => *code,
+            ClientError::KeyNotUsable { .. } => Code::FailedPrecondition,
             ClientError::InvalidResponse(_) => Code::Internal,
         }
     }
@@ -69,7 +99,10 @@ impl ClientError {
         match self {
             ClientError::Connect { .. } | ClientError::Timeout(_) => true,
             ClientError::Status { code, .. } => retryable_code(*code),
-            ClientError::Config(_) | ClientError::InvalidResponse(_) => false,
+            ClientError::Config(_)
+            | ClientError::Tls { .. }
+            | ClientError::InvalidResponse(_)
+            | ClientError::KeyNotUsable { .. } => false,
         }
     }
 
@@ -80,7 +113,13 @@ impl ClientError {
     pub(crate) fn from_status(status: tonic::Status, endpoint: &str, timeout: Duration) -> Self {
         let mut cause = status.source();
         let mut transport = false;
+        // rustls reports a failed handshake (a bad certificate, a fatal alert) as an
+        // io::Error of kind InvalidData; refused or reset connections are other kinds.
+        let mut tls = false;
         while let Some(err) = cause {
+            tls |= err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::InvalidData);
             if err.is::<tonic::TimeoutExpired>() {
                 return ClientError::Timeout(timeout);
             }
@@ -92,16 +131,53 @@ impl ClientError {
         }
         let code = status.code();
         if transport && matches!(code, Code::Unavailable | Code::Unknown | Code::Cancelled) {
+            if tls {
+                return ClientError::Tls {
+                    endpoint: endpoint.to_owned(),
+                    message: describe_transport(&status),
+                };
+            }
             return ClientError::Connect {
                 endpoint: endpoint.to_owned(),
                 message: describe_transport(&status),
             };
         }
-        ClientError::Status {
-            code,
-            message: status.message().to_owned(),
+        let message = status.message().to_owned();
+        if code == Code::FailedPrecondition {
+            if let Some((key, state)) = key_state_of(&message) {
+                return ClientError::KeyNotUsable {
+                    key,
+                    state,
+                    message,
+                };
+            }
+        }
+        ClientError::Status { code, message }
+    }
+
+    /// The key's state, for a [`ClientError::KeyNotUsable`].
+    pub fn key_state(&self) -> Option<KeyState> {
+        match self {
+            ClientError::KeyNotUsable { state, .. } => Some(*state),
+            _ => None,
         }
     }
+
+    /// Whether the request certainly never reached the daemon (the connection failed), so
+    /// that even a call that is not idempotent may be sent again.
+    pub fn never_sent(&self) -> bool {
+        matches!(self, ClientError::Connect { .. })
+    }
+}
+
+/// Reads the daemon's FAILED_PRECONDITION message, `key "NAME" is STATE` optionally
+/// followed by `: DETAIL` (the contract: "the state named in the message"). Key names
+/// never contain quotes or backslashes (the daemon refuses them in its config).
+fn key_state_of(message: &str) -> Option<(String, KeyState)> {
+    let rest = message.strip_prefix("key \"")?;
+    let (key, rest) = rest.split_once("\" is ")?;
+    let state = rest.split(':').next().unwrap_or_default().trim();
+    Some((key.to_owned(), KeyState::from_name(state)?))
 }
 
 /// Codes that mean "not now" rather than "no": only `Unavailable`. (Transport failures
@@ -174,11 +250,63 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_tls_handshake_is_not_retried() {
+        let bad = std::io::Error::new(std::io::ErrorKind::InvalidData, "invalid peer certificate");
+        let status = tonic::Status::from_error(Box::new(tonic::ConnectError(Box::new(bad))));
+        let err = ClientError::from_status(status, "https://x:1", T);
+        assert!(matches!(err, ClientError::Tls { .. }), "{err:?}");
+        assert!(!err.is_retryable());
+        assert_eq!(err.code(), Code::Unavailable);
+    }
+
+    #[test]
     fn timeouts_are_retryable() {
         let status = tonic::Status::from_error(Box::new(tonic::TimeoutExpired(())));
         let err = ClientError::from_status(status, "unix:///x", T);
         assert!(matches!(err, ClientError::Timeout(_)), "{err:?}");
         assert!(err.is_retryable());
+    }
+
+    #[test]
+    fn key_states_are_typed() {
+        for (state, want) in [
+            ("DISABLED", KeyState::Disabled),
+            ("REVOKED", KeyState::Revoked),
+            ("DESTROYED", KeyState::Destroyed),
+        ] {
+            let msg = format!("key \"primary\" is {state}: KMS says so");
+            let s = tonic::Status::new(Code::FailedPrecondition, msg.clone());
+            let err = ClientError::from_status(s, "unix:///x", T);
+            match &err {
+                ClientError::KeyNotUsable {
+                    key,
+                    state,
+                    message,
+                } => {
+                    assert_eq!((key.as_str(), *state), ("primary", want));
+                    assert_eq!(message, &msg);
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(err.code(), Code::FailedPrecondition);
+            assert_eq!(err.key_state(), Some(want));
+            assert!(!err.is_retryable());
+        }
+        // Without a detail, too.
+        let s = tonic::Status::new(Code::FailedPrecondition, "key \"k-1\" is REVOKED");
+        let err = ClientError::from_status(s, "unix:///x", T);
+        assert_eq!(err.key_state(), Some(KeyState::Revoked));
+        // A message in another shape stays a plain status, code intact.
+        for msg in [
+            "store s1 is busy",
+            "key \"k\" is SLEEPY",
+            "key k is DISABLED",
+        ] {
+            let s = tonic::Status::new(Code::FailedPrecondition, msg);
+            let err = ClientError::from_status(s, "unix:///x", T);
+            assert!(matches!(err, ClientError::Status { .. }), "{err:?}");
+            assert_eq!(err.code(), Code::FailedPrecondition);
+        }
     }
 
     #[test]

@@ -56,16 +56,20 @@
 
 mod client;
 mod error;
+mod key_file;
 mod lifecycle;
 mod options;
+mod ready;
 mod retry;
+mod target;
 mod types;
 
 pub use client::Client;
 pub use error::{retryable_code, ClientError};
 pub use kms_broker_api::{pb, Algorithm, SecretBytes, KEY_ID_LEN};
 pub use lifecycle::{RevokeEvent, RewrapReport, StoreKeyInfo, StoreStatus};
-pub use options::{ClientOptions, TlsFiles};
+pub use options::{ClientOptions, TlsFiles, CALL_TIMEOUT_MARGIN, DAEMON_KMS_DEADLINE};
+pub use ready::KEY_BROKER_SERVICE;
 pub use retry::Backoff;
 pub use tonic::Code;
 pub use types::{KeyState, KeyStatus, StoreKey, StoreKeys, Unwrapped, UriStatus, Wrapped};

@@ -50,14 +50,26 @@ impl Backoff {
     }
 }
 
-/// Runs `op` until it succeeds, fails with an error that is not
-/// [retryable](ClientError::is_retryable), or `deadline` has passed; the last error is
-/// returned. The final attempt runs at the deadline, so a daemon that appears just before
-/// it is still found.
+/// Which failures a call may be sent again after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Sending it twice does what sending it once does (UnwrapKey, GetStoreKey, reads):
+    /// every [retryable](ClientError::is_retryable) error is retried.
+    Idempotent,
+    /// Each call makes something new (WrapKey, RewrapKey, RotateStoreKey): retried only
+    /// when the request [never reached](ClientError::never_sent) the daemon. After a timeout
+    /// or `Unavailable` the daemon may have done it, so the caller decides.
+    IfNeverSent,
+}
+
+/// Runs `op` until it succeeds, fails with an error that `when` does not retry, or
+/// `deadline` has passed; the last error is returned. The final attempt runs at the
+/// deadline, so a daemon that appears just before it is still found.
 pub(crate) async fn retry_until<T, F, Fut>(
     deadline: Duration,
     backoff: Backoff,
     what: &str,
+    when: Retry,
     mut op: F,
 ) -> Result<T, ClientError>
 where
@@ -70,6 +82,7 @@ where
         let err = match op().await {
             Ok(v) => return Ok(v),
             Err(err) if !err.is_retryable() => return Err(err),
+            Err(err) if when == Retry::IfNeverSent && !err.never_sent() => return Err(err),
             Err(err) => err,
         };
         let now = Instant::now();
@@ -142,12 +155,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retries_unavailable_until_success() {
         let calls = AtomicU32::new(0);
-        let got = retry_until(Duration::from_secs(30), backoff(), "test", || async {
-            match calls.fetch_add(1, Ordering::SeqCst) {
-                0..=4 => Err(unavailable()),
-                _ => Ok(7),
-            }
-        })
+        let got = retry_until(
+            Duration::from_secs(30),
+            backoff(),
+            "test",
+            Retry::Idempotent,
+            || async {
+                match calls.fetch_add(1, Ordering::SeqCst) {
+                    0..=4 => Err(unavailable()),
+                    _ => Ok(7),
+                }
+            },
+        )
         .await;
         assert_eq!(got.ok(), Some(7));
         assert_eq!(calls.load(Ordering::SeqCst), 6);
@@ -157,10 +176,16 @@ mod tests {
     async fn gives_up_at_the_deadline() {
         let start = Instant::now();
         let calls = AtomicU32::new(0);
-        let got: Result<(), _> = retry_until(Duration::from_secs(5), backoff(), "test", || {
-            calls.fetch_add(1, Ordering::SeqCst);
-            async { Err(unavailable()) }
-        })
+        let got: Result<(), _> = retry_until(
+            Duration::from_secs(5),
+            backoff(),
+            "test",
+            Retry::Idempotent,
+            || {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async { Err(unavailable()) }
+            },
+        )
         .await;
         assert_eq!(got.err().map(|e| e.code()), Some(Code::Unavailable));
         assert_eq!(start.elapsed(), Duration::from_secs(5));
@@ -179,19 +204,65 @@ mod tests {
         ] {
             let start = Instant::now();
             let calls = AtomicU32::new(0);
-            let got: Result<(), _> = retry_until(Duration::from_secs(30), backoff(), "t", || {
-                calls.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    Err(ClientError::Status {
-                        code,
-                        message: String::new(),
-                    })
-                }
-            })
+            let got: Result<(), _> = retry_until(
+                Duration::from_secs(30),
+                backoff(),
+                "t",
+                Retry::Idempotent,
+                || {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        Err(ClientError::Status {
+                            code,
+                            message: String::new(),
+                        })
+                    }
+                },
+            )
             .await;
             assert_eq!(got.err().map(|e| e.code()), Some(code));
             assert_eq!(calls.load(Ordering::SeqCst), 1, "{code:?} was retried");
             assert_eq!(start.elapsed(), Duration::ZERO);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_is_not_idempotent_is_retried_only_if_never_sent() {
+        // Unavailable: the daemon may have wrapped (or rotated) already.
+        let calls = AtomicU32::new(0);
+        let got: Result<(), _> = retry_until(
+            Duration::from_secs(30),
+            backoff(),
+            "t",
+            Retry::IfNeverSent,
+            || {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async { Err(unavailable()) }
+            },
+        )
+        .await;
+        assert_eq!(got.err().map(|e| e.code()), Some(Code::Unavailable));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        // A connection that failed: nothing was sent, so sending it is safe.
+        calls.store(0, Ordering::SeqCst);
+        let got = retry_until(
+            Duration::from_secs(30),
+            backoff(),
+            "t",
+            Retry::IfNeverSent,
+            || async {
+                match calls.fetch_add(1, Ordering::SeqCst) {
+                    0..=2 => Err(ClientError::Connect {
+                        endpoint: "unix:///x".into(),
+                        message: "refused".into(),
+                    }),
+                    _ => Ok(7),
+                }
+            },
+        )
+        .await;
+        assert_eq!(got.ok(), Some(7));
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
     }
 }

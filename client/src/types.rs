@@ -139,6 +139,18 @@ pub enum KeyState {
 }
 
 impl KeyState {
+    /// The state as the daemon names it in messages (`DISABLED`, ...), if it is one.
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "ACTIVE" => KeyState::Active,
+            "DISABLED" => KeyState::Disabled,
+            "REVOKED" => KeyState::Revoked,
+            "DESTROYED" => KeyState::Destroyed,
+            "UNREACHABLE" => KeyState::Unreachable,
+            _ => return None,
+        })
+    }
+
     fn from_i32(v: i32) -> Self {
         match pb::KeyState::try_from(v) {
             Ok(pb::KeyState::Active) => KeyState::Active,

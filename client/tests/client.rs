@@ -177,6 +177,13 @@ async fn disabled_key_is_failed_precondition_not_retried() {
     // Once the poller has seen it, held store keys are dropped too: no grace for DISABLED.
     wait_for_state(&client, KeyState::Disabled).await;
     let res = returns(client.get_store_key("s1", false)).await;
+    // Typed: the caller matches on the state, not on the message text.
+    match &res {
+        Err(ClientError::KeyNotUsable { key, state, .. }) => {
+            assert_eq!((key.as_str(), *state), ("k1", KeyState::Disabled));
+        }
+        other => panic!("expected KeyNotUsable, got {other:?}"),
+    }
     assert_eq!(code(res), Code::FailedPrecondition);
 
     kms.enable();
@@ -211,12 +218,16 @@ async fn wait_for_state(client: &Client, want: KeyState) {
 async fn a_slow_answer_is_a_timeout() {
     let t = Setup::new("slow");
     let daemon = t.start(ALL).await;
+    // The shortest timeout the client accepts, for a daemon that claims to need no time
+    // for its KMS: the daemon's KMS then answers later than that (a hung daemon, to the
+    // client).
     let opts = kms_broker_client::ClientOptions {
-        call_timeout: Some(Duration::from_millis(100)),
+        call_timeout: Some(kms_broker_client::CALL_TIMEOUT_MARGIN),
+        daemon_kms_deadline: Duration::ZERO,
         ..common::fast_options(LONG_STARTUP)
     };
     let client = Client::connect(&t.endpoint(), opts).await.expect("connect");
-    mock(&t.mock).set_latency(Duration::from_secs(1));
+    mock(&t.mock).set_latency(Duration::from_secs(10));
     let err = client.wrap_key("k1", b"k", [("a", "b")]).await.err();
     assert!(matches!(err, Some(ClientError::Timeout(_))), "{err:?}");
     assert_eq!(err.map(|e| e.code()), Some(Code::DeadlineExceeded));

@@ -201,6 +201,13 @@ struct RawKms {
     #[serde(default, with = "humantime_serde")]
     hedge_after: Option<Duration>,
     max_in_flight: Option<usize>,
+    // Protecting the KMS: see backend::protect.
+    rate_per_second: Option<f64>,
+    burst: Option<u32>,
+    retry_budget: Option<f64>,
+    breaker_failures: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    breaker_cooldown: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -444,6 +451,20 @@ impl Config {
             attempt_timeout: raw.kms.attempt_timeout.unwrap_or(defaults.attempt_timeout),
             deadline: raw.kms.deadline.unwrap_or(defaults.deadline),
             max_attempts: raw.kms.max_attempts.unwrap_or(defaults.max_attempts),
+            protection: crate::backend::protect::Protection::from_raw(
+                raw.kms.rate_per_second,
+                raw.kms.burst,
+                raw.kms.retry_budget,
+                raw.kms.breaker_failures,
+                raw.kms.breaker_cooldown,
+            )
+            .map_err(|(f, problem)| {
+                err(
+                    &format!("kms.{f}"),
+                    problem,
+                    "see the README's \"Protecting the KMS\"",
+                )
+            })?,
             ..defaults
         };
         if kms.max_attempts == 0 || kms.attempt_timeout.is_zero() || kms.deadline.is_zero() {

@@ -10,6 +10,7 @@ mod cli;
 mod crash;
 mod custody;
 mod flood;
+mod grpcio;
 mod lifecycle;
 mod logs;
 mod metrics;

@@ -29,6 +29,7 @@ async fn a_stopped_or_hung_kms_is_unreachable_and_a_hang_is_cut_at_the_attempt_t
         max_attempts: 1,
         base_delay: Duration::from_millis(10),
         max_delay: Duration::from_millis(20),
+        ..RetryPolicy::default()
     };
     let r = Resilient::new(b.clone(), policy);
     fake.fault(json!({ "method": "GetCryptoKey", "action": "hang" }));

@@ -85,6 +85,8 @@ struct Inner {
     reply_latency: Duration,
     fail_next: (u32, MockFault),
     fault: Option<MockFault>,
+    /// The Retry-After a throttling answer carries.
+    retry_after: Option<Duration>,
     /// Version `i + 1` is `versions[i]`; the last is the primary. Emptied by destroy.
     versions: Vec<SecretBytes>,
     calls: MockCalls,
@@ -108,6 +110,7 @@ impl MockState {
                 reply_latency: Duration::ZERO,
                 fail_next: (0, MockFault::Unavailable),
                 fault: None,
+                retry_after: None,
                 versions: vec![SecretBytes::random(32)],
                 calls: MockCalls::default(),
             }),
@@ -148,7 +151,10 @@ impl MockState {
                 return err(FailureClass::Unreachable, "unavailable (injected)")
             }
             Some(MockFault::Throttled) => {
-                return err(FailureClass::Unreachable, "throttled (injected)")
+                return Err(BackendError::throttled(
+                    "mock KMS: throttled (injected)",
+                    s.retry_after,
+                ))
             }
             None => {}
         }
@@ -212,6 +218,10 @@ impl MockKms {
     /// Every call fails with `fault` until `set_fault(None)`.
     pub fn set_fault(&self, fault: Option<MockFault>) {
         self.state.lock().fault = fault;
+    }
+    /// Throttling answers carry this Retry-After.
+    pub fn set_retry_after(&self, retry_after: Option<Duration>) {
+        self.state.lock().retry_after = retry_after;
     }
     /// Adds a new primary version and returns its name; older versions still decrypt.
     /// A destroyed key stays destroyed.

@@ -17,6 +17,9 @@ use crate::state::KeyState;
 
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod breaker;
+pub mod bucket;
+pub mod budget;
 pub mod error_text;
 pub mod file;
 #[cfg(feature = "gcp")]
@@ -25,6 +28,7 @@ pub mod gcp;
 pub mod mock;
 pub mod net;
 pub mod params;
+pub mod protect;
 pub mod resilient;
 #[cfg(feature = "vault")]
 pub mod vault;
@@ -77,6 +81,15 @@ pub struct BackendError {
     /// disables versions one by one), not the key: the caller is refused, the URI's state
     /// is left to the status check.
     pub version_only: bool,
+    /// The KMS said "slow down" (AWS ThrottlingException, GCP RESOURCE_EXHAUSTED, Vault 429):
+    /// [`resilient::Resilient`] backs off longer and pauses the URI's token bucket instead of
+    /// retrying at once. Always with class [`FailureClass::Unreachable`].
+    pub throttled: bool,
+    /// How long the KMS asked us to wait (Retry-After, RetryInfo), where it said.
+    pub retry_after: Option<std::time::Duration>,
+    /// Refused here, without calling the KMS (our own token bucket or open circuit breaker):
+    /// says nothing about the key, so it is never evidence of a key state.
+    pub local: bool,
 }
 
 impl BackendError {
@@ -85,7 +98,23 @@ impl BackendError {
             class,
             detail: detail.into(),
             version_only: false,
+            throttled: false,
+            retry_after: None,
+            local: false,
         }
+    }
+    /// The KMS throttled us; `retry_after` is its hint, where it gave one.
+    pub fn throttled(detail: impl Into<String>, retry_after: Option<std::time::Duration>) -> Self {
+        let mut e = Self::unreachable(detail);
+        e.throttled = true;
+        e.retry_after = retry_after;
+        e
+    }
+    /// Refused before reaching the KMS (see [`BackendError::local`]).
+    pub fn local(detail: impl Into<String>) -> Self {
+        let mut e = Self::unreachable(detail);
+        e.local = true;
+        e
     }
     /// Marks the failure as about one key version only (see [`BackendError::version_only`]).
     pub fn version_scoped(mut self) -> Self {
@@ -99,7 +128,7 @@ impl BackendError {
     /// The key state this failure is evidence of, if any: none for a failure the caller's
     /// request shaped, or one about a single key version.
     pub fn evidence(&self) -> Option<KeyState> {
-        if self.version_only {
+        if self.version_only || self.local {
             None
         } else {
             self.class.key_state()

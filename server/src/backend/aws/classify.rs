@@ -47,6 +47,14 @@ const AUTH_CODES: &[&str] = &[
     "OptInRequired",
 ];
 
+/// Codes that mean "slow down": backed off longer (see `backend::resilient`).
+const THROTTLE_CODES: &[&str] = &[
+    "ThrottlingException",
+    "Throttling",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+];
+
 /// Codes of transient trouble on AWS's side.
 const TRANSIENT_CODES: &[&str] = &[
     "ThrottlingException",
@@ -189,7 +197,18 @@ where
                 .message()
                 .map(|m| format!(": {}", short(m)))
                 .unwrap_or_default();
-            BackendError::new(class, format!("{op}: {code} (HTTP {status}){message}"))
+            let e = BackendError::new(class, format!("{op}: {code} (HTTP {status}){message}"));
+            if status == 429 || THROTTLE_CODES.contains(&code) {
+                let retry_after = ctx
+                    .raw()
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(std::time::Duration::from_secs);
+                BackendError::throttled(e.detail, retry_after)
+            } else {
+                e
+            }
         }
         SdkError::TimeoutError(_) => BackendError::unreachable(format!("{op}: timed out")),
         SdkError::ResponseError(ctx) => {
@@ -268,6 +287,26 @@ mod tests {
     fn enc(code: &str, status: u16) -> FailureClass {
         let e = EncryptError::generic(generic(code, "m"));
         encrypt(&SdkError::service_error(e, response(status))).class
+    }
+
+    #[test]
+    fn throttling_is_marked_and_its_retry_after_read() {
+        let throttled = |code: &str, status: u16, retry_after: Option<&str>| {
+            let e = EncryptError::generic(generic(code, "m"));
+            let mut resp = response(status);
+            if let Some(v) = retry_after {
+                resp.headers_mut().insert("retry-after", v.to_owned());
+            }
+            let got = encrypt(&SdkError::service_error(e, resp));
+            assert_eq!(got.class, Unreachable);
+            (got.throttled, got.retry_after)
+        };
+        assert_eq!(throttled("ThrottlingException", 400, None), (true, None));
+        assert_eq!(
+            throttled("SomethingNew", 429, Some("3")),
+            (true, Some(std::time::Duration::from_secs(3)))
+        );
+        assert_eq!(throttled("KMSInternalException", 500, None), (false, None));
     }
 
     #[test]

@@ -70,6 +70,10 @@ pub fn classify(op: Op, err: &GaxError) -> BackendError {
         let msg = short(&status.message);
         let class = class_for(op, code, &status.message);
         let e = BackendError::new(class, format!("{what}: {} {msg}", code.name()));
+        if code == Code::ResourceExhausted && class == FailureClass::Unreachable {
+            // Quota: slow down (Cloud KMS quotas refill per minute).
+            return BackendError::throttled(e.detail, None);
+        }
         return if op == Op::Decrypt && code == Code::FailedPrecondition {
             e.version_scoped()
         } else {
@@ -214,6 +218,11 @@ mod tests {
         for (op, code, msg, want) in cases {
             let got = classify(op, &service(code, msg));
             assert_eq!(got.class, want, "{op:?} {code:?} {msg}");
+            assert_eq!(
+                got.throttled,
+                code == Code::ResourceExhausted,
+                "{op:?} {code:?}"
+            );
             assert!(got.detail.starts_with(op.name()), "{}", got.detail);
         }
     }

@@ -173,9 +173,8 @@ pub(super) fn classify(op: Op, e: &ClientError) -> BackendError {
         }
         // 412: a performance standby not yet consistent; 429 rate limit (and 472/473 DR /
         // perf standby); 5xx: sealed (503), uninitialized, internal.
-        (412 | 429 | 472 | 473 | 500..=599, _) => {
-            BackendError::unreachable(with("Vault unavailable"))
-        }
+        (429, _) => BackendError::throttled(with("rate limited"), None),
+        (412 | 472 | 473 | 500..=599, _) => BackendError::unreachable(with("Vault unavailable")),
         (400, Op::Encrypt) => BackendError::invalid_request(with("refused the request")),
         (400, Op::Decrypt) => BackendError::invalid_ciphertext(with("refused the ciphertext")),
         _ => BackendError::unreachable(with("unexpected status")),
@@ -215,6 +214,7 @@ mod tests {
         ] {
             let e = classify(op, &api(code, "m"));
             assert_eq!(e.class, want, "{op:?} {code}");
+            assert_eq!(e.throttled, code == 429, "{op:?} {code}");
             assert!(
                 e.detail.starts_with(&format!("Vault {}:", op.name())),
                 "{}",
