@@ -20,10 +20,13 @@
 //! - [`key_name`]: `KeyName`, a configured key's name, parsed once.
 //! - [`key_uri`]: KMS key URIs parsed into an enum; redaction.
 //! - [`envelope`]: the versioned wrapped-key format.
-//! - [`stores`]: GetStoreKey's work: create once, unwrap after restarts, hold, coalesce.
+//! - [`stores`]: one slot per store: GetStoreKey (create once, unwrap after restarts,
+//!   hold, coalesce, pre-warm), and the lifecycle: rotate, status, re-wrap (and moving a
+//!   store to another key), filling available-mode gaps, import, drop, scheduled rotation.
 //! - [`store_key`]: store keys on disk: atomic, durable, never plaintext.
 //! - [`revocation`]: one home per configured URI (backend + state), keys, and the rules
 //!   that change states (a denial is lifted only by a check that began after it).
+//! - [`state`]: `KeyState`, the contract's key states.
 //! - [`secret`]: the one type for key bytes (from `kms-broker-api`, shared with the client).
 //! - [`error`]: the error enum and the one conversion into `tonic::Status`.
 //! - [`backend`]: `trait KmsBackend`, retries, and one module per KMS.
