@@ -7,6 +7,8 @@
 #   3. both sample configs (the unit's and the ConfigMap's) pass `kms-broker check-config`,
 #      with their absolute paths moved into a temporary folder (dev certificates and a
 #      0600 token file stand in for the Secret's files);
+#   5. (as root only: it changes uids) the pod's file layout, with the real daemon:
+#      deploy/kubernetes/simulate_pod.sh;
 #   4. the Kubernetes manifests validate, strictly (unknown fields are errors), against the
 #      Kubernetes JSON schemas shipped in PyPI's kubernetes-validate (pinned below), which is
 #      installed on first use into the git-ignored .standins/k8s-venv.
@@ -108,3 +110,11 @@ for doc in yaml.safe_load_all(open(sys.argv[1])):
 ' deploy/kubernetes/configmap.yaml |
   sed -e "s#/run/secrets/kms-broker#$tmp/secrets#g; s#/var/lib/kms-broker#$tmp/state#g; s#/run/kms-broker#$tmp/run#g" |
   check_config kubernetes
+
+# 5. The pod's layout with the real daemon. It runs processes as other uids, so only as
+# root (skipped otherwise, also under CI: a CI runner is rarely root); needs grpcurl.
+if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null && command -v grpcurl >/dev/null; then
+  deploy/kubernetes/simulate_pod.sh "$bin" "$venv/bin/python"
+else
+  echo "deploy/check.sh: SKIP: deploy/kubernetes/simulate_pod.sh (needs root, setpriv and grpcurl)"
+fi
