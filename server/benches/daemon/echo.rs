@@ -25,9 +25,9 @@ const CALLERS: usize = 16;
 const THROUGHPUT_CALLS: usize = 4000;
 
 #[derive(Clone)]
-struct Echo {
-    wrap: WrapKeyResponse,
-    unwrap: UnwrapKeyResponse,
+pub struct Echo {
+    pub wrap: WrapKeyResponse,
+    pub unwrap: UnwrapKeyResponse,
 }
 
 type Answer<T> = Result<Response<T>, Status>;
@@ -78,7 +78,7 @@ impl KeyBroker for Echo {
 
 /// Serves the echo on its own Unix socket and TCP port, with the daemon's limits and TLS.
 /// Returns the port and the two server tasks (aborted at the end).
-async fn serve_echo(
+pub async fn serve_echo(
     cfg: &Config,
     echo: Echo,
     sock: &Path,
@@ -124,7 +124,7 @@ fn p50(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn unwrap_req(wrapped: &[u8]) -> UnwrapKeyRequest {
+pub fn unwrap_req(wrapped: &[u8]) -> UnwrapKeyRequest {
     UnwrapKeyRequest {
         wrapped: wrapped.to_vec(),
         context: HashMap::from([("backup".into(), "b1".into())]),
