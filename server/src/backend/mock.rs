@@ -90,6 +90,32 @@ struct Inner {
     /// Version `i + 1` is `versions[i]`; the last is the primary. Emptied by destroy.
     versions: Vec<SecretBytes>,
     calls: MockCalls,
+    rate_limit: Option<RateLimit>,
+}
+
+/// A KMS request quota: a token bucket holding one second of calls, as AWS KMS and Cloud
+/// KMS quotas behave; a call finding it empty is throttled (and still counted: it reached
+/// the KMS).
+#[derive(Debug)]
+struct RateLimit {
+    per_second: f64,
+    tokens: f64,
+    refilled: tokio::time::Instant,
+}
+
+impl RateLimit {
+    fn take(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.per_second);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -113,6 +139,7 @@ impl MockState {
                 retry_after: None,
                 versions: vec![SecretBytes::random(32)],
                 calls: MockCalls::default(),
+                rate_limit: None,
             }),
         }
     }
@@ -125,19 +152,26 @@ impl MockState {
     /// Counts the call, sleeps the latency (never holding the lock), then returns the lock
     /// if the key would answer, or the error it answers with.
     async fn enter(&self, op: Op) -> Result<MutexGuard<'_, Inner>, BackendError> {
-        let latency = {
+        let (latency, throttled) = {
             let mut s = self.lock();
             match op {
                 Op::Encrypt => s.calls.encrypt += 1,
                 Op::Decrypt => s.calls.decrypt += 1,
                 Op::Check => s.calls.check += 1,
             }
-            s.latency
+            let throttled = s.rate_limit.as_mut().is_some_and(|r| !r.take());
+            (s.latency, throttled)
         };
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
         let mut s = self.lock();
+        if throttled {
+            return Err(BackendError::new(
+                FailureClass::Unreachable,
+                "mock KMS: throttled (over the rate limit)",
+            ));
+        }
         let fault = if s.fail_next.0 > 0 {
             s.fail_next.0 -= 1;
             Some(s.fail_next.1)
@@ -214,6 +248,16 @@ impl MockKms {
     /// The next `n` calls (of any kind) fail with `fault`; later calls behave as before.
     pub fn fail_next(&self, n: u32, fault: MockFault) {
         self.state.lock().fail_next = (n, fault);
+    }
+    /// At most `per_second` calls (of any kind) a second, with a burst of one second's
+    /// worth; calls above it fail Unreachable ("throttled"), as a KMS over its request
+    /// quota answers. `None` lifts the limit.
+    pub fn set_rate_limit(&self, per_second: Option<u32>) {
+        self.state.lock().rate_limit = per_second.map(|n| RateLimit {
+            per_second: f64::from(n.max(1)),
+            tokens: f64::from(n.max(1)),
+            refilled: tokio::time::Instant::now(),
+        });
     }
     /// Every call fails with `fault` until `set_fault(None)`.
     pub fn set_fault(&self, fault: Option<MockFault>) {
@@ -474,5 +518,25 @@ mod tests {
         let cut = tokio::time::timeout(Duration::from_secs(1), b.check()).await;
         assert!(cut.is_err());
         assert_eq!(kms.calls().check, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limit_throttles_above_the_quota_and_refills() {
+        let kms = mock("unit-rate");
+        let b = MockBackend::named("unit-rate");
+        kms.set_rate_limit(Some(3));
+        for _ in 0..3 {
+            b.check().await.unwrap();
+        }
+        let e = b.check().await.unwrap_err();
+        assert_eq!(e.class, FailureClass::Unreachable);
+        assert!(e.to_string().contains("throttled"), "{e}");
+        // Throttled calls still reached the KMS.
+        assert_eq!(kms.calls().check, 4);
+        tokio::time::advance(Duration::from_millis(400)).await;
+        b.check().await.unwrap();
+        b.check().await.unwrap_err();
+        kms.set_rate_limit(None);
+        b.check().await.unwrap();
     }
 }

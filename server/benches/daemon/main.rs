@@ -27,6 +27,16 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
+mod coalesce;
+mod echo;
+mod fleet;
+mod harness;
+mod observability;
+mod prewarm;
+mod revoke;
+mod rss;
+mod storm;
+
 const N: usize = 2000;
 
 fn stats(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
@@ -187,67 +197,6 @@ async fn process_startup(dir: &Path) -> (Duration, Duration) {
     (times[times.len() / 2], times[times.len() - 1])
 }
 
-/// What the audit trail and the metrics add to a WrapKey over the Unix socket: four
-/// daemons (plain, audit, metrics, both) measured in interleaved rounds, so drift of the
-/// machine hits each alike.
-async fn observability_overhead(dir: &Path) {
-    mock("bench-ops");
-    let variants = [
-        ("WrapKey over unix, no audit, no metrics", ""),
-        (
-            "WrapKey over unix, audit on",
-            "[audit]\npath = \"audit.jsonl\"\n",
-        ),
-        (
-            "WrapKey over unix, metrics on",
-            "[metrics]\nlisten = \"127.0.0.1:0\"\n",
-        ),
-        (
-            "WrapKey over unix, audit and metrics on",
-            "[audit]\npath = \"audit.jsonl\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
-        ),
-    ];
-    let mut running = Vec::new();
-    for (i, (_, extra)) in variants.iter().enumerate() {
-        let d = dir.join(format!("ops{i}"));
-        kms_broker::certs::write_dev_certs(&d.join("certs")).unwrap();
-        let server = Server::bind(config_with(&d, "bench-ops", extra))
-            .await
-            .unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(server.serve(async {
-            let _ = stopped.await;
-        }));
-        let mut c = KeyBrokerClient::new(unix(&d.join("b.sock")).await);
-        for _ in 0..200 {
-            c.wrap_key(wrap_req()).await.unwrap();
-        }
-        running.push((c, stop, task));
-    }
-    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); variants.len()];
-    for _round in 0..8 {
-        for (i, (c, _, _)) in running.iter_mut().enumerate() {
-            for _ in 0..N / 4 {
-                let t = Instant::now();
-                c.wrap_key(wrap_req()).await.unwrap();
-                samples[i].push(t.elapsed());
-            }
-        }
-    }
-    println!();
-    println!("| audit trail and metrics ({} calls each, interleaved) |  p50 (µs) |  p99 (µs) | mean (µs) | vs none          |", N * 2);
-    println!("|----------------------------------------------|-----------|-----------|-----------|------------------|");
-    let plain = stats(samples[0].clone()).2;
-    for (i, v) in samples.into_iter().enumerate() {
-        let base = (i > 0).then_some((plain, "none"));
-        row(variants[i].0, v, base);
-    }
-    for (_, stop, task) in running {
-        let _ = stop.send(());
-        task.await.unwrap().unwrap();
-    }
-}
-
 fn wrap_req() -> WrapKeyRequest {
     WrapKeyRequest {
         key: "k".into(),
@@ -271,6 +220,11 @@ async fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     kms_broker::certs::write_dev_certs(&dir.join("certs")).unwrap();
+    // BENCH_FLEET_ONLY=1 runs only issue 8's table (BENCH_FLEET_ROWS=1,3 picks rows).
+    if std::env::var_os("BENCH_FLEET_ONLY").is_some() {
+        fleet::run(dir).await;
+        return;
+    }
 
     println!("| operation ({N} sequential calls unless noted)  |  p50 (µs) |  p99 (µs) | mean (µs) | vs baseline      |");
     println!("|----------------------------------------------|-----------|-----------|-----------|------------------|");
@@ -409,7 +363,7 @@ async fn main() {
         max.as_secs_f64() * 1e3
     );
 
-    observability_overhead(dir).await;
+    observability::observability_overhead(dir).await;
 
     // Coalescing: 64 node processes ask for a store key the daemon does not hold yet, while
     // each KMS call takes 50 ms.
@@ -461,4 +415,6 @@ async fn main() {
         let _ = stop.send(());
         task.await.unwrap().unwrap();
     }
+
+    fleet::run(dir).await;
 }
