@@ -27,6 +27,15 @@ pub async fn run(root: &Path) -> Vec<Row> {
     // nodes' retries and the pre-warm.
     let text = config_text(&dir, name, NODES, "[kms]\nmax_attempts = 1\n");
     rows.extend(storm(&dir, &text, ", daemon KMS retries off (max_attempts = 1)").await);
+    // The daemon told the KMS's quota: its token bucket makes the calls wait in the daemon
+    // (within the caller's deadline) instead of spending them on throttled answers.
+    let text = config_text(
+        &dir,
+        name,
+        NODES,
+        "[kms]\nrate_per_second = 100\nburst = 100\ndeadline = \"15s\"\n",
+    );
+    rows.extend(storm(&dir, &text, ", daemon rate_per_second = quota").await);
     rows
 }
 
