@@ -22,6 +22,13 @@ pub fn config_text(dir: &Path, mock_name: &str, stores: usize, extra: &str) -> S
         kms_broker::certs::write_dev_certs(&dir.join("certs")).unwrap();
     }
     super::make_state_dir(&dir.join("state"));
+    // The mock stands for a KMS without a quota: these rows measure the daemon, not its
+    // token bucket (the storm rows measure that, with `[kms]` given).
+    let extra = if extra.contains("[kms]") {
+        extra.to_owned()
+    } else {
+        format!("{extra}\n[kms]\nrate_per_second = 1000000\nburst = 1000000\n")
+    };
     let mut text = format!(
         r#"[server]
 unix_socket = "{d}/b.sock"

@@ -82,6 +82,13 @@ fn config(dir: &Path, mock_name: &str) -> Config {
 fn config_with(dir: &Path, mock_name: &str, extra: &str) -> Config {
     make_state_dir(&dir.join("state"));
     let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
+    // The mock stands for a KMS without a quota: these rows measure the daemon, not its
+    // token bucket (the storm rows measure that, with `[kms]` given).
+    let extra = if extra.contains("[kms]") {
+        extra.to_owned()
+    } else {
+        format!("{extra}\n[kms]\nrate_per_second = 1000000\nburst = 1000000\n")
+    };
     let text = format!(
         r#"[server]
 unix_socket = "{d}/b.sock"

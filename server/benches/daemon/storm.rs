@@ -18,7 +18,8 @@ const NAME: &str = "fleet-storm";
 pub async fn run(root: &Path) -> Vec<Row> {
     let name = NAME;
     let dir = root.join("storm");
-    let text = config_text(&dir, name, NODES, "");
+    // `[kms]` with nothing in it: the protection's defaults.
+    let text = config_text(&dir, name, NODES, "[kms]\n");
     let d = Daemon::start(&dir, &text).await;
     create_stores(&d.sock, NODES).await;
     d.stop().await;

@@ -105,6 +105,10 @@ impl KmsBackend for FileBackend {
         })
     }
 
+    fn is_local(&self) -> bool {
+        true
+    }
+
     async fn check(&self) -> Result<KeyHealth, BackendError> {
         let key = self.key().await?;
         Ok(KeyHealth {

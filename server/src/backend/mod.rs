@@ -286,6 +286,12 @@ pub trait KmsBackend: Send + Sync + fmt::Debug + 'static {
         Ok(())
     }
 
+    /// A key on this machine (the file key): there is no remote KMS to protect, so calls
+    /// skip the token bucket and the circuit breaker.
+    fn is_local(&self) -> bool {
+        false
+    }
+
     /// A cheap check that the key exists, is enabled and that we may use it. Prefer
     /// metadata calls over paid crypto where the KMS offers them.
     async fn check(&self) -> Result<KeyHealth, BackendError>;

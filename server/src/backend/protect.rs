@@ -11,9 +11,11 @@ use super::breaker::BreakerState;
 /// How hard the daemon may press one KMS URI.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Protection {
-    /// Calls a second, on average, per URI (`[kms] rate_per_second`, default 100).
+    /// Calls a second, on average, per URI (`[kms] rate_per_second`, default 1,000: a
+    /// node's fair share of a cloud KMS quota, far above what coalescing and the cache let
+    /// through in normal operation; set it to your share of the quota).
     pub rate_per_second: f64,
-    /// Calls at once after a quiet spell (`[kms] burst`, default 200).
+    /// Calls at once after a quiet spell (`[kms] burst`, default 2,000).
     pub burst: u32,
     /// Retries as a share of calls (`[kms] retry_budget`, default 0.2), plus a small reserve.
     pub retry_budget: f64,
@@ -31,8 +33,8 @@ pub struct Protection {
 impl Default for Protection {
     fn default() -> Self {
         Self {
-            rate_per_second: 100.0,
-            burst: 200,
+            rate_per_second: 1000.0,
+            burst: 2000,
             retry_budget: 0.2,
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(5),

@@ -142,6 +142,7 @@ impl Resilient {
             attempt += 1;
             let admit = match kind {
                 Kind::Check => self.breaker.bypass(),
+                Kind::Crypto if self.inner.is_local() => self.breaker.bypass(),
                 Kind::Crypto => self.breaker.admit().map_err(|retry_in| {
                     Counters::bump(&self.counters.breaker_rejected);
                     BackendError::local(format!(
@@ -154,6 +155,7 @@ impl Resilient {
             // long Retry-After) would leave the key's state unverified.
             let token = match kind {
                 Kind::Check => Ok(()),
+                Kind::Crypto if self.inner.is_local() => Ok(()),
                 Kind::Crypto => self.bucket.acquire(deadline).await,
             };
             if let Err(wait) = token {
