@@ -14,6 +14,25 @@ const ARN: &str = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56e
 /// Every secret below holds this, so one check covers redaction and errors.
 const MARK: &str = "s3cr3t";
 
+/// (query, auth, impersonated target, delegates, endpoint)
+type GcpCase = (
+    String,
+    &'static str,
+    Option<String>,
+    Vec<String>,
+    Option<&'static str>,
+);
+
+/// (query, region, auth, endpoint, roles, the secret key the SDK gets)
+type AwsCase<'a> = (
+    String,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    Vec<&'static str>,
+    Option<&'a str>,
+);
+
 fn creds() -> String {
     let json = serde_json::json!({
         "type": "service_account",
@@ -55,8 +74,7 @@ fn gcp_forms() {
     let c = creds();
     let sa = |n: &str| format!("{n}@p.iam.gserviceaccount.com");
     let chain = format!("{},{},{}", sa("d1"), sa("d2"), sa("t"));
-    // (query, auth, impersonated target, delegates, endpoint)
-    let cases: Vec<(String, &str, Option<String>, Vec<String>, Option<&str>)> = vec![
+    let cases: Vec<GcpCase> = vec![
         ("AUTH=implicit".into(), "Implicit", None, vec![], None),
         (format!("CREDENTIALS={c}"), "Specified", None, vec![], None),
         (
@@ -186,9 +204,8 @@ fn aws_forms() {
     let keys = format!("AWS_ACCESS_KEY_ID=AKIDPUBLIC&AWS_SECRET_ACCESS_KEY=ab+{MARK}/Q");
     let ep = "AWS_ENDPOINT=http://127.0.0.1:4566";
     let (d, t) = ("arn:aws:iam::1:role/d", "arn:aws:iam::2:role/t");
-    // (query, region, auth, endpoint, roles, the secret key the SDK gets)
     let plus = format!("ab+{MARK}/Q");
-    let cases: Vec<(String, &str, &str, Option<&str>, Vec<&str>, Option<&str>)> = vec![
+    let cases: Vec<AwsCase> = vec![
         ("REGION=us-east-1&AUTH=implicit".into(), "us-east-1", "implicit", None, vec![], None),
         // A raw `+` arrives as a space, which CockroachDB reads back as `+` (the secret only).
         (format!("REGION=us-east-1&{keys}"), "us-east-1", "specified", None, vec![], Some(plus.as_str())),
