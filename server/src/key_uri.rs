@@ -1,5 +1,5 @@
-//! KMS key URIs (`aws:///…`, `gs:///…`, `vault://…`, `file:///…`, `mock://…`), parsed once
-//! at config load into typed values (STYLE lesson 6).
+//! KMS key URIs (`aws:///…` or `aws-kms:///…`, `gs:///…` or `gcp-kms:///…`, `vault://…`,
+//! `file:///…`, `mock://…`), parsed once at config load into typed values (STYLE lesson 6).
 //!
 //! Each backend module owns the shape of its URI (`parse`, `id`, `redacted`); this file
 //! dispatches on the scheme. Two views of a URI leave the process:
@@ -60,7 +60,8 @@ impl KeyUri {
                     Err("mock:// is the test-only mock KMS; this build does not include it (cargo feature `mock-kms`)".into())
                 }
             }
-            "aws" => {
+            // CockroachDB registers both spellings of each cloud's scheme.
+            "aws" | "aws-kms" => {
                 #[cfg(feature = "aws")]
                 {
                     crate::backend::aws::AwsUri::parse(&url).map(KeyUri::Aws)
@@ -70,7 +71,7 @@ impl KeyUri {
                     Err("this build has no AWS KMS backend (cargo feature `aws`)".into())
                 }
             }
-            "gs" => {
+            "gs" | "gcp-kms" => {
                 #[cfg(feature = "gcp")]
                 {
                     crate::backend::gcp::GcpUri::parse(&url).map(KeyUri::Gcp)
@@ -91,7 +92,7 @@ impl KeyUri {
                 }
             }
             other => Err(format!(
-                "unknown scheme {other:?}: use aws:///, gs:///, vault://, or file:///"
+                "unknown scheme {other:?}: use aws:/// (or aws-kms:///), gs:/// (or gcp-kms:///), vault://, or file:///"
             )),
         }
     }
@@ -229,6 +230,9 @@ impl MockUri {
         format!("mock://{}", self.name)
     }
 }
+
+#[cfg(all(test, feature = "aws", feature = "gcp"))]
+mod cockroach_parity;
 
 #[cfg(test)]
 mod tests {

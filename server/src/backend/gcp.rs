@@ -36,6 +36,7 @@ use crate::secret::SecretBytes;
 
 // Private to this backend: `backend/mod.rs` needs no line for them.
 mod classify;
+mod creds;
 mod limits;
 mod uri;
 
@@ -75,7 +76,11 @@ impl GcpBackend {
     /// Builds the client. Reads credentials (the ADC file, or the key from the URI) but
     /// contacts neither Cloud KMS nor a token or metadata server.
     pub async fn new(uri: GcpUri) -> Result<Self, String> {
-        let credentials = credentials(&uri).await?;
+        let mut credentials = credentials(&uri).await?;
+        if let Some(to) = uri.impersonate() {
+            credentials = creds::impersonate(credentials, to)
+                .map_err(|why| format!("{}: {why}", uri.redacted()))?;
+        }
         let mut builder = KeyManagementService::builder()
             .with_credentials(credentials)
             .with_retry_policy(NeverRetry)
@@ -105,6 +110,9 @@ impl GcpBackend {
 async fn credentials(uri: &GcpUri) -> Result<Credentials, String> {
     match uri.auth() {
         GcpAuth::None => Ok(anonymous::Builder::new().build()),
+        GcpAuth::Bearer(token) => {
+            creds::bearer(token).map_err(|why| format!("{}: {why}", uri.redacted()))
+        }
         GcpAuth::Implicit => {
             let universe = std::env::var("GOOGLE_CLOUD_UNIVERSE_DOMAIN")
                 .unwrap_or_else(|_| DEFAULT_UNIVERSE.to_owned());

@@ -1,5 +1,7 @@
-//! `aws:///<key>?REGION=..&AUTH=..`: an AWS KMS key URI in CockroachDB's form, parsed once
-//! at config load.
+//! `aws:///<key>?REGION=..&AUTH=..` (or `aws-kms:///…`, CockroachDB's other scheme name for
+//! the same URI): an AWS KMS key URI in CockroachDB's form, parsed once at config load.
+//! Every URI CockroachDB's `pkg/cloud/amazon/aws_kms.go` accepts parses here with the
+//! meaning CockroachDB gives it.
 //!
 //! `<key>` is a key id (`1234abcd-…`, `mrk-…`), a key ARN, `alias/NAME` or an alias ARN.
 //! Parameters (upper-case, each at most once; any other name is an error, so a typo fails
@@ -7,9 +9,9 @@
 //!
 //! | parameter | |
 //! | --- | --- |
-//! | `REGION` | required; must match the region of a key or alias ARN |
+//! | `REGION` | required, except with `AWS_ENDPOINT` where CockroachDB signs for `default-region`; must match the region of a key or alias ARN |
 //! | `AUTH` | `specified` (the default, as in CockroachDB) or `implicit` (the SDK's default chain: env, profile, web identity, ECS, IMDS) |
-//! | `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` | required with `AUTH=specified`, refused with `implicit` |
+//! | `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` | required with `AUTH=specified`; ignored with `implicit`, as in CockroachDB. A space in the secret reads as `+` (CockroachDB's rule: an unescaped `+` in a query arrives as a space, and AWS secrets are base64, never spaces) |
 //! | `AWS_SESSION_TOKEN` | optional, with `AUTH=specified` |
 //! | `ASSUME_ROLE` | optional: `ROLE_ARN[;external_id=ID]`, comma-separated for a chain (CockroachDB's form); assumed through STS |
 //! | `AWS_ENDPOINT` | optional: `https://host[:port]` for KMS only, e.g. a VPC endpoint; `http://` only towards a loopback host (a test stand-in): credentials and keys never cross a network in the clear. STS takes `AWS_ENDPOINT_URL_STS` from the environment |
@@ -47,6 +49,9 @@ const KNOWN_PARAMS: &[&str] = &[
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
 ];
+
+/// The region CockroachDB signs for when `AWS_ENDPOINT` is given without `REGION`.
+const DEFAULT_REGION: &str = "default-region";
 
 const SHAPE: &str = "aws:///<key id | key ARN | alias/NAME>?REGION=..&AUTH=implicit|specified";
 
@@ -127,9 +132,13 @@ impl AwsUri {
 
         let mut p = Params::read(url, KNOWN_PARAMS, "AWS KMS")?;
 
-        let region = p
-            .take("REGION")
-            .ok_or_else(|| format!("REGION is required: {SHAPE}"))?;
+        // CockroachDB signs for "default-region" when a custom endpoint is given without
+        // REGION (a stand-in like moto accepts any region); the ARN's region is then moot.
+        let (region, region_given) = match p.take("REGION") {
+            Some(r) => (r, true),
+            None if p.has("AWS_ENDPOINT") => (DEFAULT_REGION.to_owned(), false),
+            None => return Err(format!("REGION is required: {SHAPE}")),
+        };
         if !region
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
@@ -138,18 +147,18 @@ impl AwsUri {
                 "REGION {region:?} is not an AWS region name (like us-east-1)"
             ));
         }
-        check_key(&key, &region)?;
+        check_key(&key, region_given.then_some(region.as_str()))?;
 
         let access_key_id = p.take("AWS_ACCESS_KEY_ID");
-        let secret = p.take("AWS_SECRET_ACCESS_KEY").map(Secret::new);
+        // CockroachDB's rule, in the same place (the secret only): a space is a `+` that
+        // the query decoding turned into a space.
+        let secret = p
+            .take("AWS_SECRET_ACCESS_KEY")
+            .map(|s| Secret::new(zeroize::Zeroizing::new(s).replace(' ', "+")));
         let token = p.take("AWS_SESSION_TOKEN").map(Secret::new);
         let auth = match p.take("AUTH").as_deref() {
-            Some("implicit") => {
-                if access_key_id.is_some() || secret.is_some() || token.is_some() {
-                    return Err("AUTH=implicit uses the default credential chain: remove AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN, or set AUTH=specified".into());
-                }
-                Auth::Implicit
-            }
+            // CockroachDB: implicit ignores the keys in the URI (they are dropped here).
+            Some("implicit") => Auth::Implicit,
             None | Some("specified") => match (access_key_id, secret) {
                 (Some(access_key_id), Some(secret_access_key)) => Auth::Specified {
                     access_key_id,
@@ -189,8 +198,34 @@ impl AwsUri {
         self.redacted.clone()
     }
 
+    /// The key as the URI names it (id, ARN or alias).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    pub fn endpoint(&self) -> Option<&str> {
+        self.endpoint.as_deref()
+    }
+
+    /// `implicit` or `specified`.
+    pub fn auth_mode(&self) -> &'static str {
+        match self.auth {
+            Auth::Implicit => "implicit",
+            Auth::Specified { .. } => "specified",
+        }
+    }
+
+    /// The role ARNs to assume, in order.
+    pub fn roles(&self) -> Vec<&str> {
+        self.assume_role.iter().map(|h| h.arn.as_str()).collect()
+    }
+
     /// Credential values that must never appear in an error detail or a log line.
-    pub(super) fn secrets(&self) -> Vec<&str> {
+    pub(crate) fn secrets(&self) -> Vec<&str> {
         match &self.auth {
             Auth::Implicit => Vec::new(),
             Auth::Specified {
@@ -211,8 +246,8 @@ impl fmt::Debug for AwsUri {
     }
 }
 
-/// A key id, key ARN, `alias/NAME` or alias ARN; an ARN must be in `region`.
-fn check_key(key: &str, region: &str) -> Result<(), String> {
+/// A key id, key ARN, `alias/NAME` or alias ARN; an ARN must be in `region`, if given.
+fn check_key(key: &str, region: Option<&str>) -> Result<(), String> {
     let name_ok = |s: &str| {
         !s.is_empty()
             && s.len() <= 2048
@@ -235,7 +270,7 @@ fn check_key(key: &str, region: &str) -> Result<(), String> {
         if partition.is_empty() || service != "kms" || account.is_empty() || !resource_ok {
             return Err(format!("{key:?} is not a KMS key or alias ARN"));
         }
-        if arn_region != region {
+        if let Some(region) = region.filter(|r| *r != arn_region) {
             return Err(format!(
                 "the key ARN is in region {arn_region:?} but REGION is {region:?}"
             ));
@@ -341,11 +376,12 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.contains("AUTH=specified"), "{e}");
-        let e = parse(&format!(
+        // CockroachDB's meaning: implicit ignores (here, drops) keys in the URI.
+        let u = parse(&format!(
             "aws:///{ARN}?REGION=us-east-1&AUTH=implicit&AWS_SECRET_ACCESS_KEY=s3cr3t"
         ))
-        .unwrap_err();
-        assert!(e.contains("AUTH=implicit") && !e.contains("s3cr3t"), "{e}");
+        .unwrap();
+        assert!(u.secrets().is_empty());
     }
 
     #[test]
@@ -376,7 +412,6 @@ mod tests {
             ("k", ok, "&AWS_ENDPOINT=ftp://x", "AWS_ENDPOINT"),
             ("k", ok, "&AWS_ENDPOINT=http://u:s3cr3t@x", "AWS_ENDPOINT"),
             ("k", ok, "&ASSUME_ROLE=s3cr3t", "ASSUME_ROLE"),
-            ("k", ok, "&AWS_SESSION_TOKEN=s3cr3t", "AUTH=implicit"),
             ("arn:aws:kms:eu-west-1:1:key/k", ok, "", "region"),
             ("arn:aws:s3:us-east-1:1:key/k", ok, "", "not a KMS key"),
             ("a%20b", ok, "", "not a key id"),

@@ -1,19 +1,29 @@
-//! `gs:///projects/P/locations/L/keyRings/R/cryptoKeys/K?AUTH=…`: a Google Cloud KMS key,
-//! in CockroachDB's form, parsed once at config load (STYLE lesson 6).
+//! `gs:///projects/P/locations/L/keyRings/R/cryptoKeys/K?AUTH=…` (or `gcp-kms:///…`, the
+//! same URI under CockroachDB's other scheme name): a Google Cloud KMS key, parsed once at
+//! config load (STYLE lesson 6). Every URI CockroachDB's `pkg/cloud/gcp/gcp_kms.go` accepts
+//! parses here with the meaning CockroachDB gives it.
 //!
 //! Parameters (names are case-sensitive, each at most once, anything else is an error):
 //! - `AUTH=implicit`: Application Default Credentials (`GOOGLE_APPLICATION_CREDENTIALS`,
 //!   `gcloud auth application-default login`, or the metadata server on GCE/GKE/Cloud Run).
-//! - `AUTH=specified&CREDENTIALS=<base64 of a service-account key JSON>`. Without `AUTH`,
-//!   `CREDENTIALS` implies `specified`, as in CockroachDB.
+//!   As in CockroachDB, `CREDENTIALS` and `BEARER_TOKEN` are then ignored.
+//! - `AUTH=specified` (or no `AUTH`, as in CockroachDB) with `CREDENTIALS=<base64 of a
+//!   service-account key JSON>`, or else `BEARER_TOKEN=<OAuth2 access token>`.
+//!   `CREDENTIALS` wins when both are given, as in CockroachDB.
+//! - `ASSUME_ROLE=SA` or `ASSUME_ROLE=D1,D2,SA`: impersonate service account `SA`, through
+//!   the delegation chain `D1`, `D2`, on top of the credentials above (CockroachDB's form:
+//!   the last entry is the target, the ones before it the delegates).
 //! - `GCP_ENDPOINT=<url>`: another endpoint than `https://cloudkms.googleapis.com` (Private
 //!   Service Connect, a regional endpoint, the test fake). `http://` only towards loopback.
 //! - `AUTH=none`: send no credentials at all. Allowed only together with a loopback
 //!   `GCP_ENDPOINT` (`http://127.0.0.1:PORT`, `localhost`, `[::1]`): it exists for the test
 //!   fake, and can never reach Google.
 //!
-//! `CREDENTIALS` is secret: it lives in a [`SecretBytes`], `redacted()` and `Debug` hide it,
-//! and no parse error echoes it.
+//! A path ending in `/cryptoKeyVersions/N` names the key: CockroachDB strips the version
+//! (Encrypt always uses the primary version; Decrypt finds the version in the ciphertext).
+//!
+//! `CREDENTIALS` and `BEARER_TOKEN` are secret: they live in [`SecretBytes`], `redacted()`
+//! and `Debug` hide them, and no parse error echoes them.
 
 use std::fmt;
 use std::sync::Arc;
@@ -25,10 +35,16 @@ use crate::backend::{net, params::Params};
 use crate::secret::SecretBytes;
 
 /// Parameters whose values may be shown; everything else is redacted (allow-list).
-const PUBLIC_PARAMS: &[&str] = &["AUTH", "GCP_ENDPOINT"];
+const PUBLIC_PARAMS: &[&str] = &["AUTH", "GCP_ENDPOINT", "ASSUME_ROLE"];
 
 /// Every parameter a `gs:///` URI takes.
-const KNOWN_PARAMS: &[&str] = &["AUTH", "CREDENTIALS", "GCP_ENDPOINT"];
+const KNOWN_PARAMS: &[&str] = &[
+    "AUTH",
+    "CREDENTIALS",
+    "BEARER_TOKEN",
+    "ASSUME_ROLE",
+    "GCP_ENDPOINT",
+];
 
 const SHAPE: &str = "gs:///projects/P/locations/L/keyRings/R/cryptoKeys/K?AUTH=implicit";
 
@@ -39,8 +55,17 @@ pub enum GcpAuth {
     Implicit,
     /// The service-account key JSON decoded from `CREDENTIALS`.
     Specified(Arc<SecretBytes>),
+    /// A ready OAuth2 access token from `BEARER_TOKEN`, sent as is until it expires.
+    Bearer(Arc<SecretBytes>),
     /// No credentials (loopback test endpoints only).
     None,
+}
+
+/// `ASSUME_ROLE=D1,D2,TARGET`: impersonate `target` through the delegation chain `delegates`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Impersonate {
+    pub target: String,
+    pub delegates: Vec<String>,
 }
 
 /// A parsed `gs:///` key URI.
@@ -51,6 +76,8 @@ pub struct GcpUri {
     auth: GcpAuth,
     /// Validated endpoint override, without a trailing slash.
     endpoint: Option<String>,
+    /// `ASSUME_ROLE`: the service account to impersonate, with the credentials of `auth`.
+    impersonate: Option<Impersonate>,
     /// Computed once, so the raw URI (with its credentials) is not kept around.
     redacted: String,
 }
@@ -58,8 +85,8 @@ pub struct GcpUri {
 impl GcpUri {
     /// Parses a `gs:///` URI. Errors never contain a parameter value.
     pub fn parse(url: &Url) -> Result<Self, String> {
-        if url.scheme() != "gs" {
-            return Err(format!("not a gs:/// URI; expected {SHAPE}"));
+        if !matches!(url.scheme(), "gs" | "gcp-kms") {
+            return Err(format!("not a gs:/// or gcp-kms:/// URI; expected {SHAPE}"));
         }
         if url.host_str().is_some_and(|h| !h.is_empty())
             || url.port().is_some()
@@ -76,29 +103,33 @@ impl GcpUri {
         let key_name = parse_key_name(url.path())?;
 
         let mut p = Params::read(url, KNOWN_PARAMS, "gs")?;
-        let (auth, creds, endpoint) = (
+        let (auth, creds, bearer, endpoint, roles) = (
             p.take("AUTH"),
             p.take("CREDENTIALS"),
+            p.take("BEARER_TOKEN").map(zeroize::Zeroizing::new),
             p.take("GCP_ENDPOINT"),
+            p.take("ASSUME_ROLE"),
         );
         let endpoint = endpoint
             .map(|e| net::endpoint(&e, "GCP_ENDPOINT"))
             .transpose()?;
-        let auth = match (auth.as_deref(), creds) {
-            (Some("implicit"), None) => GcpAuth::Implicit,
-            (Some("implicit"), Some(_)) => {
-                return Err("CREDENTIALS is only used with AUTH=specified; remove one of them".into())
-            }
-            (Some("specified") | None, Some(c)) => GcpAuth::Specified(Arc::new(decode_credentials(c)?)),
-            (Some("specified"), None) => {
-                return Err("AUTH=specified needs CREDENTIALS=<base64 of the service-account key JSON>".into())
-            }
-            (None, None) => {
-                return Err("set AUTH=implicit (Application Default Credentials) or AUTH=specified&CREDENTIALS=<base64 service-account key JSON>".into())
-            }
-            (Some("none"), creds) => {
-                if creds.is_some() {
-                    return Err("AUTH=none takes no CREDENTIALS".into());
+        let auth = match auth.as_deref() {
+            // CockroachDB: implicit ignores CREDENTIALS and BEARER_TOKEN.
+            Some("implicit") => GcpAuth::Implicit,
+            // CockroachDB: no AUTH means specified; CREDENTIALS first, then BEARER_TOKEN.
+            Some("specified") | None => match (creds, bearer) {
+                (Some(c), _) => GcpAuth::Specified(Arc::new(decode_credentials(c)?)),
+                (None, Some(t)) => GcpAuth::Bearer(Arc::new(SecretBytes::new(t.as_bytes().to_vec()))),
+                (None, None) if auth.is_none() => {
+                    return Err("set AUTH=implicit (Application Default Credentials), or AUTH=specified with CREDENTIALS=<base64 service-account key JSON> or BEARER_TOKEN=<access token>".into())
+                }
+                (None, None) => {
+                    return Err("AUTH=specified needs CREDENTIALS=<base64 of the service-account key JSON> or BEARER_TOKEN=<access token>".into())
+                }
+            },
+            Some("none") => {
+                if creds.is_some() || bearer.is_some() || roles.is_some() {
+                    return Err("AUTH=none takes no CREDENTIALS, BEARER_TOKEN or ASSUME_ROLE".into());
                 }
                 let loopback = endpoint
                     .as_deref()
@@ -109,20 +140,24 @@ impl GcpUri {
                 }
                 GcpAuth::None
             }
-            (Some(_), _) => {
+            Some(_) => {
                 return Err("AUTH must be implicit or specified (or none, for a local test endpoint)".into())
             }
         };
+        let impersonate = roles.as_deref().map(parse_roles).transpose()?;
         let redacted = crate::key_uri::redact_query(url, PUBLIC_PARAMS);
         Ok(Self {
             key_name,
             auth,
             endpoint,
+            impersonate,
             redacted,
         })
     }
 
-    /// `gs:///projects/…/cryptoKeys/K`: the key's identity, recorded in envelopes.
+    /// `gs:///projects/…/cryptoKeys/K`: the key's identity, recorded in envelopes. The same
+    /// for the `gcp-kms` spelling and with or without a `/cryptoKeyVersions/N` suffix, so a
+    /// blob wrapped under one form unwraps under the other.
     pub fn id(&self) -> String {
         format!("gs:///{}", self.key_name)
     }
@@ -144,16 +179,25 @@ impl GcpUri {
     pub fn endpoint(&self) -> Option<&str> {
         self.endpoint.as_deref()
     }
+
+    /// `ASSUME_ROLE`'s service account and delegation chain, if given.
+    pub fn impersonate(&self) -> Option<&Impersonate> {
+        self.impersonate.as_ref()
+    }
 }
 
 impl PartialEq for GcpUri {
     fn eq(&self, other: &Self) -> bool {
         let auth_eq = match (&self.auth, &other.auth) {
             (GcpAuth::Implicit, GcpAuth::Implicit) | (GcpAuth::None, GcpAuth::None) => true,
-            (GcpAuth::Specified(a), GcpAuth::Specified(b)) => a.ct_eq(b.expose()),
+            (GcpAuth::Specified(a), GcpAuth::Specified(b))
+            | (GcpAuth::Bearer(a), GcpAuth::Bearer(b)) => a.ct_eq(b.expose()),
             _ => false,
         };
-        auth_eq && self.key_name == other.key_name && self.endpoint == other.endpoint
+        auth_eq
+            && self.key_name == other.key_name
+            && self.endpoint == other.endpoint
+            && self.impersonate == other.impersonate
     }
 }
 
@@ -170,18 +214,38 @@ impl fmt::Debug for GcpAuth {
         f.write_str(match self {
             GcpAuth::Implicit => "Implicit",
             GcpAuth::Specified(_) => "Specified(REDACTED)",
+            GcpAuth::Bearer(_) => "Bearer(REDACTED)",
             GcpAuth::None => "None",
         })
     }
 }
 
-/// `/projects/P/locations/L/keyRings/R/cryptoKeys/K` → `projects/P/…/cryptoKeys/K`.
+/// `ASSUME_ROLE=D1,D2,TARGET` → target `TARGET`, delegates `[D1, D2]` (CockroachDB's
+/// `cloud.ParseRoleString`: the last entry is the role, the ones before it the chain).
+fn parse_roles(raw: &str) -> Result<Impersonate, String> {
+    let mut chain: Vec<String> = raw.split(',').map(str::to_owned).collect();
+    let ok = |s: &String| {
+        !s.is_empty()
+            && s.len() <= 254
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+    };
+    if !chain.iter().all(ok) {
+        return Err("ASSUME_ROLE must be a service account email, or a comma-separated chain D1,D2,TARGET of them".into());
+    }
+    let target = chain.pop().unwrap_or_default();
+    Ok(Impersonate {
+        target,
+        delegates: chain,
+    })
+}
+
+/// `/projects/P/locations/L/keyRings/R/cryptoKeys/K` → `projects/P/…/cryptoKeys/K`. A
+/// `/cryptoKeyVersions/…` tail is dropped, as CockroachDB does: the key is what is named.
 fn parse_key_name(path: &str) -> Result<String, String> {
     let rest = path.strip_prefix('/').unwrap_or(path);
+    let rest = rest.split("/cryptoKeyVersions/").next().unwrap_or(rest);
     let parts: Vec<&str> = rest.split('/').collect();
-    if parts.len() > 8 && parts.get(8) == Some(&"cryptoKeyVersions") {
-        return Err("name the CryptoKey, not a version: Encrypt always uses the key's primary version, so rotation keeps working".into());
-    }
     let [p, project, l, location, r, ring, c, key] = parts.as_slice() else {
         return Err(format!("the path must name a CryptoKey: {SHAPE}"));
     };
@@ -319,7 +383,9 @@ mod tests {
     fn auth_rules() {
         assert!(parse(KEY).unwrap_err().contains("AUTH=implicit"));
         assert!(parse(&format!("{KEY}?AUTH=specified")).is_err());
-        assert!(parse(&format!("{KEY}?AUTH=implicit&CREDENTIALS={}", creds_b64())).is_err());
+        // CockroachDB's meaning: implicit ignores CREDENTIALS.
+        let u = parse(&format!("{KEY}?AUTH=implicit&CREDENTIALS={}", creds_b64())).unwrap();
+        assert!(matches!(u.auth(), GcpAuth::Implicit));
         assert!(parse(&format!("{KEY}?AUTH=magic")).is_err());
         assert!(parse(&format!("{KEY}?AUTH=none")).is_err());
         assert!(parse(&format!(
@@ -374,7 +440,6 @@ mod tests {
         for bad in [
             "gs://host/projects/p/locations/l/keyRings/r/cryptoKeys/k?AUTH=implicit",
             "gs:///projects/p/locations/l/keyRings/r?AUTH=implicit",
-            "gs:///projects/p/locations/l/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1?AUTH=implicit",
             "gs:///projects/p/locations/l/keyRings/r/cryptoKeys/?AUTH=implicit",
             "gs:///projects/p/locations/l/keyRings/r/cryptoKeys/k%2F1?AUTH=implicit",
             "gs:///project/p/locations/l/keyRings/r/cryptoKeys/k?AUTH=implicit",
