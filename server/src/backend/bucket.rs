@@ -66,7 +66,12 @@ impl TokenBucket {
             s.tat = start + self.interval;
             due
         };
-        tokio::time::sleep_until(due).await;
+        // Only when there is something to wait for: tokio rounds a timer up to its next
+        // millisecond tick, so sleeping "until now" cost every call up to 1 ms (measured:
+        // WrapKey p50 1.3 ms instead of 0.15 ms).
+        if due > Instant::now() {
+            tokio::time::sleep_until(due).await;
+        }
         Ok(())
     }
 
