@@ -105,6 +105,19 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
+
+    /// A token in hand is handed out on the first poll. Sleeping "until now" would wait for
+    /// the timer's next millisecond tick: up to 1 ms on every KMS call.
+    #[tokio::test]
+    async fn a_token_in_hand_needs_no_timer() {
+        let b = TokenBucket::new(1000.0, 100);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        for i in 0..50 {
+            let got = b.acquire(deadline).now_or_never();
+            assert_eq!(got, Some(Ok(())), "token {i} waited for the timer");
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn burst_then_rate() {
