@@ -78,41 +78,11 @@ fn config(dir: &Path, mock_name: &str) -> Config {
     config_with(dir, mock_name, "")
 }
 
-/// The bench config plus `extra` sections (`[audit]`, `[metrics]`).
+/// The bench config (the fleet rows' harness, with one store `s`) plus `extra` sections
+/// (`[audit]`, `[metrics]`).
 fn config_with(dir: &Path, mock_name: &str, extra: &str) -> Config {
-    make_state_dir(&dir.join("state"));
-    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
-    // The mock stands for a KMS without a quota: these rows measure the daemon, not its
-    // token bucket (the storm rows measure that, with `[kms]` given).
-    let extra = if extra.contains("[kms]") {
-        extra.to_owned()
-    } else {
-        format!("{extra}\n[kms]\nrate_per_second = 1000000\nburst = 1000000\n")
-    };
-    let text = format!(
-        r#"[server]
-unix_socket = "{d}/b.sock"
-tcp_listen = "127.0.0.1:0"
-state_dir = "{d}/state"
-[tls]
-ca = "{d}/certs/ca.pem"
-cert = "{d}/certs/server.pem"
-key = "{d}/certs/server-key.pem"
-[keys.k]
-uris = ["mock://{mock_name}"]
-[stores.s]
-key = "k"
-[[policy]]
-peer = "uid:{uid}"
-allow = ["WrapKey", "UnwrapKey", "GetStoreKey", "RevokeStatus"]
-[[policy]]
-peer = "cert:dev-client"
-allow = ["WrapKey", "UnwrapKey"]
-{extra}
-"#,
-        d = dir.display()
-    );
-    Config::parse(&dir.join("k.toml"), &text).unwrap()
+    let extra = format!("[stores.s]\nkey = \"k\"\n{extra}");
+    harness::parse(dir, &harness::config_text(dir, mock_name, 0, &extra))
 }
 
 async fn unix(path: &Path) -> Channel {
