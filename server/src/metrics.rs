@@ -8,10 +8,10 @@
 //!   answer, KMS calls by backend and outcome (counted where every KMS answer is recorded,
 //!   [`crate::revocation::KmsUri::record`]), store keys held, and audit records lost.
 //!
-//! Not exported, because the daemon has no such mechanism to measure: a cache hit rate
-//! (held store keys are the only cache: `kms_broker_store_key_held`), a circuit breaker, or
-//! client-side throttling. Coalesced GetStoreKey waiters are not counted either (that
-//! would need a counter inside `stores`' lock).
+//! Also read at scrape time: UnwrapKey's cache (hits, coalesced waiters, KMS calls), and per
+//! URI the KMS's protection (local and KMS throttling, retries and those the budget refused,
+//! breaker refusals and openings) and each breaker's state. Coalesced GetStoreKey waiters
+//! are not counted (that would need a counter inside `stores`' lock).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -284,6 +284,62 @@ impl Collector for StateCollector {
             self.stores
                 .held()
                 .map(|(id, held)| ([("store", id.as_str().to_owned())], i64::from(held))),
+        )?;
+        // UnwrapKey's coalescing cache: hits, callers that joined a call in flight, and the
+        // KMS calls it made.
+        let cache = self.broker.cache_stats();
+        let mut family = enc.encode_descriptor(
+            "kms_broker_unwrap_cache",
+            "UnwrapKey results by how they were served: hit (cached), coalesced (joined a call in flight), kms_call",
+            None,
+            MetricType::Counter,
+        )?;
+        for (event, n) in [
+            ("hit", cache.hits),
+            ("coalesced", cache.coalesced),
+            ("kms_call", cache.kms_calls),
+        ] {
+            ConstCounter::new(n).encode(family.encode_family(&[("event", event)])?)?;
+        }
+        // The KMS's protection, per URI: throttling (ours and the KMS's), retries the budget
+        // refused, and the circuit breaker (0 closed, 1 half-open, 2 open).
+        let mut family = enc.encode_descriptor(
+            "kms_broker_kms_protection",
+            "Per URI: throttled_locally, throttled_by_kms, retries, retries_denied, breaker_rejected, breaker_opened",
+            None,
+            MetricType::Counter,
+        )?;
+        for (key, u) in uris() {
+            let p = u.backend.stats();
+            let uri = u.status().uri;
+            for (event, n) in [
+                ("throttled_locally", p.throttled_locally),
+                ("throttled_by_kms", p.throttled_by_kms),
+                ("retries", p.retries),
+                ("retries_denied", p.retries_denied),
+                ("breaker_rejected", p.breaker_rejected),
+                ("breaker_opened", p.breaker_opened),
+            ] {
+                let labels = [
+                    ("key", key.to_owned()),
+                    ("uri", uri.clone()),
+                    ("event", event.to_owned()),
+                ];
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        gauge(
+            &mut enc,
+            "kms_broker_breaker_state",
+            "Each URI's circuit breaker: 0 closed, 1 half-open (the next call probes), 2 open",
+            uris().map(|(key, u)| {
+                let state = match u.backend.stats().breaker {
+                    crate::backend::breaker::BreakerState::Closed => 0,
+                    crate::backend::breaker::BreakerState::HalfOpen => 1,
+                    crate::backend::breaker::BreakerState::Open => 2,
+                };
+                ([("key", key.to_owned()), ("uri", u.status().uri)], state)
+            }),
         )?;
         let lost = self.lost.as_ref().map_or(0, |l| l.total());
         let counter = ConstCounter::new(lost);

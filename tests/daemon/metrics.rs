@@ -5,7 +5,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 
 use kms_broker::backend::mock::mock;
-use kms_broker_client::pb::{GetStoreKeyRequest, KeyState, RewrapKeyRequest, WrapKeyRequest};
+use kms_broker_client::pb::{
+    GetStoreKeyRequest, KeyState, RewrapKeyRequest, UnwrapKeyRequest, WrapKeyRequest,
+};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
@@ -105,6 +107,31 @@ async fn counters_move_and_a_key_state_change_shows() {
     );
     let kms_ok = r#"kms_broker_kms_calls_total{key="k",uri="mock://metrics-state",backend="mock",outcome="ok"}"#;
     assert!(sample(&text, kms_ok).unwrap() >= 4.0, "{text}");
+    // UnwrapKey's cache: one KMS call, then a hit for the same blob and context.
+    let hits = r#"kms_broker_unwrap_cache_total{event="hit"}"#;
+    let calls = r#"kms_broker_unwrap_cache_total{event="kms_call"}"#;
+    let (hits0, calls0) = (sample(&text, hits), sample(&text, calls));
+    assert_eq!((hits0, calls0), (Some(0.0), Some(0.0)), "{text}");
+    let blob = c.wrap_key(wrap()).await.unwrap().into_inner().wrapped;
+    for _ in 0..2 {
+        c.unwrap_key(UnwrapKeyRequest {
+            wrapped: blob.clone(),
+            context: HashMap::new(),
+        })
+        .await
+        .unwrap();
+    }
+    let text = scrape(&d).await;
+    assert_eq!(sample(&text, calls), Some(1.0), "{text}");
+    assert_eq!(sample(&text, hits), Some(1.0));
+    assert_eq!(
+        sample(
+            &text,
+            r#"kms_broker_breaker_state{key="k",uri="mock://metrics-state"}"#
+        ),
+        Some(0.0),
+        "closed"
+    );
 
     m.disable();
     wait_for_state(&mut c, "k", KeyState::Disabled).await;
