@@ -48,20 +48,55 @@ pub struct Unwrapped {
 #[derive(Debug)]
 pub struct Broker {
     keys: BTreeMap<KeyName, Key>,
-    clock: Clock,
+    clock: Arc<Clock>,
     grace: Duration,
     hedge_after: Duration,
     cache: UnwrapCache,
+    /// What the URIs' backends were built with: a reload that changes them rebuilds all.
+    kms: crate::backend::resilient::RetryPolicy,
+    max_in_flight: usize,
 }
 
 impl Broker {
     /// Builds a backend per URI. Contacts no KMS. A backend that cannot even be built (a
     /// token file that is missing, a CA file that does not parse) is a config error.
     pub async fn new(config: &Config) -> Result<Self, ConfigError> {
+        Self::build(config, Arc::new(Clock::default()), |_| None).await
+    }
+
+    /// The broker a reloaded `config` describes. A URI whose text (secrets included) and
+    /// KMS settings are unchanged keeps its backend AND its state, so a reload never
+    /// forgets a revocation nor makes a healthy key wait for its next check. New URIs start
+    /// unchecked, as at start-up. The clock is shared: watchers of the old broker's epoch
+    /// see the new one's changes.
+    pub async fn reload(&self, config: &Config) -> Result<Self, ConfigError> {
+        let same_settings = self.kms == config.kms && self.max_in_flight == config.max_in_flight;
+        Self::build(config, self.clock.clone(), |uri| {
+            if !same_settings {
+                return None;
+            }
+            self.keys
+                .values()
+                .flat_map(|k| &k.uris)
+                .find(|u| u.uri == *uri)
+                .cloned()
+        })
+        .await
+    }
+
+    async fn build(
+        config: &Config,
+        clock: Arc<Clock>,
+        reuse: impl Fn(&crate::key_uri::KeyUri) -> Option<Arc<KmsUri>>,
+    ) -> Result<Self, ConfigError> {
         let mut keys = BTreeMap::new();
         for (name, k) in &config.keys {
             let mut uris = Vec::with_capacity(k.uris.len());
             for (i, uri) in k.uris.iter().enumerate() {
+                if let Some(kept) = reuse(uri) {
+                    uris.push(kept);
+                    continue;
+                }
                 let inner: Arc<dyn KmsBackend> =
                     backend::connect(uri).await.map_err(|problem| ConfigError {
                         file: config.file.clone(),
@@ -69,11 +104,11 @@ impl Broker {
                         problem: format!("{}: {problem}", uri.redacted()),
                         fix: "correct the URI or the files and variables it names".into(),
                     })?;
-                uris.push(KmsUri::new(
+                uris.push(Arc::new(KmsUri::new(
                     uri.clone(),
                     Resilient::new(inner, config.kms),
                     config.max_in_flight,
-                ));
+                )));
             }
             let name = name.clone();
             let key = Key {
@@ -85,10 +120,12 @@ impl Broker {
         }
         Ok(Self {
             keys,
-            clock: Clock::default(),
+            clock,
             grace: config.revocation.grace_period,
             hedge_after: config.hedge_after,
             cache: UnwrapCache::new(config.cache.max_age, config.cache.max_entries),
+            kms: config.kms,
+            max_in_flight: config.max_in_flight,
         })
     }
 
@@ -182,6 +219,7 @@ impl Broker {
         let asked: Vec<&KmsUri> = k
             .uris
             .iter()
+            .map(|u| &**u)
             .filter(|u| {
                 let s = u.status();
                 match s.state {

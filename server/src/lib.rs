@@ -53,6 +53,7 @@ pub mod key_name;
 pub mod key_uri;
 pub mod limits;
 pub mod listener;
+pub mod live;
 pub mod log_limit;
 pub mod metrics;
 pub mod observe;

@@ -171,7 +171,7 @@ pub fn unix_incoming(
 /// and stops, closing the port, when tonic drops the returned stream.
 pub fn tls_incoming(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: crate::live::LiveTls,
     cap: usize,
     handshake_timeout: Duration,
 ) -> impl Stream<Item = io::Result<Permitted<TlsStream<TcpStream>>>> + Send + 'static {
@@ -198,7 +198,9 @@ pub fn tls_incoming(
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(error = %e, "TCP_NODELAY");
             }
-            let acceptor = acceptor.clone();
+            // The config in force at this handshake: a reload's new certificate and CA apply
+            // from the next connection on; established sessions keep theirs.
+            let acceptor = TlsAcceptor::from(tls.borrow().clone());
             let tx = tx.clone();
             let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
             tokio::spawn(async move {

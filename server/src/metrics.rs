@@ -30,10 +30,9 @@ use serde::Deserialize;
 
 use crate::audit::Lost;
 use crate::backend::{BackendError, FailureClass};
-use crate::broker::Broker;
 use crate::config::ConfigError;
+use crate::live::Live;
 use crate::state::KeyState;
-use crate::stores::Stores;
 
 pub mod http;
 
@@ -135,7 +134,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// `lost`: the audit trail's loss counter, when there is a trail.
-    pub fn new(broker: Arc<Broker>, stores: Arc<Stores>, lost: Option<Arc<Lost>>) -> Metrics {
+    pub fn new(live: Live, lost: Option<Arc<Lost>>) -> Metrics {
         let mut registry = Registry::default();
         let calls = Family::<CallLabels, Counter>::default();
         registry.register(
@@ -151,8 +150,7 @@ impl Metrics {
             latency.clone(),
         );
         registry.register_collector(Box::new(StateCollector {
-            broker,
-            stores,
+            live,
             lost,
             started: tokio::time::Instant::now(),
         }));
@@ -184,8 +182,8 @@ impl Metrics {
 /// Series read from the broker and the stores at each scrape.
 #[derive(Debug)]
 struct StateCollector {
-    broker: Arc<Broker>,
-    stores: Arc<Stores>,
+    /// The keys and stores in force at each scrape (a reload changes them).
+    live: Live,
     lost: Option<Arc<Lost>>,
     /// "Since the last good answer" for a key never heard from: since start.
     started: tokio::time::Instant,
@@ -209,7 +207,9 @@ where
 
 impl Collector for StateCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let keys: Vec<_> = self.broker.keys().collect();
+        let rt = self.live.current();
+        let (broker, stores) = (&rt.broker, &rt.stores);
+        let keys: Vec<_> = broker.keys().collect();
         let one_hot = |name: &str, s: KeyState| {
             STATES
                 .iter()
@@ -281,13 +281,13 @@ impl Collector for StateCollector {
             &mut enc,
             "kms_broker_store_key_held",
             "1 while the store's key is held unwrapped in memory",
-            self.stores
+            stores
                 .held()
                 .map(|(id, held)| ([("store", id.as_str().to_owned())], i64::from(held))),
         )?;
         // UnwrapKey's coalescing cache: hits, callers that joined a call in flight, and the
         // KMS calls it made.
-        let cache = self.broker.cache_stats();
+        let cache = broker.cache_stats();
         let mut family = enc.encode_descriptor(
             "kms_broker_unwrap_cache",
             "UnwrapKey results by how they were served: hit (cached), coalesced (joined a call in flight), kms_call",

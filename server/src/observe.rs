@@ -12,12 +12,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::audit::Audit;
-use crate::broker::Broker;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::peer::Peer;
 use crate::policy::Operation;
-use crate::stores::Stores;
 
 /// The gRPC code's canonical name, as in `kms_broker_calls_total{code}` and the trail.
 pub fn code_name(code: tonic::Code) -> &'static str {
@@ -110,13 +108,12 @@ impl Ops {
     /// Starts the metrics listener (until `stop`) and returns the calls' hook.
     pub fn start(
         self,
-        broker: Arc<Broker>,
-        stores: Arc<Stores>,
+        live: crate::live::Live,
         stop: watch::Receiver<bool>,
     ) -> (Observer, Running) {
         let metrics = self.metrics.map(|listener| {
             let lost = self.audit.as_ref().map(|a| a.lost_handle());
-            let m = Arc::new(Metrics::new(broker, stores, lost));
+            let m = Arc::new(Metrics::new(live, lost));
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "serving Prometheus metrics on /metrics");
             }

@@ -204,6 +204,15 @@ impl Policy {
         Self { rules }
     }
 
+    /// How many rules (for the reload's log line).
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
     /// Allows `op` for `peer` on `key` / `store` if any rule does. GetStoreKey over TCP is
     /// refused whatever the rules say (config load refuses such rules too).
     pub fn authorize(

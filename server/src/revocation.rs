@@ -24,7 +24,7 @@
 //! purger) follow.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
@@ -295,17 +295,18 @@ impl KmsUri {
     }
 }
 
-/// A configured key: its name and its URIs.
+/// A configured key: its name and its URIs. A URI is shared (`Arc`) so that a reload which
+/// keeps it keeps its backend and its state: a config change never forgets a revocation.
 #[derive(Debug)]
 pub struct Key {
     pub name: KeyName,
-    pub uris: Vec<KmsUri>,
+    pub uris: Vec<Arc<KmsUri>>,
     pub wrap_mode: WrapMode,
 }
 
 impl Key {
     pub fn status(&self) -> KeyStatus {
-        let uris: Vec<UriStatus> = self.uris.iter().map(KmsUri::status).collect();
+        let uris: Vec<UriStatus> = self.uris.iter().map(|u| u.status()).collect();
         // The config guarantees at least one URI; an empty key would read as DESTROYED.
         let best = uris.iter().min_by_key(|u| u.state);
         KeyStatus {
@@ -331,7 +332,7 @@ impl Key {
         let worst = self
             .uris
             .iter()
-            .map(KmsUri::status)
+            .map(|u| u.status())
             .filter(|u| u.state.is_revoked_kind())
             .max_by_key(|u| u.state);
         match worst {

@@ -15,15 +15,15 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpSocket, UnixListener};
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 use tonic::transport::Server as TonicServer;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use crate::broker::Broker;
-use crate::config::{Config, ConfigError, RevocationConfig};
+use crate::config::{Config, ConfigError};
 use crate::fs::{DirLock, LockError};
 use crate::limits::{Limits, MAX_KEY_BROKER_REQUEST, MAX_KEY_BROKER_RESPONSE, MAX_SMALL_REQUEST};
+use crate::live::{Live, LiveTls, Reloader, Runtime};
 use crate::pb::key_broker_server::KeyBrokerServer;
 use crate::service::Service;
 use crate::state::KeyState;
@@ -50,9 +50,10 @@ pub struct Server {
     config: Config,
     unix: UnixListener,
     unix_path: PathBuf,
-    tcp: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
-    broker: Arc<Broker>,
-    stores: Arc<Stores>,
+    tcp: Option<(TcpListener, LiveTls)>,
+    /// The policy, keys and stores in force, which [`Reloader`] replaces.
+    live: Live,
+    reloader: Reloader,
     /// The audit trail and the metrics listener (`[audit]`, `[metrics]`).
     ops: crate::observe::Ops,
     /// Held for the life of the server: a second daemon on this state dir exits 75.
@@ -169,23 +170,30 @@ impl Server {
         let stores = Stores::new(&config, broker.clone()).map_err(ServeError::Startup)?;
         let ops = crate::observe::Ops::bind(&config).await?;
         // TCP first: a port in use must not leave a socket file behind that no one serves.
-        let tcp = match (config.server.tcp_listen, tls) {
-            (Some(addr), Some(tls)) => Some((
+        let tcp = match config.server.tcp_listen {
+            Some(addr) if tls.is_some() => Some(
                 listen_tcp(addr)
                     .map_err(|e| ServeError::Startup(format!("cannot listen on {addr}: {e}")))?,
-                tls,
-            )),
+            ),
             _ => None,
         };
         let unix = bind_unix(&config.server.unix_socket).await?;
+        let (reloader, live, tls) = Reloader::new(
+            Runtime {
+                config: config.clone(),
+                broker,
+                stores,
+            },
+            tls,
+        );
         Ok(Server {
             state_lock,
             unix_path: config.server.unix_socket.clone(),
             config,
             unix,
-            tcp,
-            broker,
-            stores,
+            tcp: tcp.zip(tls),
+            live,
+            reloader,
             ops,
         })
     }
@@ -204,6 +212,11 @@ impl Server {
         &self.unix_path
     }
 
+    /// Puts the config file's current content in force (SIGHUP), or refuses it whole.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
     /// Serves until `shutdown` completes, then: health NOT_SERVING, listeners closed,
     /// in-flight calls given `shutdown_grace` to finish.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
@@ -212,8 +225,8 @@ impl Server {
             unix,
             unix_path,
             tcp,
-            broker,
-            stores,
+            live,
+            reloader: _,
             ops,
             state_lock,
         } = self;
@@ -238,7 +251,7 @@ impl Server {
         // "" is liveness: SERVING from now until shutdown, whatever the KMS says. The
         // KeyBroker service is SERVING only while every store with a key file can be handed
         // its key: not before the first check, unless no store has a key yet.
-        report_health(&health, &stores).await;
+        report_health(&health, &live.current().stores).await;
         // Watch streams end once shutdown has told them NOT_SERVING.
         let health_svc = crate::health::service(health.clone(), stop_rx.clone());
         let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -257,24 +270,13 @@ impl Server {
             .build_v1alpha()
             .map_err(|e| ServeError::Startup(format!("reflection: {e}")))?
             .max_decoding_message_size(MAX_SMALL_REQUEST);
-        let (observer, ops) = ops.start(broker.clone(), stores.clone(), stop_rx.clone());
-        let svc = Service::new(
-            broker.clone(),
-            stores.clone(),
-            config.policy.clone(),
-            observer,
-        );
+        let (observer, ops) = ops.start(live.clone(), stop_rx.clone());
+        let svc = Service::new(live.clone(), observer);
         let service = KeyBrokerServer::new(svc.clone())
             .max_decoding_message_size(MAX_KEY_BROKER_REQUEST)
             .max_encoding_message_size(MAX_KEY_BROKER_RESPONSE);
 
-        let poller = tokio::spawn(poll_loop(
-            broker.clone(),
-            stores.clone(),
-            config.revocation,
-            health.clone(),
-            stop_rx.clone(),
-        ));
+        let poller = tokio::spawn(poll_loop(live, health.clone(), stop_rx.clone()));
 
         let unix_server = builder(&limits)
             .add_service(health_svc.clone())
@@ -290,12 +292,8 @@ impl Server {
 
         if let Some((tcp, tls)) = tcp {
             let addr = tcp.local_addr().ok();
-            let incoming = crate::listener::tls_incoming(
-                tcp,
-                TlsAcceptor::from(tls),
-                tcp_cap,
-                limits.tls_handshake_timeout,
-            );
+            let incoming =
+                crate::listener::tls_incoming(tcp, tls, tcp_cap, limits.tls_handshake_timeout);
             let tcp_server = builder(&limits)
                 .add_service(health_svc)
                 .add_service(reflection_v1)
@@ -349,31 +347,30 @@ impl Server {
 /// Checks every key at once (so a fresh start learns states quickly), then every
 /// `poll_interval` while all URIs are ACTIVE and every `degraded_poll_interval` while one is
 /// not. After each round: drops held material that may no longer be handed out, and sets
-/// the KeyBroker health. After the first round, pre-warms the stores' keys (in the
-/// background: listeners are already up). Between rounds, a key-state change seen by a
-/// real call updates the health at once.
-async fn poll_loop(
-    broker: Arc<Broker>,
-    stores: Arc<Stores>,
-    revocation: RevocationConfig,
-    health: HealthReporter,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut epochs = broker.clock().subscribe();
-    let mut first = true;
+/// the KeyBroker health. After the first round, and after the first round following a
+/// reload, pre-warms the stores' keys (in the background: listeners are already up).
+/// Between rounds, a key-state change seen by a real call updates the health at once, and
+/// a reload starts a round at once (its new keys are unchecked until then).
+async fn poll_loop(live: Live, health: HealthReporter, mut stop: watch::Receiver<bool>) {
+    let mut reloads = live.changes();
+    let mut rt = live.current();
+    // The clock is shared across reloads: one subscription follows every broker.
+    let mut epochs = rt.broker.clock().subscribe();
+    let mut prewarm = true;
     loop {
-        broker.poll_once().await;
-        stores.purge();
-        report_health(&health, &stores).await;
-        if std::mem::take(&mut first) {
-            tokio::spawn(stores.clone().prewarm());
+        rt.broker.poll_once().await;
+        rt.stores.purge();
+        report_health(&health, &rt.stores).await;
+        if std::mem::take(&mut prewarm) {
+            tokio::spawn(rt.stores.clone().prewarm());
         }
-        let degraded = || {
-            broker
+        let revocation = rt.config.revocation;
+        let degraded = |rt: &Runtime| {
+            rt.broker
                 .keys()
                 .any(|k| k.uris.iter().any(|u| u.state() != KeyState::Active))
         };
-        let wait = if degraded() {
+        let wait = if degraded(&rt) {
             revocation.degraded_poll_interval
         } else {
             revocation.poll_interval
@@ -383,13 +380,19 @@ async fn poll_loop(
         loop {
             tokio::select! {
                 _ = &mut next => break,
+                changed = reloads.changed() => {
+                    if changed.is_ok() {
+                        prewarm = true;
+                        break;
+                    }
+                }
                 changed = epochs.changed() => {
                     if changed.is_ok() {
-                        report_health(&health, &stores).await;
+                        report_health(&health, &rt.stores).await;
                         // A real call found a key degraded: look again soon, not at the
                         // healthy interval.
                         let soon = tokio::time::Instant::now() + revocation.degraded_poll_interval;
-                        if degraded() && next.deadline() > soon {
+                        if degraded(&rt) && next.deadline() > soon {
                             next.as_mut().reset(soon);
                         }
                     }
@@ -397,6 +400,7 @@ async fn poll_loop(
                 _ = async { let _ = stop.wait_for(|s| *s).await.map(|_| ()); } => return,
             }
         }
+        rt = live.current();
     }
 }
 

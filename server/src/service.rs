@@ -16,17 +16,16 @@ use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
-use crate::broker::Broker;
 use crate::envelope::Envelope;
 use crate::error::Error;
 use crate::key_name::KeyName;
+use crate::live::{Live, Runtime};
 use crate::log_limit::{caller_text, LogLimit};
 use crate::pb;
 use crate::peer::Peer;
-use crate::policy::{Operation, Policy};
+use crate::policy::Operation;
 use crate::secret::SecretBytes;
 use crate::store_key::StoreId;
-use crate::stores::Stores;
 
 mod convert;
 mod lifecycle;
@@ -50,9 +49,8 @@ pub struct Service {
 
 #[derive(Debug)]
 struct Inner {
-    broker: Arc<Broker>,
-    stores: Arc<Stores>,
-    policy: Policy,
+    /// The policy, keys and stores in force: each call takes them once, at its start.
+    live: Live,
     /// The audit trail and metrics: every call's end passes through it, in `finish`.
     observer: crate::observe::Observer,
     /// Set at shutdown: long-lived streams end, so they never hold the drain.
@@ -60,17 +58,10 @@ struct Inner {
 }
 
 impl Service {
-    pub fn new(
-        broker: Arc<Broker>,
-        stores: Arc<Stores>,
-        policy: Policy,
-        observer: crate::observe::Observer,
-    ) -> Self {
+    pub fn new(live: Live, observer: crate::observe::Observer) -> Self {
         Self {
             inner: Arc::new(Inner {
-                broker,
-                stores,
-                policy,
+                live,
                 observer,
                 closing: tokio::sync::watch::Sender::new(false),
             }),
@@ -82,17 +73,21 @@ impl Service {
         self.inner.closing.send_replace(true);
     }
 
+    /// The runtime in force, for one call.
+    fn rt(&self) -> Arc<Runtime> {
+        self.inner.live.current()
+    }
+
     /// The keys `peer` may see in RevokeStatus: one named, or every one it may see.
-    fn visible_keys(&self, peer: &Peer, key: &str) -> Result<Vec<KeyName>, Error> {
-        let policy = &self.inner.policy;
+    fn visible_keys(&self, rt: &Runtime, peer: &Peer, key: &str) -> Result<Vec<KeyName>, Error> {
+        let policy = &rt.config.policy;
         if !key.is_empty() {
             let name = parse_key_name(key)?;
             policy.authorize(peer, Operation::RevokeStatus, Some(&name), None)?;
-            self.inner.broker.key(&name)?;
+            rt.broker.key(&name)?;
             return Ok(vec![name]);
         }
-        let visible: Vec<KeyName> = self
-            .inner
+        let visible: Vec<KeyName> = rt
             .broker
             .keys()
             .filter(|k| policy.may_see(peer, &k.name))
@@ -184,10 +179,11 @@ impl pb::key_broker_server::KeyBroker for Service {
             }
             let context = parse_context(body.context)?;
             let peer = peer.as_ref().map_err(Clone::clone)?;
-            self.inner
+            let rt = self.rt();
+            rt.config
                 .policy
                 .authorize(peer, Operation::WrapKey, Some(&name), None)?;
-            let w = self.inner.broker.wrap(&name, &plaintext, context).await?;
+            let w = rt.broker.wrap(&name, &plaintext, context).await?;
             Ok(pb::WrapKeyResponse {
                 wrapped: w.blob,
                 key: name.to_string(),
@@ -217,11 +213,11 @@ impl pb::key_broker_server::KeyBroker for Service {
             target = env.key_name.to_string();
             let context = parse_context(body.context)?;
             let peer = peer.as_ref().map_err(Clone::clone)?;
-            self.inner
+            let rt = self.rt();
+            rt.config
                 .policy
                 .authorize(peer, Operation::UnwrapKey, Some(&env.key_name), None)?;
-            let out = self
-                .inner
+            let out = rt
                 .broker
                 .unwrap_shared(&body.wrapped, &env, context)
                 .await?;
@@ -251,10 +247,11 @@ impl pb::key_broker_server::KeyBroker for Service {
         let result = async {
             let id = StoreId::parse(&body.store_id).map_err(Error::InvalidArgument)?;
             let peer = peer.as_ref().map_err(Clone::clone)?;
-            self.inner
+            let rt = self.rt();
+            rt.config
                 .policy
                 .authorize(peer, Operation::GetStoreKey, None, Some(&id))?;
-            let keys = self.inner.stores.get(&id, body.create).await?;
+            let keys = rt.stores.get(&id, body.create).await?;
             Ok(pb::GetStoreKeyResponse {
                 active: Some(pb_store_key(keys.active)),
                 previous: keys.previous.into_iter().map(pb_store_key).collect(),
@@ -283,10 +280,11 @@ impl pb::key_broker_server::KeyBroker for Service {
                 parse_key_name(&key)?;
             }
             let peer = peer.as_ref().map_err(Clone::clone)?;
+            let rt = self.rt();
             let keys: Vec<_> = self
-                .visible_keys(peer, &key)?
+                .visible_keys(&rt, peer, &key)?
                 .iter()
-                .filter_map(|k| self.inner.broker.status(k))
+                .filter_map(|k| rt.broker.status(k))
                 .collect();
             Ok(pb::RevokeStatusResponse {
                 keys: keys.into_iter().map(pb_key_status).collect(),
@@ -412,9 +410,10 @@ impl pb::key_broker_server::KeyBroker for Service {
                 parse_key_name(&key)?;
             }
             let peer = peer.as_ref().map_err(Clone::clone)?;
-            let keys = self.visible_keys(peer, &key)?;
+            let rt = self.rt();
+            let keys = self.visible_keys(&rt, peer, &key)?;
             Ok(watch::stream(
-                self.inner.broker.clone(),
+                rt.broker.clone(),
                 keys,
                 self.inner.closing.subscribe(),
             ))
@@ -463,10 +462,11 @@ impl pb::key_broker_server::KeyBroker for Service {
                 return Err(Error::invalid("key_id is 32 bytes"));
             }
             let peer = peer.as_ref().map_err(Clone::clone)?;
-            self.inner
+            let rt = self.rt();
+            rt.config
                 .policy
                 .authorize(peer, Operation::DropPreviousStoreKey, None, Some(&id))?;
-            let info = self.inner.stores.drop_previous(&id, &body.key_id).await?;
+            let info = rt.stores.drop_previous(&id, &body.key_id).await?;
             Ok(lifecycle::pb_store_status(info))
         }
         .await;

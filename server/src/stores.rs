@@ -55,13 +55,15 @@ struct Held {
     keys: StoreKeys,
 }
 
-/// One configured store.
+/// One configured store. `work` and `held` are shared with the slot of the same store in
+/// the config a reload replaces, so calls still running under the old config and calls
+/// under the new one take the same lock and see the same held keys.
 #[derive(Debug)]
 struct Slot {
     config: StoreConfig,
     /// Held across the KMS call and the file write: one creation or unwrap at a time.
-    work: tokio::sync::Mutex<()>,
-    held: Mutex<Option<Arc<Held>>>,
+    work: Arc<tokio::sync::Mutex<()>>,
+    held: Arc<Mutex<Option<Arc<Held>>>>,
 }
 
 impl Slot {
@@ -84,11 +86,27 @@ impl Stores {
     /// fresh empty folder), names the stores that have no key yet, and starts the purger.
     /// Needs a Tokio runtime.
     pub fn new(config: &Config, broker: Arc<Broker>) -> Result<Arc<Self>, String> {
+        Self::build(config, broker, None)
+    }
+
+    /// The stores a reloaded `config` describes, served by `broker`. A store kept by the
+    /// reload keeps its lock and the keys held for it (still gated by `broker` on every
+    /// hand-out); a removed store's keys go with the old value.
+    pub fn reload(&self, config: &Config, broker: Arc<Broker>) -> Result<Arc<Self>, String> {
+        Self::build(config, broker, Some(self))
+    }
+
+    fn build(
+        config: &Config,
+        broker: Arc<Broker>,
+        previous: Option<&Stores>,
+    ) -> Result<Arc<Self>, String> {
         let dir = &config.server.state_dir;
         store_key::ensure_state_dir(dir)
             .map_err(|e| format!("state_dir {}: {e}", dir.display()))?;
         for id in config.stores.keys() {
-            if !store_key::path_for(dir, id).exists() {
+            let known = previous.is_some_and(|p| p.slots.contains_key(id));
+            if !known && !store_key::path_for(dir, id).exists() {
                 tracing::info!(store = %id, "store has no key file yet: a node's first GetStoreKey with create=true makes it");
             }
         }
@@ -99,10 +117,11 @@ impl Stores {
                 .stores
                 .iter()
                 .map(|(id, c)| {
+                    let kept = previous.and_then(|p| p.slots.get(id));
                     let slot = Slot {
                         config: c.clone(),
-                        work: tokio::sync::Mutex::new(()),
-                        held: Mutex::new(None),
+                        work: kept.map_or_else(Default::default, |k| k.work.clone()),
+                        held: kept.map_or_else(Default::default, |k| k.held.clone()),
                     };
                     (id.clone(), slot)
                 })

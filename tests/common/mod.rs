@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use hyper_util::rt::TokioIo;
 use kms_broker::certs::{self, Pem};
 use kms_broker::config::Config;
+use kms_broker::live::{Refused, Reloader};
 use kms_broker::server::{ServeError, Server};
 use kms_broker_client::pb::key_broker_client::KeyBrokerClient;
 use kms_broker_client::pb::{KeyState, KeyStatus, RevokeStatusRequest};
@@ -54,6 +55,8 @@ pub struct Daemon {
     pub body: String,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServeError>>>,
+    /// What SIGHUP calls in the real binary.
+    pub reloader: Reloader,
 }
 
 fn install_crypto() {
@@ -117,6 +120,7 @@ impl Daemon {
         let tcp = server.tcp_addr().expect("tcp is configured");
         let socket = server.unix_path().to_owned();
         let metrics = server.metrics_addr();
+        let reloader = server.reloader();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(server.serve(async {
             let _ = rx.await;
@@ -131,7 +135,23 @@ impl Daemon {
             body: body.to_owned(),
             shutdown: Some(tx),
             task: Some(task),
+            reloader,
         })
+    }
+
+    /// Rewrites the config file with `body` (as [`config_text`] frames it) and reloads it,
+    /// as SIGHUP does.
+    pub async fn reload(&mut self, body: &str) -> Result<String, Refused> {
+        std::fs::write(
+            self.dir.join("kms-broker.toml"),
+            config_text(&self.dir, body),
+        )
+        .expect("write config");
+        let result = self.reloader.reload().await;
+        if result.is_ok() {
+            self.body = body.to_owned();
+        }
+        result
     }
 
     pub fn state_dir(&self) -> PathBuf {

@@ -16,6 +16,7 @@ mod logs;
 mod metrics;
 mod ops;
 mod regions;
+mod reload;
 mod revocation;
 mod state_dir;
 mod store_keys;

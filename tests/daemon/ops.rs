@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::common::make_state_dir;
 
 mod exits;
+mod reload;
 mod site;
 
 use site::{allow_me, get, previous_ids, status_json, store, Site, EVERYTHING};

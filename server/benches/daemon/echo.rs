@@ -106,7 +106,8 @@ pub async fn serve_echo(
         .add_service(KeyBrokerServer::new(echo))
         .serve_with_incoming(kms_broker::listener::tls_incoming(
             tcp,
-            tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+            // A fixed TLS config: the sender's drop leaves the last value readable.
+            tokio::sync::watch::channel(Arc::new(tls)).1,
             l.max_tcp_connections,
             l.tls_handshake_timeout,
         ));

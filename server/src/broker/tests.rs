@@ -70,3 +70,35 @@ async fn version_1_blobs_still_unwrap_but_their_header_versions_are_not_echoed()
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn a_reload_keeps_unchanged_uris_and_rebuilds_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, _) = broker(dir.path()).await;
+    let name = KeyName::parse("k").unwrap();
+    let key = dir.path().join("k.bin");
+    let text = |extra: &str| {
+        format!(
+            "[server]\nunix_socket = \"s.sock\"\nstate_dir = \"state\"\n[keys.k]\nuris = [\"file://{}\"]\n[keys.k2]\nuris = [\"file://{}\"]\n{extra}",
+            key.display(),
+            dir.path().join("k2.bin").display()
+        )
+    };
+    let config = Config::parse(&dir.path().join("c.toml"), &text("")).unwrap();
+    let new = old.reload(&config).await.unwrap();
+    let first = |b: &Broker, n: &KeyName| b.key(n).unwrap().uris[0].clone();
+    assert!(Arc::ptr_eq(&first(&old, &name), &first(&new, &name)));
+    let k2 = KeyName::parse("k2").unwrap();
+    assert_eq!(first(&new, &k2).status().detail, "not checked yet");
+    // One clock: a change on either broker wakes the other's watchers.
+    assert!(std::ptr::eq(old.clock(), new.clock()));
+
+    // Other KMS settings: every backend is rebuilt with them.
+    let config = Config::parse(
+        &dir.path().join("c.toml"),
+        &text("[kms]\nmax_attempts = 2\n"),
+    )
+    .unwrap();
+    let rebuilt = new.reload(&config).await.unwrap();
+    assert!(!Arc::ptr_eq(&first(&new, &name), &first(&rebuilt, &name)));
+}

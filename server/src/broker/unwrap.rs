@@ -47,7 +47,7 @@ impl Broker {
         let mut candidates: Vec<(&KmsUri, &Entry)> = env
             .entries
             .iter()
-            .filter_map(|e| k.uris.iter().find(|u| u.id == e.uri_id).map(|u| (u, e)))
+            .filter_map(|e| k.uris.iter().find(|u| u.id == e.uri_id).map(|u| (&**u, e)))
             .collect();
         if candidates.is_empty() {
             return Err(Error::invalid(format!(

@@ -95,7 +95,25 @@ async fn run(config: Config, banner: Option<String>) -> Result<(), ServeError> {
     if let Some(b) = banner {
         println!("{b}");
     }
-    server.serve(shutdown_signal()).await
+    let reloads = tokio::spawn(reload_on_sighup(server.reloader()));
+    let result = server.serve(shutdown_signal()).await;
+    reloads.abort();
+    result
+}
+
+/// SIGHUP: reload the config file (the reloader logs the outcome, one line). Signals that
+/// arrive during a reload are merged into one more reload after it, which reads the file
+/// as it is then.
+async fn reload_on_sighup(reloader: kms_broker::live::Reloader) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; config changes need a restart");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the config");
+        let _ = reloader.reload().await;
+    }
 }
 
 /// SIGTERM or SIGINT.

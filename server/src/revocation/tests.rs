@@ -11,7 +11,7 @@ fn key() -> Key {
             panic!("a file URI")
         };
         let b = std::sync::Arc::new(crate::backend::file::FileBackend::new(f));
-        KmsUri::new(u, Resilient::new(b, RetryPolicy::default()), 8)
+        Arc::new(KmsUri::new(u, Resilient::new(b, RetryPolicy::default()), 8))
     };
     Key {
         name: KeyName::parse("k").unwrap(),

@@ -8,6 +8,7 @@ use super::Service;
 use crate::envelope::Envelope;
 use crate::error::Error;
 use crate::key_name::KeyName;
+use crate::live::Runtime;
 use crate::pb;
 use crate::peer::Peer;
 use crate::policy::Operation;
@@ -46,27 +47,27 @@ impl Service {
         store_id: &str,
     ) -> Result<pb::StoreStatus, Error> {
         let id = parse_store(store_id)?;
-        self.inner
+        let rt = self.rt();
+        rt.config
             .policy
             .authorize(peer, Operation::RotateStoreKey, None, Some(&id))?;
-        Ok(pb_store_status(self.inner.stores.rotate(&id).await?))
+        Ok(pb_store_status(rt.stores.rotate(&id).await?))
     }
 
     /// The stores `peer` may call `op` on: one named, or every one it may see.
     fn stores_for(
-        &self,
+        rt: &Runtime,
         peer: &Peer,
         op: Operation,
         store_id: &str,
     ) -> Result<Vec<StoreId>, Error> {
-        let policy = &self.inner.policy;
+        let policy = &rt.config.policy;
         if !store_id.is_empty() {
             let id = parse_store(store_id)?;
             policy.authorize(peer, op, None, Some(&id))?;
             return Ok(vec![id]);
         }
-        let ids: Vec<StoreId> = self
-            .inner
+        let ids: Vec<StoreId> = rt
             .stores
             .ids()
             .filter(|id| policy.may_use_store(peer, op, id))
@@ -84,10 +85,11 @@ impl Service {
         peer: &Peer,
         store_id: &str,
     ) -> Result<pb::StoreStatusResponse, Error> {
-        let ids = self.stores_for(peer, Operation::StoreStatus, store_id)?;
+        let rt = self.rt();
+        let ids = Self::stores_for(&rt, peer, Operation::StoreStatus, store_id)?;
         let stores = ids
             .iter()
-            .map(|id| self.inner.stores.status(id).map(pb_store_status))
+            .map(|id| rt.stores.status(id).map(pb_store_status))
             .collect::<Result<_, _>>()?;
         Ok(pb::StoreStatusResponse { stores })
     }
@@ -97,11 +99,12 @@ impl Service {
         peer: &Peer,
         req: pb::RewrapRequest,
     ) -> Result<pb::RewrapResponse, Error> {
-        let ids = self.stores_for(peer, Operation::Rewrap, &req.store_id)?;
+        let rt = self.rt();
+        let ids = Self::stores_for(&rt, peer, Operation::Rewrap, &req.store_id)?;
         let mut stores = Vec::with_capacity(ids.len());
         let mut rewrapped = 0;
         for id in &ids {
-            let (mut infos, n) = self.inner.stores.rewrap(Some(id), req.dry_run).await?;
+            let (mut infos, n) = rt.stores.rewrap(Some(id), req.dry_run).await?;
             rewrapped += n;
             stores.extend(infos.drain(..).map(pb_store_status));
         }
@@ -113,10 +116,11 @@ impl Service {
         let id = crate::store_key::StoreKeyFile::from_json(copy)
             .map(|f| f.store_id)
             .map_err(|_| Error::invalid("wrapped_copy is not a kms-broker store key file"))?;
-        self.inner
+        let rt = self.rt();
+        rt.config
             .policy
             .authorize(peer, Operation::ImportStoreKey, None, Some(&id))?;
-        Ok(pb_store_status(self.inner.stores.import(copy).await?))
+        Ok(pb_store_status(rt.stores.import(copy).await?))
     }
 
     /// Unwraps with the blob's key and wraps under the target (the same key: its current
@@ -128,10 +132,11 @@ impl Service {
         context: BTreeMap<String, String>,
         target: KeyName,
     ) -> Result<pb::WrapKeyResponse, Error> {
-        let policy = &self.inner.policy;
+        let rt = self.rt();
+        let policy = &rt.config.policy;
         policy.authorize(peer, Operation::UnwrapKey, Some(&env.key_name), None)?;
         policy.authorize(peer, Operation::WrapKey, Some(&target), None)?;
-        let broker = &self.inner.broker;
+        let broker = &rt.broker;
         // Look the target up before spending a KMS call on the source.
         broker.key(&target)?;
         let plain = broker.unwrap(&env, context.clone()).await?;

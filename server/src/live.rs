@@ -1,0 +1,230 @@
+//! The config in force, and its replacement on SIGHUP.
+//!
+//! Everything a call reads from the config (the policy, the keys with their backends and
+//! states, the stores) is one [`Runtime`], swapped whole: a call takes the current one when
+//! it starts and uses it to its end, so no call ever mixes an old policy with new keys.
+//! Connections are untouched by a reload; they simply see the new runtime on their next
+//! call. The TCP listener's TLS config (certificate, key, client CA) is swapped the same
+//! way: handshakes after the reload use the new files, established sessions go on.
+//!
+//! A reload is all or nothing. The file is loaded and checked exactly as `check-config`
+//! does (TLS files parsed, every new backend built, the state dir examined); any problem,
+//! or a change to a setting only a restart can apply (listeners, state dir, limits, audit,
+//! metrics), refuses the whole reload with one log line and leaves the old config in force.
+//!
+//! What a reload keeps: a URI whose text and KMS settings are unchanged keeps its backend
+//! and its state (a revocation is never forgotten, a healthy key never waits for its next
+//! check); a store kept keeps its lock and held keys. What it drops: removed keys and
+//! stores, and the UnwrapKey cache (entries are re-gated by the new policy on their next
+//! use anyway; dropping them keeps the rule simple).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::stores::Stores;
+
+/// What calls read from the config, swapped whole on reload.
+#[derive(Debug)]
+pub struct Runtime {
+    pub config: Config,
+    pub broker: Arc<Broker>,
+    pub stores: Arc<Stores>,
+}
+
+/// A reader of the runtime in force.
+#[derive(Debug, Clone)]
+pub struct Live(watch::Receiver<Arc<Runtime>>);
+
+impl Live {
+    /// The runtime in force now. Take it once per call.
+    pub fn current(&self) -> Arc<Runtime> {
+        self.0.borrow().clone()
+    }
+
+    /// Wakes on every reload that was applied.
+    pub fn changes(&self) -> watch::Receiver<Arc<Runtime>> {
+        self.0.clone()
+    }
+}
+
+/// The TLS config new handshakes use.
+pub type LiveTls = watch::Receiver<Arc<rustls::ServerConfig>>;
+
+/// Replaces the runtime (and the TLS config) from the config file. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    inner: Arc<ReloaderInner>,
+}
+
+#[derive(Debug)]
+struct ReloaderInner {
+    file: PathBuf,
+    runtime: watch::Sender<Arc<Runtime>>,
+    tls: Option<watch::Sender<Arc<rustls::ServerConfig>>>,
+    /// One reload at a time: two SIGHUPs in a row must not race to build two brokers.
+    busy: tokio::sync::Mutex<()>,
+}
+
+/// Why a reload was refused: the whole message is the one log line.
+#[derive(Debug, thiserror::Error)]
+#[error("config reload refused, the previous config stays in force: {0}")]
+pub struct Refused(pub String);
+
+impl Reloader {
+    /// The runtime of a freshly bound server, and the TLS config its TCP listener uses.
+    pub fn new(
+        runtime: Runtime,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> (Reloader, Live, Option<LiveTls>) {
+        let file = runtime.config.file.clone();
+        let (runtime_tx, runtime_rx) = watch::channel(Arc::new(runtime));
+        let (tls_tx, tls_rx) = match tls {
+            Some(t) => {
+                let (tx, rx) = watch::channel(t);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        let reloader = Reloader {
+            inner: Arc::new(ReloaderInner {
+                file,
+                runtime: runtime_tx,
+                tls: tls_tx,
+                busy: tokio::sync::Mutex::new(()),
+            }),
+        };
+        (reloader, Live(runtime_rx), tls_rx)
+    }
+
+    /// Loads the config file again and, if it passes every check, puts it in force. Logs
+    /// one line either way and returns it.
+    pub async fn reload(&self) -> Result<String, Refused> {
+        let _one = self.inner.busy.lock().await;
+        let result = self.try_reload().await;
+        match &result {
+            Ok(summary) => {
+                tracing::info!(file = %self.inner.file.display(), "config reloaded: {summary}")
+            }
+            Err(e) => tracing::error!(file = %self.inner.file.display(), "{e}"),
+        }
+        result
+    }
+
+    async fn try_reload(&self) -> Result<String, Refused> {
+        let old = self.inner.runtime.borrow().clone();
+        let config = Config::load(&self.inner.file).map_err(|e| Refused(e.to_string()))?;
+        restart_only_changes(&old.config, &config)?;
+        let tls = match (&config.tls, &self.inner.tls) {
+            (Some(files), Some(_)) => Some(Arc::new(
+                crate::tls::server_config(files, &config.file)
+                    .map_err(|e| Refused(e.to_string()))?,
+            )),
+            _ => None,
+        };
+        let broker = Arc::new(
+            old.broker
+                .reload(&config)
+                .await
+                .map_err(|e| Refused(e.to_string()))?,
+        );
+        let stores = old
+            .stores
+            .reload(&config, broker.clone())
+            .map_err(Refused)?;
+        let summary = summary(&old.config, &config);
+        // TLS first: were the runtime swapped first, a client could be refused by the old
+        // CA for a key the new policy grants it, and nothing would tell it to retry.
+        if let (Some(tls), Some(tx)) = (tls, &self.inner.tls) {
+            tx.send_replace(tls);
+        }
+        self.inner.runtime.send_replace(Arc::new(Runtime {
+            config,
+            broker,
+            stores,
+        }));
+        Ok(summary)
+    }
+}
+
+/// Refuses changes that only a restart can apply: the listeners and state dir are bound and
+/// locked, the limits sized the accept loops, and the audit trail and metrics own a file
+/// and a port.
+fn restart_only_changes(old: &Config, new: &Config) -> Result<(), Refused> {
+    let mut changed = Vec::new();
+    if old.server.unix_socket != new.server.unix_socket {
+        changed.push("server.unix_socket");
+    }
+    if old.server.tcp_listen != new.server.tcp_listen {
+        changed.push("server.tcp_listen");
+    }
+    if old.server.state_dir != new.server.state_dir {
+        changed.push("server.state_dir");
+    }
+    if old.server.shutdown_grace != new.server.shutdown_grace {
+        changed.push("server.shutdown_grace");
+    }
+    if old.tls.is_some() != new.tls.is_some() {
+        changed.push("[tls] (added or removed)");
+    }
+    if old.limits != new.limits {
+        changed.push("[limits]");
+    }
+    if old.audit != new.audit {
+        changed.push("[audit]");
+    }
+    if old.metrics != new.metrics {
+        changed.push("[metrics]");
+    }
+    if changed.is_empty() {
+        Ok(())
+    } else {
+        Err(Refused(format!(
+            "{}: {} can only change with a restart",
+            new.file.display(),
+            changed.join(", ")
+        )))
+    }
+}
+
+/// What changed, for the log line: names only, never URIs.
+fn summary(old: &Config, new: &Config) -> String {
+    let diff = |old: Vec<String>, new: Vec<String>| {
+        let added: Vec<_> = new.iter().filter(|n| !old.contains(n)).cloned().collect();
+        let removed: Vec<_> = old.iter().filter(|n| !new.contains(n)).cloned().collect();
+        (added, removed)
+    };
+    let (keys_added, keys_removed) = diff(
+        old.keys.keys().map(|k| k.to_string()).collect(),
+        new.keys.keys().map(|k| k.to_string()).collect(),
+    );
+    let (stores_added, stores_removed) = diff(
+        old.stores.keys().map(|s| s.to_string()).collect(),
+        new.stores.keys().map(|s| s.to_string()).collect(),
+    );
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_owned()
+        } else {
+            v.join(",")
+        }
+    };
+    format!(
+        "{} keys (added {}, removed {}), {} stores (added {}, removed {}), {} policy rules{}",
+        new.keys.len(),
+        list(&keys_added),
+        list(&keys_removed),
+        new.stores.len(),
+        list(&stores_added),
+        list(&stores_removed),
+        new.policy.len(),
+        if new.tls.is_some() {
+            ", TLS files re-read"
+        } else {
+            ""
+        }
+    )
+}

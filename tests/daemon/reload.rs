@@ -1,0 +1,248 @@
+//! Config reload (what SIGHUP runs; `ops/reload.rs` sends the real signal to the binary):
+//! a refused config changes nothing, an accepted one applies to connections already open,
+//! kept URIs keep their state, and new TLS files apply to new handshakes only.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use kms_broker::backend::mock::mock;
+use kms_broker::certs::{self, Pem};
+use kms_broker_client::pb::{
+    KeyState, RevokeStatusRequest, UnwrapKeyRequest, WrapKeyRequest, WrapKeyResponse,
+};
+use tonic::Code;
+
+use crate::common::{must_return, my_uid, wait_for_state, Client, Daemon};
+
+fn policy(ops: &[&str]) -> String {
+    let ops: Vec<String> = ops.iter().map(|o| format!("{o:?}")).collect();
+    format!(
+        "[[policy]]\npeer = \"uid:{}\"\nallow = [{}]\n",
+        my_uid(),
+        ops.join(", ")
+    )
+}
+
+/// Keys named `names`, each on `mock://<prefix>-<name>`, then `extra`.
+fn body(prefix: &str, names: &[&str], extra: &str) -> String {
+    let mut b = String::new();
+    for n in names {
+        b += &format!("[keys.{n}]\nuris = [\"mock://{prefix}-{n}\"]\n");
+    }
+    b + "[revocation]\npoll_interval = \"1h\"\n" + extra
+}
+
+async fn wrap(c: &mut Client, key: &str) -> Result<WrapKeyResponse, tonic::Status> {
+    c.wrap_key(WrapKeyRequest {
+        key: key.into(),
+        plaintext: b"data key".to_vec(),
+        context: HashMap::new(),
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+async fn unwrap(c: &mut Client, wrapped: &[u8]) -> Result<Vec<u8>, tonic::Status> {
+    c.unwrap_key(UnwrapKeyRequest {
+        wrapped: wrapped.to_vec(),
+        context: HashMap::new(),
+    })
+    .await
+    .map(|r| r.into_inner().plaintext)
+}
+
+async fn state(c: &mut Client, key: &str) -> Result<(i32, String), tonic::Status> {
+    let r = c
+        .revoke_status(RevokeStatusRequest { key: key.into() })
+        .await?
+        .into_inner();
+    Ok((r.keys[0].state, r.keys[0].detail.clone()))
+}
+
+#[tokio::test]
+async fn a_refused_reload_changes_nothing_and_an_accepted_one_applies_to_open_connections() {
+    let a = mock("rl-open-a");
+    mock("rl-open-b");
+    let narrow = policy(&["WrapKey", "RevokeStatus"]);
+    let mut d = Daemon::start(&body("rl-open", &["a"], &narrow)).await;
+    let mut c = d.unix().await;
+    wait_for_state(&mut c, "a", KeyState::Active).await;
+    // A stream on this connection must outlive every reload below.
+    let mut watch = c
+        .watch_revoke_status(RevokeStatusRequest { key: "a".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next(&mut watch).await;
+    assert_eq!(first.keys[0].state, KeyState::Active as i32);
+    let blob = wrap(&mut c, "a").await.unwrap().wrapped;
+    assert_eq!(
+        unwrap(&mut c, &blob).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+
+    // Each refused: the message says why, and the narrow policy is still the one in force.
+    let good = body(
+        "rl-open",
+        &["a", "b"],
+        &policy(&["WrapKey", "UnwrapKey", "RevokeStatus"]),
+    );
+    let refusals = [
+        ("[keys.a\nuris = ", "kms-broker.toml"),
+        (
+            &*format!("{good}[limits]\nmax_unix_connections = 7\n"),
+            "[limits] can only change with a restart",
+        ),
+        (
+            &*good.replace("mock://rl-open-b", "nope://rl-open-b"),
+            "keys.b.uris[0]",
+        ),
+        (
+            &*format!("{good}[[policy]]\npeer = \"uid:x\"\nallow = [\"WrapKey\"]\n"),
+            "policy",
+        ),
+    ];
+    for (text, why) in refusals {
+        let e = d.reload(text).await.expect_err(&format!("refused: {text}"));
+        let msg = e.to_string();
+        assert!(msg.contains("previous config stays in force"), "{msg}");
+        assert!(msg.contains(why), "{why:?} in {msg}");
+        assert_eq!(
+            unwrap(&mut c, &blob).await.unwrap_err().code(),
+            Code::PermissionDenied,
+            "after refusing {text:?}"
+        );
+        assert_eq!(state(&mut c, "b").await.unwrap_err().code(), Code::NotFound);
+    }
+
+    let summary = d.reload(&good).await.expect("accepted");
+    assert!(summary.contains("added b"), "{summary}");
+    // The same connection: the new policy at its next call, and the new key checked at once
+    // (the poll interval is an hour).
+    assert_eq!(unwrap(&mut c, &blob).await.unwrap(), b"data key");
+    wait_for_state(&mut c, "b", KeyState::Active).await;
+    wrap(&mut c, "b").await.expect("the new key wraps");
+    // The stream opened before the reloads still delivers.
+    a.disable();
+    // (The poll interval is an hour: a refused Encrypt is what reports it.)
+    assert_eq!(
+        wrap(&mut c, "a").await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    let ev = next(&mut watch).await;
+    assert_eq!(ev.keys[0].state, KeyState::Disabled as i32);
+    assert!(ev.epoch > first.epoch);
+
+    // Removing a key and narrowing the policy again also apply at once.
+    d.reload(&body("rl-open", &["a"], &narrow)).await.unwrap();
+    assert_eq!(state(&mut c, "b").await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        unwrap(&mut c, &blob).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_kept_uri_keeps_its_revocation_through_a_reload() {
+    let a = mock("rl-kept-a");
+    mock("rl-kept-b");
+    let all = policy(&["WrapKey", "UnwrapKey", "RevokeStatus"]);
+    let mut d = Daemon::start(&body("rl-kept", &["a"], &all)).await;
+    let mut c = d.unix().await;
+    wait_for_state(&mut c, "a", KeyState::Active).await;
+    let blob = wrap(&mut c, "a").await.unwrap().wrapped;
+    a.revoke();
+    // Slow answers from now on: the check that a reload starts is still running when we
+    // look, so what we see is what the reload kept, not what that check found.
+    a.set_latency(Duration::from_secs(2));
+    wait_revoked(&mut c).await;
+
+    d.reload(&body("rl-kept", &["a", "b"], &all)).await.unwrap();
+    let (st, detail) = state(&mut c, "a").await.unwrap();
+    assert_eq!(st, KeyState::Revoked as i32, "{detail}");
+    assert_ne!(detail, "not checked yet");
+    assert_eq!(
+        unwrap(&mut c, &blob).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        wrap(&mut c, "a").await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    a.set_latency(Duration::ZERO);
+    d.stop().await;
+}
+
+async fn wait_revoked(c: &mut Client) {
+    must_return("REVOKED is seen", Duration::from_secs(20), async {
+        loop {
+            let _ = wrap(c, "a").await;
+            if state(c, "a").await.unwrap().0 == KeyState::Revoked as i32 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn new_tls_files_apply_to_new_handshakes_and_open_sessions_go_on() {
+    mock("rl-tls-a");
+    let ops = "[[policy]]\npeer = \"cert:operator\"\nallow = [\"RevokeStatus\"]\n";
+    let mut d = Daemon::start(&body("rl-tls", &["a"], ops)).await;
+    let mut open = d.tls("operator").await;
+    wait_for_state(&mut open, "a", KeyState::Active).await;
+
+    // The operator rotates to a new CA and server certificate.
+    let fresh = tempfile::tempdir().unwrap();
+    certs::write_dev_certs(fresh.path()).unwrap();
+    for f in ["ca.pem", "server.pem", "server-key.pem"] {
+        std::fs::copy(fresh.path().join(f), d.dir.join("certs").join(f)).unwrap();
+    }
+    let new_ca = Pem {
+        cert: std::fs::read_to_string(fresh.path().join("ca.pem")).unwrap(),
+        key: std::fs::read_to_string(fresh.path().join("ca-key.pem")).unwrap(),
+    };
+    let old_ca = Pem {
+        cert: d.ca.cert.clone(),
+        key: d.ca.key.clone(),
+    };
+    let body = d.body.clone();
+    let summary = d.reload(&body).await.unwrap();
+    assert!(summary.contains("TLS files re-read"), "{summary}");
+
+    // The session opened before the reload goes on.
+    state(&mut open, "a")
+        .await
+        .expect("the open session still works");
+    // New handshakes: the old CA's client certificate is refused, the new one's accepted.
+    let old_cert = certs::issue(&old_ca, Some("operator"), &["operator"], false).unwrap();
+    let refused = d.tls_with(Some(&old_cert), &new_ca.cert).await;
+    let refused = match refused {
+        Err(e) => Err(e.to_string()),
+        Ok(mut c) => state(&mut c, "a").await.map_err(|s| s.to_string()),
+    };
+    assert!(refused.is_err(), "old CA's client accepted: {refused:?}");
+    let new_cert = certs::issue(&new_ca, Some("operator"), &["operator"], false).unwrap();
+    let mut c = d.tls_with(Some(&new_cert), &new_ca.cert).await.unwrap();
+    state(&mut c, "a").await.expect("the new CA's client");
+    // And a client still trusting only the old CA no longer trusts the server.
+    let stale = d.tls_with(Some(&old_cert), &old_ca.cert).await;
+    let stale = match stale {
+        Err(e) => Err(e.to_string()),
+        Ok(mut c) => state(&mut c, "a").await.map_err(|s| s.to_string()),
+    };
+    assert!(stale.is_err(), "{stale:?}");
+    d.stop().await;
+}
+
+async fn next(
+    s: &mut tonic::Streaming<kms_broker_client::pb::RevokeStatusEvent>,
+) -> kms_broker_client::pb::RevokeStatusEvent {
+    must_return("the next watch event", Duration::from_secs(10), s.message())
+        .await
+        .expect("the stream goes on")
+        .expect("an event")
+}
