@@ -3,7 +3,8 @@
 //! Each record has `seq`, `time`, `op` (the RPC's name), `key` or `store` (the name
 //! the caller asked for, through [`caller_text`]), `peer` (`uid`/`gid`/`pid` and `exe`, the
 //! caller's executable read from `/proc/PID/exe` where it can be; or `cert`, the
-//! certificate identity), `code` (the gRPC code name), `latency_us`, `prev` and `hash`
+//! certificate identity), `code` (the gRPC code name), `latency_us`, `kms_requests` (the
+//! KMS's own request ids, where its SDK exposes them: [`crate::kms_request`]), `prev` and `hash`
 //! ([`chain`] says how they chain). Never key bytes, plaintext, wrapped blobs, context
 //! values or KMS URIs. Besides call records, the trail holds `event` records: `start` (the
 //! daemon opened the file) and `lost` (how many records could not be written).
@@ -70,6 +71,8 @@ struct Entry {
     peer: Option<Peer>,
     code: tonic::Code,
     latency: Duration,
+    /// The KMS's own request ids ([`crate::kms_request`]).
+    kms_requests: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -140,23 +143,16 @@ impl Audit {
     }
 
     /// Queues one call's record. Never blocks: a full queue counts the record as lost.
-    pub fn record(
-        &self,
-        rpc: &'static str,
-        op: Operation,
-        target: &str,
-        peer: Option<&Peer>,
-        code: tonic::Code,
-        latency: Duration,
-    ) {
+    pub fn record(&self, call: crate::observe::Call<'_>) {
         let entry = Entry {
             time: SystemTime::now(),
-            rpc,
-            store: targets_store(op),
-            target: caller_text(target),
-            peer: peer.cloned(),
-            code,
-            latency,
+            rpc: call.rpc,
+            store: targets_store(call.op),
+            target: caller_text(call.target),
+            peer: call.peer.cloned(),
+            code: call.code,
+            latency: call.latency,
+            kms_requests: call.kms_requests,
         };
         if let Err(e) = self.tx.try_send(Msg::Call(entry)) {
             self.lost.add(1);
@@ -212,14 +208,15 @@ mod tests {
             pid: Some(std::process::id() as i32),
         };
         for _ in 0..n {
-            a.record(
-                "WrapKey",
-                Operation::WrapKey,
-                "primary",
-                Some(&peer),
-                tonic::Code::Ok,
-                Duration::from_micros(90),
-            );
+            a.record(crate::observe::Call {
+                rpc: "WrapKey",
+                op: Operation::WrapKey,
+                target: "primary",
+                peer: Some(&peer),
+                code: tonic::Code::Ok,
+                latency: Duration::from_micros(90),
+                kms_requests: vec!["req-1".into()],
+            });
         }
     }
 

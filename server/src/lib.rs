@@ -51,6 +51,7 @@ pub mod hardening;
 pub mod health;
 pub mod key_name;
 pub mod key_uri;
+pub mod kms_request;
 pub mod limits;
 pub mod listener;
 pub mod live;

@@ -48,23 +48,29 @@ pub struct Observer {
     metrics: Option<Arc<Metrics>>,
 }
 
+/// One finished call, as the audit trail and the metrics see it.
+#[derive(Debug)]
+pub struct Call<'a> {
+    /// The RPC's name.
+    pub rpc: &'static str,
+    /// The policy operation that governs it.
+    pub op: Operation,
+    /// The key name or store id the caller sent.
+    pub target: &'a str,
+    pub peer: Option<&'a Peer>,
+    pub code: tonic::Code,
+    pub latency: Duration,
+    /// The KMS's request ids ([`crate::kms_request`]).
+    pub kms_requests: Vec<String>,
+}
+
 impl Observer {
-    /// One finished call of the RPC `rpc`, governed by `op`: `target` is the key name or
-    /// store id the caller sent.
-    pub fn call(
-        &self,
-        rpc: &'static str,
-        op: Operation,
-        target: &str,
-        peer: Option<&Peer>,
-        code: tonic::Code,
-        latency: Duration,
-    ) {
+    pub fn call(&self, call: Call<'_>) {
         if let Some(m) = &self.metrics {
-            m.call(rpc, code, latency);
+            m.call(call.rpc, call.code, call.latency);
         }
         if let Some(a) = &self.audit {
-            a.record(rpc, op, target, peer, code, latency);
+            a.record(call);
         }
     }
 }

@@ -272,9 +272,12 @@ impl Server {
             .max_decoding_message_size(MAX_SMALL_REQUEST);
         let (observer, ops) = ops.start(live.clone(), stop_rx.clone());
         let svc = Service::new(live.clone(), observer);
-        let service = KeyBrokerServer::new(svc.clone())
-            .max_decoding_message_size(MAX_KEY_BROKER_REQUEST)
-            .max_encoding_message_size(MAX_KEY_BROKER_RESPONSE);
+        // Each call collects the KMS request ids its audit record names.
+        let service = crate::kms_request::Scoped(
+            KeyBrokerServer::new(svc.clone())
+                .max_decoding_message_size(MAX_KEY_BROKER_REQUEST)
+                .max_encoding_message_size(MAX_KEY_BROKER_RESPONSE),
+        );
 
         let poller = tokio::spawn(poll_loop(live, health.clone(), stop_rx.clone()));
 

@@ -130,9 +130,15 @@ impl Service {
         let code = result
             .as_ref()
             .map_or_else(Error::code, |_| tonic::Code::Ok);
-        self.inner
-            .observer
-            .call(rpc, op, target, peer, code, elapsed);
+        self.inner.observer.call(crate::observe::Call {
+            rpc,
+            op,
+            target,
+            peer,
+            code,
+            latency: elapsed,
+            kms_requests: crate::kms_request::take(),
+        });
         let latency_ms = elapsed.as_secs_f64() * 1e3;
         let peer = peer
             .map(|p| p.to_string())

@@ -174,3 +174,52 @@ async fn daemon_every_edited_byte_is_refused_and_changes_nothing() {
     every_edited_byte_is_refused(&mut c, SECRETS).await;
     d.stop().await;
 }
+
+#[tokio::test]
+async fn the_audit_trail_names_aws_request_ids_of_answers_and_refusals() {
+    let Some(moto) = Moto::start() else { return };
+    let (id, _) = moto.create_key().await;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("audit")).unwrap();
+    let body = format!(
+        "{}\n[audit]\npath = \"audit/trail.jsonl\"\n",
+        crate::common::backend_daemon::body(&[&moto.uri(&id)])
+    );
+    let d = crate::common::Daemon::start_in(tmp.path(), &body)
+        .await
+        .unwrap();
+    let mut c = d.unix().await;
+    wait_for_state(&mut c, "k", KeyState::Active).await;
+    let w = wrap(&mut c, &[7u8; 32]).await.expect("wrap");
+    unwrap(&mut c, &w.wrapped).await.expect("unwrap");
+    // Refused by AWS itself (the context does not match): that answer has an id too.
+    let other = UnwrapKeyRequest {
+        wrapped: w.wrapped.clone(),
+        context: HashMap::new(),
+    };
+    assert_eq!(
+        c.unwrap_key(other).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    d.stop().await;
+
+    let text = std::fs::read_to_string(tmp.path().join("audit/trail.jsonl")).unwrap();
+    let ids: Vec<Vec<String>> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| matches!(r["op"].as_str(), Some("WrapKey" | "UnwrapKey")))
+        .map(|r| {
+            r["kms_requests"]
+                .as_array()
+                .map(|a| a.iter().map(|v| v.as_str().unwrap().to_owned()).collect())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(ids.len(), 3, "{text}");
+    for call in &ids {
+        assert!(!call.is_empty(), "every call reached AWS: {text}");
+        assert!(call.iter().all(|id| id.len() >= 16), "{call:?}");
+    }
+    // Each answer has its own id.
+    assert_ne!(ids[0], ids[1]);
+}

@@ -135,6 +135,16 @@ async fn every_call_is_recorded_with_its_peer_and_code_and_never_key_bytes() {
         "{unix_peer}"
     );
     assert_eq!(calls[5]["peer"]["cert"], "backup-job");
+    // The KMS's request id of each call that reached it (the mock numbers its answers),
+    // none for those refused before it; the disabled key's refusal came from held state.
+    let kms_ids: Vec<usize> = calls
+        .iter()
+        .map(|r| r["kms_requests"].as_array().map_or(0, Vec::len))
+        .collect();
+    assert_eq!(kms_ids[..6], [1, 0, 0, 1, 0, 0], "{calls:?}");
+    assert!(calls[0]["kms_requests"][0]
+        .as_str()
+        .is_some_and(|id| id.starts_with("mock-")));
 
     let text = std::fs::read_to_string(&path).unwrap();
     let b64 = base64::engine::general_purpose::STANDARD;

@@ -59,6 +59,8 @@ struct Record<'a> {
     code: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     latency_us: Option<u64>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    kms_requests: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     lost: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -196,6 +198,7 @@ impl Writer {
             peer: None,
             code: None,
             latency_us: None,
+            kms_requests: &[],
             lost,
             torn_bytes: torn,
             prev: &self.prev,
@@ -246,6 +249,7 @@ impl Writer {
             peer: Some(peer),
             code: Some(crate::observe::code_name(e.code)),
             latency_us: Some(u64::try_from(e.latency.as_micros()).unwrap_or(u64::MAX)),
+            kms_requests: &e.kms_requests,
             lost: None,
             torn_bytes: None,
             prev: &self.prev,

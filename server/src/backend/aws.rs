@@ -61,6 +61,7 @@ use aws_config::sts::AssumeRoleProvider;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_kms::config::{Credentials, SharedCredentialsProvider};
+use aws_sdk_kms::operation::RequestId;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::Client;
 use tokio::time::Instant;
@@ -213,8 +214,9 @@ impl AwsBackend {
             .plaintext(Blob::new(plaintext.to_vec()))
             .set_encryption_context(Some(context))
             .send()
-            .await
-            .map_err(|e| self.failed(Some(Half::Encrypt), classify::encrypt(&e)))?;
+            .await;
+        note_request_id(&out);
+        let out = out.map_err(|e| self.failed(Some(Half::Encrypt), classify::encrypt(&e)))?;
         let blob = out.ciphertext_blob.ok_or_else(|| {
             BackendError::unreachable("Encrypt answered without a CiphertextBlob")
         })?;
@@ -234,8 +236,9 @@ impl AwsBackend {
             .ciphertext_blob(Blob::new(ciphertext.to_vec()))
             .set_encryption_context(Some(context))
             .send()
-            .await
-            .map_err(|e| self.failed(Some(Half::Decrypt), classify::decrypt(&e)))?;
+            .await;
+        note_request_id(&out);
+        let out = out.map_err(|e| self.failed(Some(Half::Decrypt), classify::decrypt(&e)))?;
         let plaintext = out
             .plaintext
             .ok_or_else(|| BackendError::unreachable("Decrypt answered without a Plaintext"))?;
@@ -342,8 +345,9 @@ impl KmsBackend for AwsBackend {
             .describe_key()
             .key_id(&self.uri.key)
             .send()
-            .await
-            .map_err(|e| self.failed(None, classify::describe_key(&e)))?;
+            .await;
+        note_request_id(&out);
+        let out = out.map_err(|e| self.failed(None, classify::describe_key(&e)))?;
         let meta = out
             .key_metadata
             .ok_or_else(|| BackendError::unreachable("DescribeKey answered without KeyMetadata"))?;
@@ -355,5 +359,20 @@ impl KmsBackend for AwsBackend {
             detail: format!("Enabled ({})", meta.arn().unwrap_or(meta.key_id())),
             version: None,
         })
+    }
+}
+
+/// The `x-amzn-RequestId` of an answer, refusals included, for the call's audit record
+/// (CloudTrail files the same call under it).
+fn note_request_id<T: RequestId, E>(result: &Result<T, E>)
+where
+    E: RequestId,
+{
+    let id = match result {
+        Ok(out) => out.request_id(),
+        Err(e) => e.request_id(),
+    };
+    if let Some(id) = id {
+        crate::kms_request::note(id);
     }
 }

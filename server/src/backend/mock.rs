@@ -160,6 +160,9 @@ impl MockState {
                 Op::Check => s.calls.check += 1,
             }
             let throttled = s.rate_limit.as_mut().is_some_and(|r| !r.take());
+            // Like a real KMS, every answer (refusals too) carries a request id.
+            let c = s.calls;
+            crate::kms_request::note(&format!("mock-{}", c.encrypt + c.decrypt + c.check));
             (s.latency, throttled)
         };
         if !latency.is_zero() {
