@@ -124,6 +124,9 @@ fn hint(err: &ClientError) -> Option<&'static str> {
             }
             _ => "the KMS key is gone: data under it cannot be read again",
         }),
+        ClientError::VersionNotUsable { .. } => Some(
+            "the KMS key version that wrapped the store key is off: re-enable it, then `kms-broker rewrap`",
+        ),
         ClientError::Status { code, .. } => match code {
             kms_broker_client::Code::NotFound => {
                 Some("the store is not configured, or has no key yet: pass --create to make one")

@@ -70,6 +70,20 @@ pub enum ClientError {
         message: String,
     },
 
+    /// The key is usable, but the key VERSION that wrapped this blob is not (disabled or
+    /// destroyed at the KMS, or below Vault's `min_decryption_version`): only blobs of
+    /// that version are refused. Re-enable the version and re-wrap (RewrapKey) before
+    /// retiring it. Not retried.
+    #[error("kms-broker: key {key:?}: the version that wrapped this is not usable: {message}")]
+    VersionNotUsable {
+        /// The configured key name.
+        key: String,
+        /// The version's state, as the KMS reported it.
+        state: KeyState,
+        /// The daemon's full message.
+        message: String,
+    },
+
     /// The daemon answered, but not in the shape the contract promises (e.g. a store key
     /// of the wrong length). Not retried: it points at a version mismatch or a bug.
     #[error("kms-broker sent an invalid response: {0}")]
@@ -86,7 +100,9 @@ impl ClientError {
             ClientError::Connect { .. } | ClientError::Tls { .. } => Code::Unavailable,
             ClientError::Timeout(_) => Code::DeadlineExceeded,
             ClientError::Status { code, .. } => *code,
-            ClientError::KeyNotUsable { .. } => Code::FailedPrecondition,
+            ClientError::KeyNotUsable { .. } | ClientError::VersionNotUsable { .. } => {
+                Code::FailedPrecondition
+            }
             ClientError::InvalidResponse(_) => Code::Internal,
         }
     }
@@ -102,7 +118,8 @@ impl ClientError {
             ClientError::Config(_)
             | ClientError::Tls { .. }
             | ClientError::InvalidResponse(_)
-            | ClientError::KeyNotUsable { .. } => false,
+            | ClientError::KeyNotUsable { .. }
+            | ClientError::VersionNotUsable { .. } => false,
         }
     }
 
@@ -151,14 +168,23 @@ impl ClientError {
                     message,
                 };
             }
+            if let Some((key, state)) = version_state_of(&message) {
+                return ClientError::VersionNotUsable {
+                    key,
+                    state,
+                    message,
+                };
+            }
         }
         ClientError::Status { code, message }
     }
 
-    /// The key's state, for a [`ClientError::KeyNotUsable`].
+    /// The key's state, for a [`ClientError::KeyNotUsable`] (and the version's, for a
+    /// [`ClientError::VersionNotUsable`]).
     pub fn key_state(&self) -> Option<KeyState> {
         match self {
-            ClientError::KeyNotUsable { state, .. } => Some(*state),
+            ClientError::KeyNotUsable { state, .. }
+            | ClientError::VersionNotUsable { state, .. } => Some(*state),
             _ => None,
         }
     }
@@ -176,6 +202,14 @@ impl ClientError {
 fn key_state_of(message: &str) -> Option<(String, KeyState)> {
     let rest = message.strip_prefix("key \"")?;
     let (key, rest) = rest.split_once("\" is ")?;
+    let state = rest.split(':').next().unwrap_or_default().trim();
+    Some((key.to_owned(), KeyState::from_name(state)?))
+}
+
+/// Reads `key "NAME": the version that wrapped this is STATE[: DETAIL]`.
+fn version_state_of(message: &str) -> Option<(String, KeyState)> {
+    let rest = message.strip_prefix("key \"")?;
+    let (key, rest) = rest.split_once("\": the version that wrapped this is ")?;
     let state = rest.split(':').next().unwrap_or_default().trim();
     Some((key.to_owned(), KeyState::from_name(state)?))
 }
@@ -296,11 +330,25 @@ mod tests {
         let s = tonic::Status::new(Code::FailedPrecondition, "key \"k-1\" is REVOKED");
         let err = ClientError::from_status(s, "unix:///x", T);
         assert_eq!(err.key_state(), Some(KeyState::Revoked));
+        // A version, not the key: its own variant, so a caller knows to re-wrap.
+        let msg =
+            "key \"primary\": the version that wrapped this is DISABLED: version 3 is DISABLED";
+        let s = tonic::Status::new(Code::FailedPrecondition, msg);
+        let err = ClientError::from_status(s, "unix:///x", T);
+        match &err {
+            ClientError::VersionNotUsable { key, state, .. } => {
+                assert_eq!((key.as_str(), *state), ("primary", KeyState::Disabled));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!err.is_retryable());
+        assert_eq!(err.code(), Code::FailedPrecondition);
         // A message in another shape stays a plain status, code intact.
         for msg in [
             "store s1 is busy",
             "key \"k\" is SLEEPY",
             "key k is DISABLED",
+            "key \"k\": the version that wrapped this is SLEEPY",
         ] {
             let s = tonic::Status::new(Code::FailedPrecondition, msg);
             let err = ClientError::from_status(s, "unix:///x", T);
