@@ -102,22 +102,28 @@ impl Service {
 }
 
 impl Service {
-    /// Logs, audits and counts one call's outcome and converts the error in the one place
-    /// that does.
-    fn finish<T>(
+    /// One call: identifies the peer, runs `work` with the request body, the peer (or why
+    /// it could not be identified: `work` checks it after parsing, as CONTRACT.md orders)
+    /// and the target to record (`work` sets it once it knows it), then [`Self::finish`].
+    async fn serve<B, T>(
         &self,
+        rpc: &'static str,
         op: Operation,
-        target: &str,
-        peer: Option<&Peer>,
-        started: Instant,
-        result: Result<T, Error>,
+        req: Request<B>,
+        work: impl AsyncFnOnce(B, &Result<Peer, Error>, &mut String) -> Result<T, Error>,
     ) -> Result<Response<T>, Status> {
-        self.finish_rpc(op.as_str(), op, target, peer, started, result)
+        let started = Instant::now();
+        let peer = Peer::from_request(&req);
+        let mut target = String::new();
+        let result = work(req.into_inner(), &peer, &mut target).await;
+        self.finish(rpc, op, &target, peer.as_ref().ok(), started, result)
     }
 
-    /// [`Self::finish`] for an RPC whose name is not its policy operation's (RewrapKey,
-    /// WatchRevokeStatus): logs, the audit trail and metrics show the RPC's own name.
-    fn finish_rpc<T>(
+    /// Logs, audits and counts one call's outcome and converts the error in the one place
+    /// that does. `rpc` is the RPC's name, which logs, the audit trail and metrics show;
+    /// `op` the policy operation that governs it (they differ for RewrapKey and
+    /// WatchRevokeStatus).
+    fn finish<T>(
         &self,
         rpc: &'static str,
         op: Operation,
@@ -170,236 +176,207 @@ impl pb::key_broker_server::KeyBroker for Service {
         &self,
         req: Request<pb::WrapKeyRequest>,
     ) -> Result<Response<pb::WrapKeyResponse>, Status> {
-        let started = Instant::now();
-        let peer = Peer::from_request(&req);
-        let mut body = req.into_inner();
-        // Out of the request buffer at once, before anything can fail.
-        let plaintext = SecretBytes::take(&mut body.plaintext);
-        let key = body.key;
-        let result = async {
-            let name = parse_key_name(&key)?;
-            if plaintext.is_empty() || plaintext.len() > MAX_PLAINTEXT {
-                return Err(Error::invalid(format!(
-                    "plaintext must be 1 to {MAX_PLAINTEXT} bytes"
-                )));
-            }
-            let context = parse_context(body.context)?;
-            let peer = peer.as_ref().map_err(Clone::clone)?;
-            let rt = self.rt();
-            rt.config
-                .policy
-                .authorize(peer, Operation::WrapKey, Some(&name), None)?;
-            let w = rt.broker.wrap(&name, &plaintext, context).await?;
-            Ok(pb::WrapKeyResponse {
-                wrapped: w.blob,
-                key: name.to_string(),
-                key_version: w.key_version,
-            })
-        }
-        .await;
-        self.finish(
+        self.serve(
+            "WrapKey",
             Operation::WrapKey,
-            &key,
-            peer.as_ref().ok(),
-            started,
-            result,
+            req,
+            async |mut body, peer, target| {
+                // Out of the request buffer at once, before anything can fail.
+                let plaintext = SecretBytes::take(&mut body.plaintext);
+                target.clone_from(&body.key);
+                let name = parse_key_name(&body.key)?;
+                if plaintext.is_empty() || plaintext.len() > MAX_PLAINTEXT {
+                    return Err(Error::invalid(format!(
+                        "plaintext must be 1 to {MAX_PLAINTEXT} bytes"
+                    )));
+                }
+                let context = parse_context(body.context)?;
+                let peer = peer.as_ref().map_err(Clone::clone)?;
+                let rt = self.rt();
+                rt.config
+                    .policy
+                    .authorize(peer, Operation::WrapKey, Some(&name), None)?;
+                let w = rt.broker.wrap(&name, &plaintext, context).await?;
+                Ok(pb::WrapKeyResponse {
+                    wrapped: w.blob,
+                    key: name.to_string(),
+                    key_version: w.key_version,
+                })
+            },
         )
+        .await
     }
 
     async fn unwrap_key(
         &self,
         req: Request<pb::UnwrapKeyRequest>,
     ) -> Result<Response<pb::UnwrapKeyResponse>, Status> {
-        let started = Instant::now();
-        let peer = Peer::from_request(&req);
-        let body = req.into_inner();
-        let mut target = String::new();
-        let result = async {
-            let env = Envelope::decode(&body.wrapped)?;
-            target = env.key_name.to_string();
-            let context = parse_context(body.context)?;
-            let peer = peer.as_ref().map_err(Clone::clone)?;
-            let rt = self.rt();
-            rt.config
-                .policy
-                .authorize(peer, Operation::UnwrapKey, Some(&env.key_name), None)?;
-            let out = rt
-                .broker
-                .unwrap_shared(&body.wrapped, &env, context)
-                .await?;
-            Ok(pb::UnwrapKeyResponse {
-                plaintext: out.plaintext.duplicate().into_response_bytes(),
-                key: env.key_name.to_string(),
-                key_version: out.key_version.clone(),
-            })
-        }
-        .await;
-        self.finish(
+        self.serve(
+            "UnwrapKey",
             Operation::UnwrapKey,
-            &target,
-            peer.as_ref().ok(),
-            started,
-            result,
+            req,
+            async |body, peer, target| {
+                let env = Envelope::decode(&body.wrapped)?;
+                *target = env.key_name.to_string();
+                let context = parse_context(body.context)?;
+                let peer = peer.as_ref().map_err(Clone::clone)?;
+                let rt = self.rt();
+                rt.config.policy.authorize(
+                    peer,
+                    Operation::UnwrapKey,
+                    Some(&env.key_name),
+                    None,
+                )?;
+                let out = rt
+                    .broker
+                    .unwrap_shared(&body.wrapped, &env, context)
+                    .await?;
+                Ok(pb::UnwrapKeyResponse {
+                    plaintext: out.plaintext.duplicate().into_response_bytes(),
+                    key: env.key_name.to_string(),
+                    key_version: out.key_version.clone(),
+                })
+            },
         )
+        .await
     }
 
     async fn get_store_key(
         &self,
         req: Request<pb::GetStoreKeyRequest>,
     ) -> Result<Response<pb::GetStoreKeyResponse>, Status> {
-        let started = Instant::now();
-        let peer = Peer::from_request(&req);
-        let body = req.into_inner();
-        let result = async {
-            let id = StoreId::parse(&body.store_id).map_err(Error::InvalidArgument)?;
-            let peer = peer.as_ref().map_err(Clone::clone)?;
-            let rt = self.rt();
-            rt.config
-                .policy
-                .authorize(peer, Operation::GetStoreKey, None, Some(&id))?;
-            let keys = rt.stores.get(&id, body.create).await?;
-            Ok(pb::GetStoreKeyResponse {
-                active: Some(pb_store_key(keys.active)),
-                previous: keys.previous.into_iter().map(pb_store_key).collect(),
-                wrapped_copy: keys.wrapped_copy,
-            })
-        }
-        .await;
-        self.finish(
+        self.serve(
+            "GetStoreKey",
             Operation::GetStoreKey,
-            &body.store_id,
-            peer.as_ref().ok(),
-            started,
-            result,
+            req,
+            async |body, peer, target| {
+                target.clone_from(&body.store_id);
+                let id = StoreId::parse(&body.store_id).map_err(Error::InvalidArgument)?;
+                let peer = peer.as_ref().map_err(Clone::clone)?;
+                let rt = self.rt();
+                rt.config
+                    .policy
+                    .authorize(peer, Operation::GetStoreKey, None, Some(&id))?;
+                let keys = rt.stores.get(&id, body.create).await?;
+                Ok(pb::GetStoreKeyResponse {
+                    active: Some(pb_store_key(keys.active)),
+                    previous: keys.previous.into_iter().map(pb_store_key).collect(),
+                    wrapped_copy: keys.wrapped_copy,
+                })
+            },
         )
+        .await
     }
 
     async fn revoke_status(
         &self,
         req: Request<pb::RevokeStatusRequest>,
     ) -> Result<Response<pb::RevokeStatusResponse>, Status> {
-        let started = Instant::now();
-        let peer = Peer::from_request(&req);
-        let key = req.into_inner().key;
-        let result = async {
-            if !key.is_empty() {
-                parse_key_name(&key)?;
-            }
-            let peer = peer.as_ref().map_err(Clone::clone)?;
-            let rt = self.rt();
-            let keys: Vec<_> = self
-                .visible_keys(&rt, peer, &key)?
-                .iter()
-                .filter_map(|k| rt.broker.status(k))
-                .collect();
-            Ok(pb::RevokeStatusResponse {
-                keys: keys.into_iter().map(pb_key_status).collect(),
-            })
-        }
-        .await;
-        self.finish(
+        self.serve(
+            "RevokeStatus",
             Operation::RevokeStatus,
-            &key,
-            peer.as_ref().ok(),
-            started,
-            result,
+            req,
+            async |body, peer, target| {
+                target.clone_from(&body.key);
+                if !body.key.is_empty() {
+                    parse_key_name(&body.key)?;
+                }
+                let peer = peer.as_ref().map_err(Clone::clone)?;
+                let rt = self.rt();
+                let keys: Vec<_> = self
+                    .visible_keys(&rt, peer, &body.key)?
+                    .iter()
+                    .filter_map(|k| rt.broker.status(k))
+                    .collect();
+                Ok(pb::RevokeStatusResponse {
+                    keys: keys.into_iter().map(pb_key_status).collect(),
+                })
+            },
         )
+        .await
     }
 
     async fn rotate_store_key(
         &self,
         req: Request<pb::RotateStoreKeyRequest>,
     ) -> Result<Response<pb::StoreStatus>, Status> {
-        let started = Instant::now();
-        let peer = Peer::from_request(&req);
-        let id = req.into_inner().store_id;
-        let result = async {
-            StoreId::parse(&id).map_err(Error::InvalidArgument)?;
-            let peer = peer.as_ref().map_err(Clone::clone)?;
-            self.rotate(peer, &id).await
-        }
-        .await;
-        self.finish(
+        self.serve(
+            "RotateStoreKey",
             Operation::RotateStoreKey,
-            &id,
-            peer.as_ref().ok(),
-            started,
-            result,
+            req,
+            async |body, peer, target| {
+                target.clone_from(&body.store_id);
+                StoreId::parse(&body.store_id).map_err(Error::InvalidArgument)?;
+                let peer = peer.as_ref().map_err(Clone::clone)?;
+                self.rotate(peer, &body.store_id).await
+            },
         )
+        .await
     }
 
     async fn store_status(
         &self,
         req: Request<pb::StoreStatusRequest>,
     ) -> Result<Response<pb::StoreStatusResponse>, Status> {
-        let started = Instant::now();
-        let peer = Peer::from_request(&req);
-        let id = req.into_inner().store_id;
-        let result = (|| {
-            if !id.is_empty() {
-                StoreId::parse(&id).map_err(Error::InvalidArgument)?;
-            }
-            let peer = peer.as_ref().map_err(Clone::clone)?;
-            self.store_status(peer, &id)
-        })();
-        self.finish(
+        self.serve(
+            "StoreStatus",
             Operation::StoreStatus,
-            &id,
-            peer.as_ref().ok(),
-            started,
-            result,
+            req,
+            async |body, peer, target| {
+                target.clone_from(&body.store_id);
+                if !body.store_id.is_empty() {
+                    StoreId::parse(&body.store_id).map_err(Error::InvalidArgument)?;
+                }
+                let peer = peer.as_ref().map_err(Clone::clone)?;
+                self.store_status(peer, &body.store_id)
+            },
         )
+        .await
     }
 
     async fn rewrap(
         &self,
         req: Request<pb::RewrapRequest>,
     ) -> Result<Response<pb::RewrapResponse>, Status> {
-        let started = Instant::now();
-        let peer = Peer::from_request(&req);
-        let body = req.into_inner();
-        let id = body.store_id.clone();
-        let result = async {
-            if !id.is_empty() {
-                StoreId::parse(&id).map_err(Error::InvalidArgument)?;
-            }
-            let peer = peer.as_ref().map_err(Clone::clone)?;
-            self.rewrap(peer, body).await
-        }
-        .await;
-        self.finish(Operation::Rewrap, &id, peer.as_ref().ok(), started, result)
+        self.serve(
+            "Rewrap",
+            Operation::Rewrap,
+            req,
+            async |body, peer, target| {
+                target.clone_from(&body.store_id);
+                if !body.store_id.is_empty() {
+                    StoreId::parse(&body.store_id).map_err(Error::InvalidArgument)?;
+                }
+                let peer = peer.as_ref().map_err(Clone::clone)?;
+                self.rewrap(peer, body).await
+            },
+        )
+        .await
     }
 
     async fn rewrap_key(
         &self,
         req: Request<pb::RewrapKeyRequest>,
     ) -> Result<Response<pb::WrapKeyResponse>, Status> {
-        let started = Instant::now();
-        let peer = Peer::from_request(&req);
-        let body = req.into_inner();
-        let mut target = String::new();
-        let result = async {
-            let env = Envelope::decode(&body.wrapped)?;
-            let to = if body.key.is_empty() {
-                env.key_name.clone()
-            } else {
-                parse_key_name(&body.key)?
-            };
-            target = to.to_string();
-            let context = parse_context(body.context)?;
-            let peer = peer.as_ref().map_err(Clone::clone)?;
-            self.rewrap_key(peer, env, context, to).await
-        }
-        .await;
         // Governed by UnwrapKey (and WrapKey on the target); recorded under its own name.
-        self.finish_rpc(
+        self.serve(
             "RewrapKey",
             Operation::UnwrapKey,
-            &target,
-            peer.as_ref().ok(),
-            started,
-            result,
+            req,
+            async |body, peer, target| {
+                let env = Envelope::decode(&body.wrapped)?;
+                let to = if body.key.is_empty() {
+                    env.key_name.clone()
+                } else {
+                    parse_key_name(&body.key)?
+                };
+                *target = to.to_string();
+                let context = parse_context(body.context)?;
+                let peer = peer.as_ref().map_err(Clone::clone)?;
+                self.rewrap_key(peer, env, context, to).await
+            },
         )
+        .await
     }
 
     type WatchRevokeStatusStream = watch::EventStream;
@@ -408,80 +385,71 @@ impl pb::key_broker_server::KeyBroker for Service {
         &self,
         req: Request<pb::RevokeStatusRequest>,
     ) -> Result<Response<Self::WatchRevokeStatusStream>, Status> {
-        let started = Instant::now();
-        let peer = Peer::from_request(&req);
-        let key = req.into_inner().key;
-        let result = (|| {
-            if !key.is_empty() {
-                parse_key_name(&key)?;
-            }
-            let peer = peer.as_ref().map_err(Clone::clone)?;
-            let rt = self.rt();
-            let keys = self.visible_keys(&rt, peer, &key)?;
-            Ok(watch::stream(
-                rt.broker.clone(),
-                keys,
-                self.inner.closing.subscribe(),
-            ))
-        })();
-        self.finish_rpc(
+        // Governed by RevokeStatus; recorded under its own name.
+        self.serve(
             "WatchRevokeStatus",
             Operation::RevokeStatus,
-            &key,
-            peer.as_ref().ok(),
-            started,
-            result,
+            req,
+            async |body, peer, target| {
+                target.clone_from(&body.key);
+                if !body.key.is_empty() {
+                    parse_key_name(&body.key)?;
+                }
+                let peer = peer.as_ref().map_err(Clone::clone)?;
+                let rt = self.rt();
+                let keys = self.visible_keys(&rt, peer, &body.key)?;
+                Ok(watch::stream(
+                    rt.broker.clone(),
+                    keys,
+                    self.inner.closing.subscribe(),
+                ))
+            },
         )
+        .await
     }
 
     async fn import_store_key(
         &self,
         req: Request<pb::ImportStoreKeyRequest>,
     ) -> Result<Response<pb::StoreStatus>, Status> {
-        let started = Instant::now();
-        let peer = Peer::from_request(&req);
-        let copy = req.into_inner().wrapped_copy;
-        let result = async {
-            let peer = peer.as_ref().map_err(Clone::clone)?;
-            self.import(peer, &copy).await
-        }
-        .await;
-        self.finish(
+        self.serve(
+            "ImportStoreKey",
             Operation::ImportStoreKey,
-            "",
-            peer.as_ref().ok(),
-            started,
-            result,
+            req,
+            async |body, peer, _target| {
+                let peer = peer.as_ref().map_err(Clone::clone)?;
+                self.import(peer, &body.wrapped_copy).await
+            },
         )
+        .await
     }
 
     async fn drop_previous_store_key(
         &self,
         req: Request<pb::DropPreviousStoreKeyRequest>,
     ) -> Result<Response<pb::StoreStatus>, Status> {
-        let started = Instant::now();
-        let peer = Peer::from_request(&req);
-        let body = req.into_inner();
-        let result = async {
-            let id = StoreId::parse(&body.store_id).map_err(Error::InvalidArgument)?;
-            if body.key_id.len() != crate::store_key::KEY_ID_LEN {
-                return Err(Error::invalid("key_id is 32 bytes"));
-            }
-            let peer = peer.as_ref().map_err(Clone::clone)?;
-            let rt = self.rt();
-            rt.config
-                .policy
-                .authorize(peer, Operation::DropPreviousStoreKey, None, Some(&id))?;
-            let info = rt.stores.drop_previous(&id, &body.key_id).await?;
-            Ok(lifecycle::pb_store_status(info))
-        }
-        .await;
-        self.finish(
+        self.serve(
+            "DropPreviousStoreKey",
             Operation::DropPreviousStoreKey,
-            &body.store_id,
-            peer.as_ref().ok(),
-            started,
-            result,
+            req,
+            async |body, peer, target| {
+                target.clone_from(&body.store_id);
+                let id = StoreId::parse(&body.store_id).map_err(Error::InvalidArgument)?;
+                if body.key_id.len() != crate::store_key::KEY_ID_LEN {
+                    return Err(Error::invalid("key_id is 32 bytes"));
+                }
+                let peer = peer.as_ref().map_err(Clone::clone)?;
+                let rt = self.rt();
+                rt.config.policy.authorize(
+                    peer,
+                    Operation::DropPreviousStoreKey,
+                    None,
+                    Some(&id),
+                )?;
+                let info = rt.stores.drop_previous(&id, &body.key_id).await?;
+                Ok(lifecycle::pb_store_status(info))
+            },
         )
+        .await
     }
 }
