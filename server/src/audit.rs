@@ -7,7 +7,8 @@
 //! KMS's own request ids, where its SDK exposes them: [`crate::kms_request`]), `prev` and `hash`
 //! ([`chain`] says how they chain). Never key bytes, plaintext, wrapped blobs, context
 //! values or KMS URIs. Besides call records, the trail holds `event` records: `start` (the
-//! daemon opened the file) and `lost` (how many records could not be written).
+//! daemon opened the file), `lost` (how many records could not be written), and `reload`
+//! / `reload_refused` (SIGHUP; `detail` says what changed or why it was refused).
 //!
 //! Cost and durability: a call only queues its record ([`Audit::record`], a non-blocking
 //! send on a bounded channel); a dedicated thread ([`writer`]) writes each record with one
@@ -78,6 +79,11 @@ struct Entry {
 #[derive(Debug)]
 enum Msg {
     Call(Entry),
+    /// A daemon event other than a call (a config reload), with a line of detail.
+    Event {
+        name: &'static str,
+        detail: String,
+    },
     Stop,
 }
 
@@ -167,6 +173,14 @@ impl Audit {
                     "audit trail: a record was lost; a \"lost\" marker will count it"
                 );
             }
+        }
+    }
+
+    /// Records a daemon event (`reload`, `reload_refused`) with its detail: names and
+    /// reasons, never secrets. Never blocks, as [`Audit::record`].
+    pub fn event(&self, name: &'static str, detail: String) {
+        if self.tx.try_send(Msg::Event { name, detail }).is_err() {
+            self.lost.add(1);
         }
     }
 

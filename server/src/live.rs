@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::audit::Audit;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::stores::Stores;
@@ -65,6 +66,8 @@ struct ReloaderInner {
     file: PathBuf,
     runtime: watch::Sender<Arc<Runtime>>,
     tls: Option<watch::Sender<Arc<rustls::ServerConfig>>>,
+    /// A policy change is a security event: each reload, applied or refused, is recorded.
+    audit: Option<Audit>,
     /// One reload at a time: two SIGHUPs in a row must not race to build two brokers.
     busy: tokio::sync::Mutex<()>,
 }
@@ -79,6 +82,7 @@ impl Reloader {
     pub fn new(
         runtime: Runtime,
         tls: Option<Arc<rustls::ServerConfig>>,
+        audit: Option<Audit>,
     ) -> (Reloader, Live, Option<LiveTls>) {
         let file = runtime.config.file.clone();
         let (runtime_tx, runtime_rx) = watch::channel(Arc::new(runtime));
@@ -94,6 +98,7 @@ impl Reloader {
                 file,
                 runtime: runtime_tx,
                 tls: tls_tx,
+                audit,
                 busy: tokio::sync::Mutex::new(()),
             }),
         };
@@ -110,6 +115,12 @@ impl Reloader {
                 tracing::info!(file = %self.inner.file.display(), "config reloaded: {summary}")
             }
             Err(e) => tracing::error!(file = %self.inner.file.display(), "{e}"),
+        }
+        if let Some(audit) = &self.inner.audit {
+            match &result {
+                Ok(summary) => audit.event("reload", summary.clone()),
+                Err(Refused(why)) => audit.event("reload_refused", why.clone()),
+            }
         }
         result
     }

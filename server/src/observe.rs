@@ -106,6 +106,11 @@ impl Ops {
         Ok(Ops { audit, metrics })
     }
 
+    /// The audit trail, with `[audit]`.
+    pub fn audit(&self) -> Option<Audit> {
+        self.audit.clone()
+    }
+
     /// The bound metrics address (useful with port 0).
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics.as_ref().and_then(|l| l.local_addr().ok())

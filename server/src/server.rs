@@ -185,6 +185,7 @@ impl Server {
                 stores,
             },
             tls,
+            ops.audit(),
         );
         Ok(Server {
             state_lock,

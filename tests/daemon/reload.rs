@@ -246,3 +246,36 @@ async fn next(
         .expect("the stream goes on")
         .expect("an event")
 }
+
+#[tokio::test]
+async fn every_reload_applied_or_refused_is_in_the_audit_trail() {
+    mock("rl-audit-a");
+    mock("rl-audit-b");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("audit")).unwrap();
+    let trail = "[audit]\npath = \"audit/trail.jsonl\"\n";
+    let all = policy(&["WrapKey", "RevokeStatus"]);
+    let first = body("rl-audit", &["a"], &format!("{trail}{all}"));
+    let mut d = Daemon::start_in(tmp.path(), &first).await.unwrap();
+    d.reload("not = [toml").await.unwrap_err();
+    d.reload(&body("rl-audit", &["a", "b"], &format!("{trail}{all}")))
+        .await
+        .unwrap();
+    d.stop().await;
+
+    let path = tmp.path().join("audit/trail.jsonl");
+    kms_broker::audit::verify(&path).expect("the chain holds");
+    let events: Vec<(String, String)> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|r| {
+            let e = r["event"].as_str()?.to_owned();
+            Some((e, r["detail"].as_str().unwrap_or_default().to_owned()))
+        })
+        .collect();
+    let names: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(names, ["start", "reload_refused", "reload"], "{events:?}");
+    assert!(events[1].1.contains("kms-broker.toml"), "{events:?}");
+    assert!(events[2].1.contains("added b"), "{events:?}");
+}

@@ -48,6 +48,8 @@ struct Record<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     event: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     op: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     key: Option<&'a str>,
@@ -182,16 +184,23 @@ impl Writer {
             dirty: false,
             exe_cache: HashMap::new(),
         };
-        w.event("start", None, (torn > 0).then_some(torn))?;
+        w.event("start", None, None, (torn > 0).then_some(torn))?;
         w.sync();
         Ok(w)
     }
 
-    fn event(&mut self, event: &str, lost: Option<u64>, torn: Option<u64>) -> std::io::Result<()> {
+    fn event(
+        &mut self,
+        event: &str,
+        detail: Option<&str>,
+        lost: Option<u64>,
+        torn: Option<u64>,
+    ) -> std::io::Result<()> {
         let record = Record {
             seq: self.seq + 1,
             time: rfc3339(SystemTime::now()),
             event: Some(event),
+            detail,
             op: None,
             key: None,
             store: None,
@@ -243,6 +252,7 @@ impl Writer {
             seq: self.seq + 1,
             time: rfc3339(e.time),
             event: None,
+            detail: None,
             op: Some(e.rpc),
             key,
             store,
@@ -307,7 +317,7 @@ impl Writer {
     /// Writes the "lost" marker for records dropped since the last one, if any.
     fn note_lost(&mut self, lost: &Lost) {
         let n = lost.pending.swap(0, Ordering::Relaxed);
-        if n > 0 && self.event("lost", Some(n), None).is_err() {
+        if n > 0 && self.event("lost", None, Some(n), None).is_err() {
             lost.pending.fetch_add(n, Ordering::Relaxed);
         }
     }
@@ -322,6 +332,13 @@ impl Writer {
                     if let Some(suppressed) = WRITE_ERRORS.admit() {
                         tracing::error!(path = %self.config.path.display(), error = %e, suppressed, "audit trail: cannot write a record; it is counted as lost");
                     }
+                }
+                true
+            }
+            Msg::Event { name, detail } => {
+                self.note_lost(lost);
+                if self.event(name, Some(&detail), None, None).is_err() {
+                    lost.add(1);
                 }
                 true
             }
