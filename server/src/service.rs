@@ -399,7 +399,8 @@ impl pb::key_broker_server::KeyBroker for Service {
                 let rt = self.rt();
                 let keys = self.visible_keys(&rt, peer, &body.key)?;
                 Ok(watch::stream(
-                    rt.broker.clone(),
+                    self.inner.live.clone(),
+                    peer.clone(),
                     keys,
                     self.inner.closing.subscribe(),
                 ))

@@ -279,3 +279,44 @@ async fn every_reload_applied_or_refused_is_in_the_audit_trail() {
     assert!(events[1].1.contains("kms-broker.toml"), "{events:?}");
     assert!(events[2].1.contains("added b"), "{events:?}");
 }
+
+#[tokio::test]
+async fn an_open_watch_follows_the_reloaded_policy() {
+    let a = mock("rl-watch-a");
+    let b = mock("rl-watch-b");
+    let uid = my_uid();
+    let see = |keys: &str| {
+        format!(
+            "[[policy]]\npeer = \"uid:{uid}\"\nallow = [\"WrapKey\"]\n\
+             [[policy]]\npeer = \"uid:{uid}\"\nallow = [\"RevokeStatus\"]\nkeys = [{keys}]\n"
+        )
+    };
+    let mut d = Daemon::start(&body("rl-watch", &["a", "b"], &see("\"a\", \"b\""))).await;
+    let mut c = d.unix().await;
+    wait_for_state(&mut c, "a", KeyState::Active).await;
+    wait_for_state(&mut c, "b", KeyState::Active).await;
+    let mut watch = c
+        .watch_revoke_status(RevokeStatusRequest { key: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next(&mut watch).await.keys.len(), 2);
+
+    // The operator takes key b out of this peer's sight.
+    d.reload(&body("rl-watch", &["a", "b"], &see("\"a\"")))
+        .await
+        .unwrap();
+    b.disable();
+    a.disable();
+    for key in ["b", "a"] {
+        assert_eq!(
+            wrap(&mut c, key).await.unwrap_err().code(),
+            Code::FailedPrecondition
+        );
+    }
+    let ev = next(&mut watch).await;
+    let keys: Vec<&str> = ev.keys.iter().map(|k| k.key.as_str()).collect();
+    assert_eq!(keys, ["a"], "b's change is not shown any more: {ev:?}");
+    assert_eq!(ev.keys[0].state, KeyState::Disabled as i32);
+    d.stop().await;
+}

@@ -5,18 +5,22 @@
 //! our own, no KMS call. A burst of changes is coalesced into one event carrying every key
 //! whose state differs from what this watcher was last sent. Streams end when the daemon
 //! shuts down, so they never hold a drain.
+//!
+//! Each event reads the runtime in force ([`Live`]), so a stream follows reloads: a key the
+//! reload removed, or that the new policy no longer lets this peer see, is left out of
+//! every event from then on. A stream never pins an old runtime (and its cache) in memory.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::Arc;
 
 use futures_util::Stream;
 use tokio::sync::watch;
 
 use super::pb_key_status;
-use crate::broker::Broker;
 use crate::key_name::KeyName;
+use crate::live::Live;
 use crate::pb;
+use crate::peer::Peer;
 use crate::revocation::KeyStatus;
 use crate::state::KeyState;
 
@@ -29,7 +33,8 @@ fn states(s: &KeyStatus) -> (KeyState, Vec<KeyState>) {
 }
 
 struct Watcher {
-    broker: Arc<Broker>,
+    live: Live,
+    peer: Peer,
     keys: Vec<KeyName>,
     sent: BTreeMap<KeyName, (KeyState, Vec<KeyState>)>,
     epochs: watch::Receiver<u64>,
@@ -48,9 +53,13 @@ impl Watcher {
                 }
             }
             let epoch = *self.epochs.borrow_and_update();
+            let rt = self.live.current();
             let mut changed = Vec::new();
             for k in &self.keys {
-                let Some(s) = self.broker.status(k) else {
+                if !rt.config.policy.may_see(&self.peer, k) {
+                    continue;
+                }
+                let Some(s) = rt.broker.status(k) else {
                     continue;
                 };
                 let now = states(&s);
@@ -72,13 +81,16 @@ impl Watcher {
 
 /// The stream for one watcher of `keys` (already authorized).
 pub fn stream(
-    broker: Arc<Broker>,
+    live: Live,
+    peer: Peer,
     keys: Vec<KeyName>,
     closing: watch::Receiver<bool>,
 ) -> EventStream {
-    let epochs = broker.clock().subscribe();
+    // One clock across reloads: this subscription follows every runtime.
+    let epochs = live.current().broker.clock().subscribe();
     let w = Watcher {
-        broker,
+        live,
+        peer,
         keys,
         sent: BTreeMap::new(),
         epochs,
