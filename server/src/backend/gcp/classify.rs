@@ -111,7 +111,6 @@ impl<'a> Details<'a> {
                 StatusDetails::RetryInfo(r) => {
                     d.retry_delay = r
                         .retry_delay
-                        .clone()
                         .and_then(|delay| Duration::try_from(delay).ok());
                 }
                 StatusDetails::BadRequest(b) => {
