@@ -31,6 +31,28 @@ async fn encrypter_only_is_active_and_encrypt_proves_the_state() {
     let key = fake.create_key("k").await;
     fake.encrypter_only(&key).await;
     let b = backend(&fake.uri("k")).await;
+    // The fake denies GetCryptoKey as Cloud KMS does: IAM's sentence and its ErrorInfo.
+    let e = fake
+        .admin
+        .get_crypto_key()
+        .set_name(&key)
+        .send()
+        .await
+        .expect_err("no cloudkms.cryptoKeys.get");
+    let status = e.status().expect("a Google error body");
+    assert_eq!(
+        status.code,
+        google_cloud_gax::error::rpc::Code::PermissionDenied
+    );
+    assert_eq!(
+        status.message,
+        format!("Permission 'cloudkms.cryptoKeys.get' denied on resource '{key}' (or it may not exist).")
+    );
+    assert!(
+        status.details.iter().any(|d| matches!(d,
+            google_cloud_gax::error::rpc::StatusDetails::ErrorInfo(i) if i.reason == "IAM_PERMISSION_DENIED")),
+        "{status:?}"
+    );
 
     // ACTIVE, through a canary Encrypt; the detail says what is missing and what Viewer adds.
     let h = b

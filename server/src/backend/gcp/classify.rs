@@ -29,9 +29,14 @@
 //! | any other HTTP status without a Google body, incl. 404 | Unreachable |
 //! | connect, timeout, I/O, a garbled response | Unreachable, retried |
 //!
-//! Retries follow Google's guidance for Cloud KMS (kms/docs/retries): retry
-//! `DEADLINE_EXCEEDED`, `UNAVAILABLE` and `INTERNAL` with exponential backoff, and
-//! `RESOURCE_EXHAUSTED` with a slower one. Everything else is the same on the next attempt.
+//! Retries follow Google's generated Cloud KMS clients: their retry codes are
+//! `DEADLINE_EXCEEDED` and `UNAVAILABLE` with exponential backoff
+//! (`key_management_service_client_config.json` of `@google-cloud/kms`, "idempotent"; up to
+//! 2.3.0 also `INTERNAL`, "deadline_exceeded_internal_unavailable"). `INTERNAL` is retried
+//! here too: it is a transient server fault, and Encrypt and Decrypt change nothing, so a
+//! second attempt is harmless. `RESOURCE_EXHAUSTED` (quota, refilled per minute) is retried
+//! with a slower backoff that honours `RetryInfo.retry_delay` (AIP-193). Everything else
+//! (`UNIMPLEMENTED`, `UNKNOWN`, `ABORTED`, …) would be the same on the next attempt.
 //!
 //! Evidence about the key, and only that, changes its state:
 //! - `INVALID_ARGUMENT` on Encrypt is about the request the caller shaped (size, AAD), so it
