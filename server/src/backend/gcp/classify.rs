@@ -11,7 +11,7 @@
 //! | --- | --- |
 //! | `PERMISSION_DENIED` (403), `UNAUTHENTICATED` (401), credentials that cannot make a token | Revoked |
 //! | `PERMISSION_DENIED` with reason `SERVICE_DISABLED` / `BILLING_DISABLED` | Unreachable, not retried (see [`project_off`]) |
-//! | `NOT_FOUND` (404 with a Google error body) | Destroyed (see [`Code::NotFound`] below) |
+//! | `NOT_FOUND` (404 with a Google error body) | Destroyed: the key does not exist (see `class_for`) |
 //! | `FAILED_PRECONDITION` "…, current state is: DISABLED." | Disabled |
 //! | `FAILED_PRECONDITION` "…, current state is: DESTROYED / DESTROY_SCHEDULED." | Destroyed |
 //! | `FAILED_PRECONDITION` "…, current state is: PENDING_GENERATION / PENDING_IMPORT." | Unreachable (it settles) |
@@ -206,7 +206,7 @@ fn from_status(op: Op, code: Code, status: &Status) -> BackendError {
         return BackendError::throttled(detail, d.retry_delay);
     }
     let e = BackendError::new(class, detail);
-    if class == FailureClass::Unreachable && !retried(code, &d) {
+    if class == FailureClass::Unreachable && !retried(code) {
         return e.not_retryable();
     }
     if op == Op::Decrypt && code == Code::FailedPrecondition && d.ekm_domain().is_none() {
@@ -218,13 +218,13 @@ fn from_status(op: Op, code: Code, status: &Status) -> BackendError {
 
 /// Whether another attempt may succeed: Google's retryable codes (module docs), and an
 /// answer that is about the moment (a version still being generated, an EKM outage).
-fn retried(code: Code, d: &Details) -> bool {
+fn retried(code: Code) -> bool {
     match code {
         Code::Unavailable | Code::DeadlineExceeded | Code::Internal => true,
         // Classified Unreachable because it settles by itself: a version being generated,
         // a checksum damaged in transit, an external key manager that did not answer.
         Code::FailedPrecondition | Code::InvalidArgument => true,
-        Code::PermissionDenied => project_off(d).is_none(),
+        // Incl. the 403s of a disabled API or billing ([`project_off`]).
         _ => false,
     }
 }
