@@ -10,10 +10,14 @@
 mod common;
 #[path = "gcp_kms/daemon.rs"]
 mod daemon;
+#[path = "gcp_kms/errors.rs"]
+mod errors;
 #[path = "gcp_kms/fake.rs"]
 mod fake;
 #[path = "gcp_kms/faults.rs"]
 mod faults;
+#[path = "gcp_kms/least_privilege.rs"]
+mod least_privilege;
 #[path = "gcp_kms/lifecycle.rs"]
 mod lifecycle;
 #[path = "gcp_kms/limits.rs"]

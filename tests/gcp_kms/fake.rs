@@ -111,6 +111,55 @@ impl Fake {
         )
     }
 
+    /// The daemon's URI for key `id` in key ring `ring` (made by [`Fake::create_ring`]).
+    pub fn uri_in(&self, ring: &str, id: &str) -> String {
+        let base = RING.rsplit_once("/keyRings/").expect("ring").0;
+        format!(
+            "gs:///{base}/keyRings/{ring}/cryptoKeys/{id}?AUTH=none&GCP_ENDPOINT={}",
+            self.endpoint()
+        )
+    }
+
+    /// A new key ring beside [`RING`]; returns its resource name.
+    pub async fn create_ring(&self, id: &str) -> String {
+        self.admin
+            .create_key_ring()
+            .set_parent(RING.rsplit_once("/keyRings/").expect("ring").0)
+            .set_key_ring_id(id)
+            .send()
+            .await
+            .expect("CreateKeyRing")
+            .name
+    }
+
+    /// A new ENCRYPT_DECRYPT key in `ring` (a resource name), with the same grants as
+    /// [`Fake::create_key_with`]; returns its resource name.
+    pub async fn create_key_in(&self, ring: &str, id: &str) -> String {
+        let key: CryptoKey =
+            serde_json::from_value(json!({ "purpose": "ENCRYPT_DECRYPT" })).expect("CryptoKey");
+        let made = self
+            .admin
+            .create_crypto_key()
+            .set_parent(ring)
+            .set_crypto_key_id(id)
+            .set_crypto_key(key)
+            .send()
+            .await
+            .expect("CreateCryptoKey");
+        self.set_bindings(
+            &made.name,
+            &[(ENCRYPTER, &["allUsers"]), (VIEWER, &["allUsers"])],
+        )
+        .await;
+        made.name
+    }
+
+    /// Least privilege: the key grants `allUsers` (the caller of [`Fake::uri`]) the
+    /// encrypter/decrypter role and nothing else (no `cloudkms.cryptoKeys.get`).
+    pub async fn encrypter_only(&self, key: &str) {
+        self.set_bindings(key, &[(ENCRYPTER, &["allUsers"])]).await;
+    }
+
     /// A new ENCRYPT_DECRYPT key with version 1 as its primary; returns its resource name.
     pub async fn create_key(&self, id: &str) -> String {
         self.create_key_with(id, json!({ "purpose": "ENCRYPT_DECRYPT" }), false)

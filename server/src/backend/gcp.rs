@@ -8,6 +8,10 @@
 //!   stored `key_version` is informational and rotation needs nothing from us.
 //! - check = `TestIamPermissions` (may we still encrypt and decrypt?) plus `GetCryptoKey`
 //!   (is the primary version ENABLED?). Both are free metadata calls; no paid crypto.
+//!   Under least privilege (the encrypter/decrypter role alone, no `cloudkms.cryptoKeys.get`)
+//!   GetCryptoKey is denied and the state is proven by an Encrypt instead: see `proof`.
+//! - `DecryptResponse.used_primary`: a blob that the primary did not open tells `proof` the
+//!   primary may have moved (see there).
 //!
 //! Data integrity follows Google's guide: every request carries CRC32C checksums of what it
 //! sends, and every response's checksums are verified (`verified_*_crc32c`,
@@ -38,6 +42,7 @@ use crate::secret::SecretBytes;
 mod classify;
 mod creds;
 mod limits;
+mod proof;
 mod uri;
 
 use classify::{classify, integrity, Op};
@@ -52,7 +57,7 @@ const SDK_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 /// never asks the metadata server which universe it is in: `new` must not touch the network.
 const DEFAULT_UNIVERSE: &str = "googleapis.com";
 
-/// What `check` needs the caller to hold on the key, besides `cloudkms.cryptoKeys.get`.
+/// What the daemon needs on the key: exactly `roles/cloudkms.cryptoKeyEncrypterDecrypter`.
 const USE_PERMISSIONS: [&str; 2] = [
     "cloudkms.cryptoKeyVersions.useToEncrypt",
     "cloudkms.cryptoKeyVersions.useToDecrypt",
@@ -64,6 +69,8 @@ pub struct GcpBackend {
     client: KeyManagementService,
     /// The primary version's protection level, as last seen (it sets the size limits).
     level: limits::Level,
+    /// The last Encrypt that succeeded: the key's state where metadata is unreadable.
+    proof: proof::Proof,
 }
 
 impl fmt::Debug for GcpBackend {
@@ -103,6 +110,7 @@ impl GcpBackend {
             uri,
             client,
             level: limits::Level::default(),
+            proof: proof::Proof::default(),
         })
     }
 }
@@ -151,23 +159,37 @@ fn crc(bytes: &[u8]) -> i64 {
     i64::from(crc32c::crc32c(bytes))
 }
 
-#[async_trait]
-impl KmsBackend for GcpBackend {
-    async fn encrypt(
+impl GcpBackend {
+    /// One Encrypt on the key (Cloud KMS picks the primary), checksums verified both ways.
+    /// A success proves the key usable ([`proof`]); a failure that is evidence about the
+    /// key makes the next check prove again.
+    async fn kms_encrypt(
         &self,
-        plaintext: &SecretBytes,
-        aad: &Aad,
+        plaintext: &[u8],
+        aad: Vec<u8>,
     ) -> Result<Ciphertext, BackendError> {
-        let aad = aad.bytes();
-        self.level.check(plaintext.len(), aad.len())?;
-        let (pt_crc, aad_crc) = (crc(plaintext.expose()), crc(&aad));
+        let r = self.encrypt_once(plaintext, aad).await;
+        match &r {
+            Ok(ct) => self.proof.prove(&ct.key_version),
+            Err(e) if e.evidence().is_some_and(|s| s.is_revoked_kind()) => self.proof.forget(),
+            Err(_) => {}
+        }
+        r
+    }
+
+    async fn encrypt_once(
+        &self,
+        plaintext: &[u8],
+        aad: Vec<u8>,
+    ) -> Result<Ciphertext, BackendError> {
+        let (pt_crc, aad_crc) = (crc(plaintext), crc(&aad));
         let resp = self
             .client
             .encrypt()
             .set_name(self.uri.key_name())
             // The SDK wants owned bytes and serializes them to base64 JSON: those copies are
             // outside our zeroizing, which no HTTP/JSON client avoids.
-            .set_plaintext(plaintext.expose().to_vec())
+            .set_plaintext(plaintext.to_vec())
             .set_additional_authenticated_data(aad)
             .set_plaintext_crc32c(pt_crc)
             .set_additional_authenticated_data_crc32c(aad_crc)
@@ -196,6 +218,7 @@ impl KmsBackend for GcpBackend {
         if !ours {
             return Err(integrity(Op::Encrypt, "the response names another key"));
         }
+        // The EncryptResponse names the level: how a key without `get` learns its limits.
         self.level.learn(&resp.protection_level);
         Ok(Ciphertext {
             bytes: resp.ciphertext.into(),
@@ -203,10 +226,53 @@ impl KmsBackend for GcpBackend {
         })
     }
 
+    /// GetCryptoKey was denied and TestIamPermissions lists both use permissions: least
+    /// privilege. The state is what an Encrypt says (see [`proof`]).
+    async fn prove_by_encrypt(&self) -> Result<KeyHealth, BackendError> {
+        let version = match self.proof.fresh() {
+            Some(v) => v,
+            None => {
+                let ct = self
+                    .kms_encrypt(proof::CANARY, proof::CANARY_AAD.to_vec())
+                    .await
+                    .map_err(|mut e| {
+                        e.detail = format!("canary {}", e.detail);
+                        // Our own well-formed canary refused for its shape: the key cannot
+                        // serve Encrypt (another purpose or algorithm), not a caller's fault.
+                        if matches!(
+                            e.class,
+                            FailureClass::InvalidRequest | FailureClass::InvalidCiphertext
+                        ) {
+                            e.class = FailureClass::Disabled;
+                        }
+                        e
+                    })?;
+                ct.key_version
+            }
+        };
+        Ok(KeyHealth {
+            detail: proof::detail(&version, self.level.is_hsm()),
+            version: Some(version),
+        })
+    }
+}
+
+#[async_trait]
+impl KmsBackend for GcpBackend {
+    async fn encrypt(
+        &self,
+        plaintext: &SecretBytes,
+        aad: &Aad,
+    ) -> Result<Ciphertext, BackendError> {
+        let aad = aad.bytes();
+        self.level.check(plaintext.len(), aad.len())?;
+        self.kms_encrypt(plaintext.expose(), aad).await
+    }
+
     async fn decrypt(
         &self,
         ciphertext: &[u8],
-        _key_version: &str,
+        key_version: &str,
         aad: &Aad,
     ) -> Result<Decrypted, BackendError> {
         if ciphertext.is_empty() || ciphertext.len() > limits::MAX_CIPHERTEXT {
@@ -227,7 +293,13 @@ impl KmsBackend for GcpBackend {
             .set_additional_authenticated_data_crc32c(aad_crc)
             .send()
             .await
-            .map_err(|e| classify(Op::Decrypt, &e))?;
+            .map_err(|e| {
+                let e = classify(Op::Decrypt, &e);
+                if e.evidence().is_some_and(|s| s.is_revoked_kind()) {
+                    self.proof.forget();
+                }
+                e
+            })?;
         // Vec::from(Bytes) reuses the buffer when it is not shared, so the copy we wipe is
         // the only one we hold.
         let plaintext = SecretBytes::new(Vec::from(resp.plaintext));
@@ -235,9 +307,12 @@ impl KmsBackend for GcpBackend {
             return Err(integrity(Op::Decrypt, "plaintext checksum mismatch"));
         }
         // Only the primary's level sets Encrypt's limits; a blob of an older version says
-        // nothing about it.
+        // nothing about it. A blob of the version we took for the primary that the primary
+        // did not open means the key was rotated since the last proof (see `proof`).
         if resp.used_primary {
             self.level.learn(&resp.protection_level);
+        } else {
+            self.proof.not_primary(key_version);
         }
         Ok(Decrypted {
             plaintext,
@@ -259,19 +334,45 @@ impl KmsBackend for GcpBackend {
                 .send(),
             self.client.get_crypto_key().set_name(name).send(),
         );
-        let key = key.map_err(|e| classify(Op::GetCryptoKey, &e))?;
+        // TestIamPermissions may "fail open" (see `proof`): a permission it does not list is
+        // REVOKED, one it lists proves nothing. It lists nothing for a missing key.
+        let missing = |granted: &[String]| {
+            USE_PERMISSIONS
+                .iter()
+                .find(|p| !granted.iter().any(|g| g == *p))
+                .copied()
+        };
+        let key = match key {
+            Ok(key) => key,
+            Err(e) => {
+                let e = classify(Op::GetCryptoKey, &e);
+                if e.class != FailureClass::Revoked {
+                    return Err(e);
+                }
+                // Denied: no `cloudkms.cryptoKeys.get` (least privilege), no grant at all,
+                // or no such key (Cloud KMS answers these alike to a caller without access
+                // to the key ring).
+                let granted = perms
+                    .map_err(|e| classify(Op::TestIamPermissions, &e))?
+                    .permissions;
+                if let Some(p) = missing(&granted) {
+                    return Err(BackendError::new(
+                        FailureClass::Revoked,
+                        format!("{p} is not granted on the key, or the key does not exist (Cloud KMS does not say which to a caller without access to the key ring)"),
+                    ));
+                }
+                return self.prove_by_encrypt().await;
+            }
+        };
         let granted = perms
             .map_err(|e| classify(Op::TestIamPermissions, &e))?
             .permissions;
         // Revocation usually removes the encrypter/decrypter binding and leaves the viewer
         // role, so GetCryptoKey alone would not notice it.
-        if let Some(missing) = USE_PERMISSIONS
-            .iter()
-            .find(|p| !granted.iter().any(|g| g == *p))
-        {
+        if let Some(p) = missing(&granted) {
             return Err(BackendError::new(
                 FailureClass::Revoked,
-                format!("TestIamPermissions: {missing} is not granted on the key"),
+                format!("TestIamPermissions: {p} is not granted on the key"),
             ));
         }
         if key.purpose != CryptoKeyPurpose::EncryptDecrypt {

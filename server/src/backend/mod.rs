@@ -90,6 +90,10 @@ pub struct BackendError {
     /// Refused here, without calling the KMS (our own token bucket or open circuit breaker):
     /// says nothing about the key, so it is never evidence of a key state.
     pub local: bool,
+    /// Whether trying again soon can help. True unless the backend knows better: an
+    /// Unreachable answer such as "not implemented" or "the API is disabled in the project"
+    /// is the same on every attempt (see [`BackendError::not_retryable`]).
+    pub retryable: bool,
 }
 
 impl BackendError {
@@ -101,7 +105,18 @@ impl BackendError {
             throttled: false,
             retry_after: None,
             local: false,
+            retryable: true,
         }
+    }
+    /// Marks the failure as one that retrying will not fix (see [`BackendError::retryable`]).
+    pub fn not_retryable(mut self) -> Self {
+        self.retryable = false;
+        self
+    }
+    /// Whether the retry policy should try again: an unreachable KMS, unless the backend
+    /// said that retrying cannot help.
+    pub fn should_retry(&self) -> bool {
+        self.class.is_retryable() && self.retryable
     }
     /// The KMS throttled us; `retry_after` is its hint, where it gave one.
     pub fn throttled(detail: impl Into<String>, retry_after: Option<std::time::Duration>) -> Self {

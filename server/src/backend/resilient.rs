@@ -7,7 +7,8 @@
 //!    else fails UNREACHABLE "throttled locally" without calling the KMS; status checks
 //!    skip it too (one per URI per poll: the revocation poller must always get through);
 //! 3. the attempt, cut by the per-attempt timeout and the call's deadline;
-//! 4. on [`FailureClass::Unreachable`], a retry if attempts, the deadline and the retry
+//! 4. on [`FailureClass::Unreachable`] (unless the backend marked the answer
+//!    [`BackendError::not_retryable`]), a retry if attempts, the deadline and the retry
 //!    budget ([`super::budget`]) allow. The sleep is capped full jitter (uniform in
 //!    `[0, min(cap, base * 2^attempt))`) so a fleet that lost its KMS at once does not come
 //!    back in lockstep; after a THROTTLING answer it is the KMS's Retry-After, or else
@@ -187,8 +188,9 @@ impl Resilient {
                 }
                 Err(e) => e,
             };
-            // Any answer but "unreachable" proves the KMS is there; so does "slow down".
-            if e.class.is_retryable() && !e.throttled {
+            // Any answer but "unreachable" proves the KMS is there; so does "slow down", and
+            // so does an answer that retrying cannot change ("not implemented").
+            if e.should_retry() && !e.throttled {
                 self.breaker.failure(admit);
             } else {
                 self.breaker.success(admit);
@@ -200,7 +202,7 @@ impl Resilient {
             if e.throttled {
                 Counters::bump(&self.counters.throttled_by_kms);
             }
-            if !e.class.is_retryable() || attempt >= policy.max_attempts.max(1) {
+            if !e.should_retry() || attempt >= policy.max_attempts.max(1) {
                 return Err(e);
             }
             let sleep = if e.throttled {

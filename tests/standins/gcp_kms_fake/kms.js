@@ -103,7 +103,9 @@ class Kms {
     if (changed) this.save();
   }
 
-  // IAM: the key's and its ring's policies (the ring's alone when the key does not exist).
+  // IAM: the key's and its ring's policies (the ring's alone when the key does not exist, so
+  // a caller without a ring grant gets the same 403 for a missing key as for a refused one,
+  // and only one with a ring grant gets to the method's NOT_FOUND).
   authorize(who, keyName, permission) {
     const m = KEY_RE.exec(keyName);
     const ring = m && this.keyRings[m[1]];
@@ -300,7 +302,14 @@ class Kms {
 
   // ---- methods that check IAM ----------------------------------------------------------
 
+  // Needs no permission. Like google.iam.v1's: "If the resource does not exist, this will
+  // return an empty set of permissions, not a NOT_FOUND error" (iam_policy.proto).
   TestIamPermissions(req, who) {
+    const known = KEY_RE.test(req.resource) ? this.keys[req.resource] : this.keyRings[req.resource];
+    if (!known) {
+      if (!KEY_RE.test(req.resource) && !RING_RE.test(req.resource)) throw badName(req.resource);
+      return { permissions: [] };
+    }
     const target = this.policyTarget(req.resource);
     const m = KEY_RE.exec(req.resource);
     const ring = m ? this.keyRings[m[1]] : target;

@@ -15,6 +15,9 @@
 //   POST   /_fake/faults   {"method": "Encrypt"|"Decrypt"|"GetCryptoKey"|…|"*",
 //                           "action": "error"|"corrupt"|"hang"|"drop", "count": 1,
 //                           "status": "UNAVAILABLE", "code": 503, "message": "…",  (error)
+//                           "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", …}],
+//                           "preset": "SERVICE_DISABLED"|"BILLING_DISABLED"|            (error)
+//                                     "EKM_PERMISSION_DENIED"|"EKM_UNAVAILABLE",
 //                           "field": "ciphertextCrc32c"}                          (corrupt)
 //   DELETE /_fake/faults
 //   POST   /_fake/serviceAccounts:disable  {"email": "…"}   (its tokens become 401)
@@ -111,6 +114,7 @@ function main() {
         return sendJson(res, 400, { error: 'need method and action (error|corrupt|hang|drop)' });
       }
       if (json.action === 'corrupt' && !json.field) return sendJson(res, 400, { error: 'corrupt needs field' });
+      if (json.preset && !ApiError.preset(json.preset)) return sendJson(res, 400, { error: `unknown preset ${json.preset}` });
       faults.push({ count: 1, ...json });
       return sendJson(res, 200, {});
     }
@@ -148,7 +152,9 @@ function main() {
     if (fault && fault.action === 'hang') return hung.push(res);
     if (fault && fault.action === 'drop') return req.socket.destroy();
     if (fault && fault.action === 'error') {
-      throw new ApiError(fault.status || 'UNAVAILABLE', fault.message || 'The service is currently unavailable.', fault.code);
+      const preset = fault.preset && ApiError.preset(fault.preset, matched.value);
+      if (preset) throw preset;
+      throw new ApiError(fault.status || 'UNAVAILABLE', fault.message || 'The service is currently unavailable.', fault.code, fault.details);
     }
     const request = tc.request(matched, url.searchParams, bodyJson);
     const handler = kms[name];

@@ -1,21 +1,42 @@
 //! Cloud KMS failures, classified per operation into the contract's states (STYLE lesson 3).
 //!
+//! Classification reads what Google sends as STRUCTURE (AIP-193, "Errors"): the status
+//! code, the `google.rpc.ErrorInfo.reason`, the `google.rpc.PreconditionFailure` violation
+//! types (Cloud EKM's "error domain", kms/docs/reference/ekm_errors), the
+//! `google.rpc.RetryInfo` delay, and of the free-text message only its documented
+//! "…, current state is: STATE." ending. Never a substring search over the whole message:
+//! it names resources, and a key ring called `destroyed-ring` is not a destroyed key.
+//!
 //! | Cloud KMS answer | class |
 //! | --- | --- |
 //! | `PERMISSION_DENIED` (403), `UNAUTHENTICATED` (401), credentials that cannot make a token | Revoked |
-//! | `NOT_FOUND` (404 with a Google error body) | Destroyed |
-//! | `FAILED_PRECONDITION` "… is not enabled, current state is: DISABLED." | Disabled |
-//! | `FAILED_PRECONDITION` "… current state is: DESTROYED / DESTROY_SCHEDULED." | Destroyed |
+//! | `PERMISSION_DENIED` with reason `SERVICE_DISABLED` / `BILLING_DISABLED` | Unreachable, not retried (see [`project_off`]) |
+//! | `NOT_FOUND` (404 with a Google error body) | Destroyed: the key does not exist (see `class_for`) |
+//! | `FAILED_PRECONDITION` "…, current state is: DISABLED." | Disabled |
+//! | `FAILED_PRECONDITION` "…, current state is: DESTROYED / DESTROY_SCHEDULED." | Destroyed |
+//! | `FAILED_PRECONDITION` "…, current state is: PENDING_GENERATION / PENDING_IMPORT." | Unreachable (it settles) |
+//! | `FAILED_PRECONDITION`, EKM domain `EXTERNAL_PERMISSION_DENIED` | Revoked (at the external key manager) |
+//! | `FAILED_PRECONDITION`, any other EKM domain (`EXTERNAL_…`) | Unreachable (the EKM, not the key) |
 //! | other `FAILED_PRECONDITION` (no primary version, wrong purpose) | Disabled |
-//! | `FAILED_PRECONDITION` "… PENDING_GENERATION / PENDING_IMPORT" | Unreachable (it settles) |
-//! | `INVALID_ARGUMENT` on Decrypt | InvalidCiphertext |
-//! | `INVALID_ARGUMENT` naming a checksum (`…_crc32c`) | Unreachable (corrupted in transit) |
+//! | `INVALID_ARGUMENT` on a checksum field (`…_crc32c`) | Unreachable (corrupted in transit) |
+//! | other `INVALID_ARGUMENT` on Decrypt | InvalidCiphertext |
 //! | other `INVALID_ARGUMENT` on Encrypt (too large for an HSM key, …) | InvalidRequest |
 //! | other `INVALID_ARGUMENT` on GetCryptoKey / TestIamPermissions | Disabled (the key cannot serve us) |
-//! | `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `INTERNAL`, other codes | Unreachable |
+//! | `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `INTERNAL` | Unreachable, retried |
+//! | `RESOURCE_EXHAUSTED` (429, quota) | Unreachable, throttled: slower backoff, `RetryInfo` honoured |
+//! | any other code (`UNIMPLEMENTED`, `UNKNOWN`, `ABORTED`, `DATA_LOSS`, …) | Unreachable, not retried |
 //! | a 401/403 without a Google body (e.g. a proxy) | Revoked |
 //! | any other HTTP status without a Google body, incl. 404 | Unreachable |
-//! | connect, timeout, I/O, a garbled response | Unreachable |
+//! | connect, timeout, I/O, a garbled response | Unreachable, retried |
+//!
+//! Retries follow Google's generated Cloud KMS clients: their retry codes are
+//! `DEADLINE_EXCEEDED` and `UNAVAILABLE` with exponential backoff
+//! (`key_management_service_client_config.json` of `@google-cloud/kms`, "idempotent"; up to
+//! 2.3.0 also `INTERNAL`, "deadline_exceeded_internal_unavailable"). `INTERNAL` is retried
+//! here too: it is a transient server fault, and Encrypt and Decrypt change nothing, so a
+//! second attempt is harmless. `RESOURCE_EXHAUSTED` (quota, refilled per minute) is retried
+//! with a slower backoff that honours `RetryInfo.retry_delay` (AIP-193). Everything else
+//! (`UNIMPLEMENTED`, `UNKNOWN`, `ABORTED`, …) would be the same on the next attempt.
 //!
 //! Evidence about the key, and only that, changes its state:
 //! - `INVALID_ARGUMENT` on Encrypt is about the request the caller shaped (size, AAD), so it
@@ -26,6 +47,12 @@
 //! - `PERMISSION_DENIED` / `UNAUTHENTICATED` on any call is REVOKED for the whole key: IAM
 //!   grants are per key (or ring), never per version.
 //!
+//! Missing key or no grant: Cloud KMS answers a caller without access to the key ring
+//! `403 "Permission '…' denied on resource '…' (or it may not exist)."` for both, and
+//! `NOT_FOUND` only to a caller with a grant on the ring or project (IAM's "(or it may not
+//! exist)" convention). So a 403's detail says it may be either, and a `NOT_FOUND` is real
+//! evidence that the key does not exist.
+//!
 //! A bare 404 (no Google error body) is not proof that the key is gone: it is what a wrong
 //! `GCP_ENDPOINT` or a proxy answers, and DESTROYED drops held key material at once.
 //!
@@ -33,7 +60,9 @@
 //! our credentials); transport errors are described in our own words, and credential errors
 //! never include their source, which could quote the key file.
 
-use google_cloud_gax::error::rpc::Code;
+use std::time::Duration;
+
+use google_cloud_gax::error::rpc::{Code, Status, StatusDetails};
 use google_cloud_gax::error::Error as GaxError;
 
 use super::{BackendError, FailureClass};
@@ -49,13 +78,62 @@ pub enum Op {
 }
 
 impl Op {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Op::Encrypt => "Encrypt",
             Op::Decrypt => "Decrypt",
             Op::GetCryptoKey => "GetCryptoKey",
             Op::TestIamPermissions => "TestIamPermissions",
         }
+    }
+}
+
+/// The structured part of a Google error (`google.rpc.Status.details`).
+#[derive(Debug, Default)]
+struct Details<'a> {
+    /// `ErrorInfo.reason` (e.g. `IAM_PERMISSION_DENIED`, `SERVICE_DISABLED`).
+    reason: Option<&'a str>,
+    /// `PreconditionFailure` violation types (Cloud EKM's error domains).
+    violations: Vec<&'a str>,
+    /// `RetryInfo.retry_delay`.
+    retry_delay: Option<Duration>,
+    /// `BadRequest` field names.
+    bad_fields: Vec<&'a str>,
+}
+
+impl<'a> Details<'a> {
+    fn of(status: &'a Status) -> Self {
+        let mut d = Details::default();
+        for detail in &status.details {
+            match detail {
+                StatusDetails::ErrorInfo(info) if d.reason.is_none() => {
+                    d.reason = Some(info.reason.as_str()).filter(|r| !r.is_empty());
+                }
+                StatusDetails::PreconditionFailure(p) => {
+                    d.violations
+                        .extend(p.violations.iter().map(|v| v.r#type.as_str()));
+                }
+                StatusDetails::RetryInfo(r) => {
+                    d.retry_delay = r
+                        .retry_delay
+                        .and_then(|delay| Duration::try_from(delay).ok());
+                }
+                StatusDetails::BadRequest(b) => {
+                    d.bad_fields
+                        .extend(b.field_violations.iter().map(|f| f.field.as_str()));
+                }
+                _ => {}
+            }
+        }
+        d
+    }
+
+    /// The Cloud EKM error domain, if the error came from an external key manager.
+    fn ekm_domain(&self) -> Option<&'a str> {
+        self.violations
+            .iter()
+            .copied()
+            .find(|t| t.starts_with("EXTERNAL_"))
     }
 }
 
@@ -67,18 +145,7 @@ pub fn classify(op: Op, err: &GaxError) -> BackendError {
             (Code::Unknown, Some(http)) => code_from_http(http),
             (code, _) => code,
         };
-        let msg = short(&status.message);
-        let class = class_for(op, code, &status.message);
-        let e = BackendError::new(class, format!("{what}: {} {msg}", code.name()));
-        if code == Code::ResourceExhausted && class == FailureClass::Unreachable {
-            // Quota: slow down (Cloud KMS quotas refill per minute).
-            return BackendError::throttled(e.detail, None);
-        }
-        return if op == Op::Decrypt && code == Code::FailedPrecondition {
-            e.version_scoped()
-        } else {
-            e
-        };
+        return from_status(op, code, status);
     }
     if let Some(cred) = source_of::<google_cloud_gax::error::CredentialsError>(err) {
         // Transient: the token source (metadata server, STS) did not answer. Otherwise the
@@ -120,44 +187,162 @@ pub fn classify(op: Op, err: &GaxError) -> BackendError {
     BackendError::unreachable(format!("{what}: {detail}"))
 }
 
-fn class_for(op: Op, code: Code, message: &str) -> FailureClass {
-    match code {
-        Code::PermissionDenied | Code::Unauthenticated => FailureClass::Revoked,
-        Code::NotFound => FailureClass::Destroyed,
-        Code::FailedPrecondition => precondition_class(message),
-        Code::InvalidArgument if names_checksum(message) => FailureClass::Unreachable,
-        Code::InvalidArgument => match op {
-            Op::Decrypt => FailureClass::InvalidCiphertext,
-            // Encrypt carries the caller's plaintext and AAD: the request is at fault.
-            Op::Encrypt => FailureClass::InvalidRequest,
-            Op::GetCryptoKey | Op::TestIamPermissions => FailureClass::Disabled,
-        },
-        _ => FailureClass::Unreachable,
+fn from_status(op: Op, code: Code, status: &Status) -> BackendError {
+    let d = Details::of(status);
+    let msg = short(&status.message);
+    let name = code.name();
+    let what = op.name();
+    let (class, why) = class_for(op, code, &status.message, &d);
+    let shown = match d.reason {
+        Some(r) => format!("{name} ({r})"),
+        None => name.to_owned(),
+    };
+    let detail = match why {
+        Some(why) => format!("{what}: {shown} {msg} [{why}]"),
+        None => format!("{what}: {shown} {msg}"),
+    };
+    if code == Code::ResourceExhausted && class == FailureClass::Unreachable {
+        // Quota (429): back off longer, for as long as RetryInfo says where it says.
+        return BackendError::throttled(detail, d.retry_delay);
     }
-}
-
-/// Cloud KMS says "projects/…/cryptoKeyVersions/N is not enabled, current state is: STATE."
-fn precondition_class(message: &str) -> FailureClass {
-    let upper = message.to_ascii_uppercase();
-    if upper.contains("DESTROY_SCHEDULED") || upper.contains("DESTROYED") {
-        FailureClass::Destroyed
-    } else if upper.contains("PENDING_GENERATION") || upper.contains("PENDING_IMPORT") {
-        FailureClass::Unreachable
+    let e = BackendError::new(class, detail);
+    if class == FailureClass::Unreachable && !retried(code) {
+        return e.not_retryable();
+    }
+    if op == Op::Decrypt && code == Code::FailedPrecondition && d.ekm_domain().is_none() {
+        e.version_scoped()
     } else {
-        // DISABLED, no primary version, a key of another purpose: unusable until an
-        // operator acts, and nothing says the material is gone.
-        FailureClass::Disabled
+        e
     }
 }
 
-/// "The checksum in field plaintext_crc32c did not match the data in field plaintext."
-fn names_checksum(message: &str) -> bool {
-    let lower = message.to_ascii_lowercase();
-    lower.contains("crc32c") || lower.contains("checksum")
+/// Whether another attempt may succeed: Google's retryable codes (module docs), and an
+/// answer that is about the moment (a version still being generated, an EKM outage).
+fn retried(code: Code) -> bool {
+    match code {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Internal => true,
+        // Classified Unreachable because it settles by itself: a version being generated,
+        // a checksum damaged in transit, an external key manager that did not answer.
+        Code::FailedPrecondition | Code::InvalidArgument => true,
+        // Incl. the 403s of a disabled API or billing ([`project_off`]).
+        _ => false,
+    }
 }
 
+/// A 403 that is about the key's PROJECT, not the key: the Cloud KMS API is disabled there
+/// (`SERVICE_DISABLED`) or its billing is (`BILLING_DISABLED`) (ErrorInfo reasons of the
+/// `googleapis.com` domain).
+///
+/// Not Revoked: nobody took our permission on the key away, and REVOKED would tell the
+/// operator the customer revoked it and drop every held store key at once. It is
+/// Unreachable instead: the KMS cannot serve us, held key material lives out the grace
+/// period and then nothing is handed out (fails closed), RevokeStatus names the cause,
+/// and as soon as the project is fixed the next poll makes it ACTIVE. Not retried:
+/// retrying within seconds cannot enable an API.
+fn project_off(d: &Details) -> Option<&'static str> {
+    match d.reason {
+        Some("SERVICE_DISABLED") => Some("the Cloud KMS API is disabled in the key's project: not a revocation of the key; enable cloudkms.googleapis.com"),
+        Some("BILLING_DISABLED") => Some("billing is disabled on the key's project: not a revocation of the key; re-enable billing"),
+        _ => None,
+    }
+}
+
+fn class_for(
+    op: Op,
+    code: Code,
+    message: &str,
+    d: &Details,
+) -> (FailureClass, Option<&'static str>) {
+    match code {
+        Code::PermissionDenied => match project_off(d) {
+            Some(why) => (FailureClass::Unreachable, Some(why)),
+            None => (
+                FailureClass::Revoked,
+                Some("not granted, or the key does not exist: Cloud KMS does not say which to a caller without access to the key ring"),
+            ),
+        },
+        Code::Unauthenticated => (FailureClass::Revoked, None),
+        // Only a caller with a grant on the ring or project is told NOT_FOUND, so this is
+        // real evidence. Cloud KMS deletes a key (DeleteCryptoKey) only after every version
+        // was destroyed and deleted, so a key that is gone had its material destroyed; one
+        // that never existed (a typo in the URI) never wrapped anything we hold.
+        Code::NotFound => (
+            FailureClass::Destroyed,
+            Some("the key does not exist (deleted, or never created: check the URI)"),
+        ),
+        Code::FailedPrecondition => precondition_class(message, d),
+        Code::InvalidArgument if names_checksum(message, d) => {
+            (FailureClass::Unreachable, Some("corrupted in transit"))
+        }
+        Code::InvalidArgument => match op {
+            Op::Decrypt => (FailureClass::InvalidCiphertext, None),
+            // Encrypt carries the caller's plaintext and AAD: the request is at fault.
+            Op::Encrypt => (FailureClass::InvalidRequest, None),
+            Op::GetCryptoKey | Op::TestIamPermissions => (FailureClass::Disabled, None),
+        },
+        _ => (FailureClass::Unreachable, None),
+    }
+}
+
+fn precondition_class(message: &str, d: &Details) -> (FailureClass, Option<&'static str>) {
+    // Cloud EKM: violation[1].type is the "error domain" (kms/docs/reference/ekm_errors).
+    // EXTERNAL_PERMISSION_DENIED is the external key manager refusing Cloud KMS: the
+    // customer revoked access at the EKM (Cloud EKM also disables the version). Any other
+    // domain is the EKM or the path to it failing (unreachable, timed out, misconfigured):
+    // not the key's state, and not a revocation.
+    if let Some(domain) = d.ekm_domain() {
+        return if domain == "EXTERNAL_PERMISSION_DENIED" {
+            (
+                FailureClass::Revoked,
+                Some("the external key manager denied access (EKM)"),
+            )
+        } else {
+            (
+                FailureClass::Unreachable,
+                Some("the external key manager failed (EKM): not the key's state"),
+            )
+        };
+    }
+    match current_state(message) {
+        Some(
+            "DESTROYED"
+            | "DESTROY_SCHEDULED"
+            | "PENDING_EXTERNAL_DESTRUCTION"
+            | "EXTERNAL_DESTRUCTION_FAILED",
+        ) => (FailureClass::Destroyed, None),
+        Some("PENDING_GENERATION" | "PENDING_IMPORT") => (FailureClass::Unreachable, None),
+        // DISABLED, IMPORT_FAILED, GENERATION_FAILED, no primary version, a key of another
+        // purpose: unusable until an operator acts, and nothing says the material is gone.
+        _ => (FailureClass::Disabled, None),
+    }
+}
+
+/// The STATE of Cloud KMS's "projects/…/cryptoKeyVersions/N is not enabled, current state
+/// is: STATE." — the message's documented ending, and nothing else of it.
+fn current_state(message: &str) -> Option<&str> {
+    let (_, tail) = message.trim_end().rsplit_once("current state is: ")?;
+    let state = tail.strip_suffix('.').unwrap_or(tail);
+    state
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b == b'_')
+        .then_some(state)
+        .filter(|s| !s.is_empty())
+}
+
+/// A checksum Cloud KMS could not verify: a `BadRequest` naming a `…_crc32c` field, or
+/// its message "The checksum in field X_crc32c did not match the data in field X." (read
+/// from its start, where no resource name can be).
+fn names_checksum(message: &str, d: &Details) -> bool {
+    d.bad_fields.iter().any(|f| f.ends_with("_crc32c"))
+        || message.starts_with("The checksum in field ")
+}
+
+/// The code of a Google-shaped error body that names no `status` (Google's own always do):
+/// from its HTTP status, as google.rpc.Code maps them. A bare 500 stays UNKNOWN (not
+/// retried): Google sends INTERNAL, which is, with its name.
 fn code_from_http(http: u16) -> Code {
     match http {
+        500 => Code::Unknown,
         400 => Code::InvalidArgument,
         401 => Code::Unauthenticated,
         403 => Code::PermissionDenied,
@@ -165,6 +350,7 @@ fn code_from_http(http: u16) -> Code {
         409 => Code::Aborted,
         412 => Code::FailedPrecondition,
         429 => Code::ResourceExhausted,
+        501 => Code::Unimplemented,
         504 => Code::DeadlineExceeded,
         _ => Code::Unavailable,
     }
@@ -182,7 +368,6 @@ pub fn integrity(op: Op, what: &str) -> BackendError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use google_cloud_gax::error::rpc::Status;
 
     fn service(code: Code, msg: &str) -> GaxError {
         GaxError::service(Status::default().set_code(code).set_message(msg))
@@ -193,11 +378,12 @@ mod tests {
         let disabled = "projects/p/locations/l/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1 is not enabled, current state is: DISABLED.";
         let destroyed = disabled.replace("DISABLED", "DESTROYED");
         let scheduled = disabled.replace("DISABLED", "DESTROY_SCHEDULED");
+        let pending = disabled.replace("DISABLED", "PENDING_GENERATION");
         let cases = [
             (Op::Encrypt, Code::FailedPrecondition, disabled, FailureClass::Disabled),
             (Op::Decrypt, Code::FailedPrecondition, &destroyed, FailureClass::Destroyed),
             (Op::Encrypt, Code::FailedPrecondition, &scheduled, FailureClass::Destroyed),
-            (Op::Encrypt, Code::FailedPrecondition, "version is PENDING_GENERATION", FailureClass::Unreachable),
+            (Op::Encrypt, Code::FailedPrecondition, &pending, FailureClass::Unreachable),
             (Op::GetCryptoKey, Code::PermissionDenied, "Permission denied", FailureClass::Revoked),
             (Op::Encrypt, Code::Unauthenticated, "bad token", FailureClass::Revoked),
             (Op::GetCryptoKey, Code::NotFound, "not found", FailureClass::Destroyed),
@@ -225,6 +411,157 @@ mod tests {
             );
             assert!(got.detail.starts_with(op.name()), "{}", got.detail);
         }
+    }
+
+    fn with_details(code: Code, msg: &str, details: serde_json::Value) -> GaxError {
+        let mut status = Status::default().set_code(code).set_message(msg);
+        status.details = serde_json::from_value(details).expect("google.rpc details");
+        GaxError::service(status)
+    }
+
+    #[test]
+    fn resource_names_never_decide_the_state() {
+        // A ring named like a state, and a message that is not Cloud KMS's state sentence.
+        let version = "projects/p/locations/l/keyRings/destroyed-ring/cryptoKeys/destroy_scheduled/cryptoKeyVersions/1";
+        let disabled = format!("{version} is not enabled, current state is: DISABLED.");
+        for op in [Op::Encrypt, Op::Decrypt] {
+            let e = classify(op, &service(Code::FailedPrecondition, &disabled));
+            assert_eq!(e.class, FailureClass::Disabled, "{op:?} {}", e.detail);
+        }
+        let e = classify(
+            Op::Encrypt,
+            &service(
+                Code::FailedPrecondition,
+                &format!("{version} has no primary version."),
+            ),
+        );
+        assert_eq!(e.class, FailureClass::Disabled);
+        // A bad blob under a ring whose name mentions checksums is still a bad blob.
+        let e = classify(
+            Op::Decrypt,
+            &service(
+                Code::InvalidArgument,
+                "Decryption failed: verify that 'name' refers to the correct CryptoKey (keyRings/crc32c-checksum).",
+            ),
+        );
+        assert_eq!(e.class, FailureClass::InvalidCiphertext);
+        // The checksum read from a BadRequest naming the field.
+        let e = classify(
+            Op::Decrypt,
+            &with_details(
+                Code::InvalidArgument,
+                "bad request",
+                serde_json::json!([{ "@type": "type.googleapis.com/google.rpc.BadRequest",
+                    "fieldViolations": [{ "field": "ciphertext_crc32c", "description": "mismatch" }] }]),
+            ),
+        );
+        assert_eq!(
+            (e.class, e.should_retry()),
+            (FailureClass::Unreachable, true)
+        );
+    }
+
+    #[test]
+    fn a_disabled_project_is_not_a_revoked_key() {
+        let msg = "Cloud Key Management Service (KMS) API has not been used in project 123 before or it is disabled.";
+        for reason in ["SERVICE_DISABLED", "BILLING_DISABLED"] {
+            let details = serde_json::json!([{ "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": reason, "domain": "googleapis.com",
+                "metadata": { "service": "cloudkms.googleapis.com", "consumer": "projects/123" } }]);
+            for op in [Op::Encrypt, Op::Decrypt, Op::GetCryptoKey] {
+                let e = classify(
+                    op,
+                    &with_details(Code::PermissionDenied, msg, details.clone()),
+                );
+                assert_eq!(e.class, FailureClass::Unreachable, "{reason} {op:?}");
+                assert!(!e.should_retry(), "{reason}: retrying cannot enable an API");
+                assert!(e.detail.contains(reason), "{}", e.detail);
+                assert!(e.detail.contains("not a revocation"), "{}", e.detail);
+            }
+        }
+        // The usual IAM denial stays a revocation, and says it may be a missing key.
+        let denied = with_details(
+            Code::PermissionDenied,
+            "Permission 'cloudkms.cryptoKeyVersions.useToEncrypt' denied on resource 'projects/p/locations/l/keyRings/r/cryptoKeys/k' (or it may not exist).",
+            serde_json::json!([{ "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "IAM_PERMISSION_DENIED", "domain": "iam.googleapis.com" }]),
+        );
+        let e = classify(Op::Encrypt, &denied);
+        assert_eq!(e.class, FailureClass::Revoked);
+        assert!(
+            e.detail.contains("or the key does not exist"),
+            "{}",
+            e.detail
+        );
+        let e = classify(
+            Op::GetCryptoKey,
+            &service(
+                Code::NotFound,
+                "CryptoKey projects/p/locations/l/keyRings/r/cryptoKeys/k not found.",
+            ),
+        );
+        assert_eq!(e.class, FailureClass::Destroyed);
+        assert!(e.detail.contains("does not exist"), "{}", e.detail);
+    }
+
+    #[test]
+    fn ekm_permission_loss_and_ekm_outage_differ() {
+        let ekm = |domain: &str| {
+            with_details(
+                Code::FailedPrecondition,
+                "Permission was denied when accessing the key.",
+                serde_json::json!([{ "@type": "type.googleapis.com/google.rpc.PreconditionFailure",
+                    "violations": [
+                        { "type": "EKM_KEY_STATE", "subject": "projects/p/locations/l/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1", "description": "ENABLED" },
+                        { "type": domain, "subject": "https://ekm.example/v0/keys/k", "description": "the EKM said no" }
+                    ] }]),
+            )
+        };
+        for op in [Op::Encrypt, Op::Decrypt] {
+            let e = classify(op, &ekm("EXTERNAL_PERMISSION_DENIED"));
+            assert_eq!(
+                e.evidence(),
+                Some(crate::state::KeyState::Revoked),
+                "{op:?}"
+            );
+            let e = classify(op, &ekm("EXTERNAL_UNAVAILABLE"));
+            assert_eq!(e.class, FailureClass::Unreachable, "{op:?}");
+            assert!(e.detail.contains("EKM"), "{}", e.detail);
+        }
+    }
+
+    #[test]
+    fn retries_follow_googles_guidance() {
+        for code in [Code::Unavailable, Code::DeadlineExceeded, Code::Internal] {
+            let e = classify(Op::Encrypt, &service(code, ""));
+            assert!(e.should_retry() && !e.throttled, "{code:?}");
+        }
+        for code in [
+            Code::Unimplemented,
+            Code::Unknown,
+            Code::Aborted,
+            Code::DataLoss,
+            Code::Cancelled,
+            Code::OutOfRange,
+        ] {
+            let e = classify(Op::Encrypt, &service(code, ""));
+            assert_eq!(e.class, FailureClass::Unreachable, "{code:?}");
+            assert!(!e.should_retry(), "{code:?} is not retried");
+        }
+        // Quota: throttled, with RetryInfo's delay where Google gives one.
+        let quota = with_details(
+            Code::ResourceExhausted,
+            "Quota exceeded for quota metric 'Cryptographic requests'.",
+            serde_json::json!([
+                { "@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "RATE_LIMIT_EXCEEDED", "domain": "googleapis.com" },
+                { "@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "2.500s" }
+            ]),
+        );
+        let e = classify(Op::Encrypt, &quota);
+        assert!(e.throttled && e.should_retry(), "{e:?}");
+        assert_eq!(e.retry_after, Some(Duration::from_millis(2500)));
+        let e = classify(Op::Encrypt, &service(Code::ResourceExhausted, "quota"));
+        assert_eq!((e.throttled, e.retry_after), (true, None));
     }
 
     #[test]

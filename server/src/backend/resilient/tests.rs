@@ -87,6 +87,32 @@ async fn retries_only_unreachable() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_unreachable_answer_marked_not_retryable_is_tried_once() {
+    // "Not implemented", "the API is disabled in the project": the same on every attempt.
+    let r = resilient(fast());
+    let calls = AtomicU32::new(0);
+    let out: Result<(), _> = r
+        .call("t", Kind::Crypto, || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(BackendError::unreachable("UNIMPLEMENTED").not_retryable())
+        })
+        .await;
+    let e = out.unwrap_err();
+    assert_eq!((e.class, e.retryable), (FailureClass::Unreachable, false));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(r.stats().retries, 0);
+    // An answer, however unhelpful, shows the KMS is there: the breaker stays closed.
+    for _ in 0..10 {
+        let _: Result<(), _> = r
+            .call("t", Kind::Crypto, || async {
+                Err(BackendError::unreachable("UNIMPLEMENTED").not_retryable())
+            })
+            .await;
+    }
+    assert_eq!(r.stats().breaker, BreakerState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_hung_kms_is_cut_at_the_deadline() {
     let r = resilient(fast());
     let start = Instant::now();
