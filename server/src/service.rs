@@ -174,7 +174,10 @@ impl pb::key_broker_server::KeyBroker for Service {
         let mut body = req.into_inner();
         // Out of the request buffer at once, before anything can fail.
         let plaintext = SecretBytes::take(&mut body.plaintext);
-        let key = body.key;
+        // Taken, not moved: the request wipes its plaintext on drop (kms_broker_api::codec),
+        // so it cannot be taken apart.
+        let key = std::mem::take(&mut body.key);
+        let context = std::mem::take(&mut body.context);
         let result = async {
             let name = parse_key_name(&key)?;
             if plaintext.is_empty() || plaintext.len() > MAX_PLAINTEXT {
@@ -182,7 +185,7 @@ impl pb::key_broker_server::KeyBroker for Service {
                     "plaintext must be 1 to {MAX_PLAINTEXT} bytes"
                 )));
             }
-            let context = parse_context(body.context)?;
+            let context = parse_context(context)?;
             let peer = peer.as_ref().map_err(Clone::clone)?;
             self.inner
                 .policy
