@@ -143,8 +143,10 @@ impl Client {
             .await?;
         Ok(Unwrapped {
             plaintext: SecretBytes::take(&mut resp.plaintext),
-            key: resp.key,
-            key_version: resp.key_version,
+            // Taken, not moved: the response wipes its plaintext on drop, so it cannot
+            // be taken apart.
+            key: std::mem::take(&mut resp.key),
+            key_version: std::mem::take(&mut resp.key_version),
         })
     }
 

@@ -15,8 +15,10 @@
 //!   `NotFound` or `PermissionDenied` return at once.
 //! - **Typed results**: store keys are checked against the contract (32-byte id, key length
 //!   matching its [`Algorithm`]) and key bytes arrive as [`SecretBytes`]: zeroized on drop,
-//!   `REDACTED` in `Debug`, never `Clone`. The type is the daemon's own (from
-//!   `kms-broker-api`, as are [`pb`] and [`Algorithm`]): one secret type on both sides.
+//!   `REDACTED` in `Debug`, never `Clone`, in locked pages left out of core dumps where
+//!   `RLIMIT_MEMLOCK` allows (best effort: the client never fails for it). The type is the
+//!   daemon's own (from `kms-broker-api`, as are [`pb`] and [`Algorithm`]): one secret type
+//!   on both sides, and one gRPC codec that wipes key bytes from messages once encoded.
 //! - **Errors keep the gRPC code** ([`ClientError::code`]) and never contain key bytes.
 //!
 //! # Layout

@@ -2,10 +2,15 @@
 //! share, so that neither defines them twice:
 //! - [`pb`]: the generated protobuf types, gRPC client and server of `kmsbroker.v1`, and the
 //!   descriptor set that reflection serves;
-//! - [`secret::SecretBytes`]: the one type for key bytes, on both sides of the socket;
+//! - [`secret::SecretBytes`]: the one type for key bytes, on both sides of the socket, in
+//!   locked memory left out of core dumps ([`locked`], the workspace's one `unsafe` module);
+//! - [`codec`]: the gRPC codec that wipes key bytes from messages once they are encoded;
 //! - [`Algorithm`]: a store key's cipher and length.
 
 pub mod algorithm;
+pub mod codec;
+#[allow(unsafe_code)]
+pub mod locked;
 pub mod secret;
 
 pub use algorithm::{Algorithm, KEY_ID_LEN};

@@ -63,6 +63,8 @@ pub struct Config {
     pub cache: crate::unwrap_cache::CacheConfig,
     pub audit: Option<crate::audit::AuditConfig>,
     pub metrics: Option<crate::metrics::MetricsConfig>,
+    /// `[memory]`: whether locked key memory is required at start.
+    pub memory: crate::hardening::MemoryConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +144,8 @@ struct RawConfig {
     cache: crate::unwrap_cache::CacheConfig,
     audit: Option<crate::audit::RawAudit>,
     metrics: Option<crate::metrics::RawMetrics>,
+    #[serde(default)]
+    memory: crate::hardening::MemoryConfig,
 }
 
 #[derive(Deserialize)]
@@ -506,6 +510,7 @@ impl Config {
         Ok(Config {
             limits,
             cache: raw.cache,
+            memory: raw.memory,
             audit: raw
                 .audit
                 .map(|a| crate::audit::AuditConfig::from_raw(a, &base, path))

@@ -77,6 +77,10 @@ key = "{DEV_KEY}"
 [revocation]
 poll_interval = "5s"
 
+# Dev machines and containers often allow little locked memory (64 KiB): warn, do not fail.
+[memory]
+lock = "best-effort"
+
 # You (uid {uid}) may do everything over the Unix socket.
 [[policy]]
 peer = "uid:{uid}"

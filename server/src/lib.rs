@@ -35,8 +35,11 @@
 //! - [`fs`]: private files: checked reads, atomic writes, the state dir lock.
 //! - [`audit`] / [`metrics`] / [`observe`]: the hash-chained audit trail, Prometheus
 //!   metrics on `/metrics`, and the one hook every finished call passes through.
-//! - [`hardening`]: no core dumps, no same-user ptrace, the open-file limit raised (done by
-//!   `main` before serving).
+//! - [`hardening`]: no core dumps, no same-user ptrace, the open-file limit raised, room to
+//!   lock key memory checked (done by `main` before serving).
+
+// The workspace denies `unsafe`; its one user is kms-broker-api's `locked` module.
+#![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod backend;

@@ -3,6 +3,8 @@
 //! 64 bad config or usage (EX_USAGE), 69 the daemon cannot be reached (EX_UNAVAILABLE), 75
 //! the state dir is in use by another daemon (EX_TEMPFAIL, `serve` only).
 
+#![forbid(unsafe_code)]
+
 mod cli;
 
 use std::path::PathBuf;
@@ -40,8 +42,8 @@ enum Command {
         /// Where --dev keeps its files.
         #[arg(long, default_value = ".dev", requires = "dev")]
         dev_dir: PathBuf,
-        /// Serve even if process hardening (no core dumps, no ptrace, open-file limit)
-        /// cannot be applied. Without it, that failure stops the daemon.
+        /// Serve even if process hardening (no core dumps, no ptrace, open-file limit,
+        /// locked key memory) cannot be applied. Without it, that failure stops the daemon.
         #[arg(long)]
         allow_unhardened: bool,
     },

@@ -190,7 +190,9 @@ impl pb::key_broker_server::KeyBroker for Service {
                         "plaintext must be 1 to {MAX_PLAINTEXT} bytes"
                     )));
                 }
-                let context = parse_context(body.context)?;
+                // Taken, not moved: the request wipes its plaintext on drop
+                // (kms_broker_api::codec), so it cannot be taken apart.
+                let context = parse_context(std::mem::take(&mut body.context))?;
                 let peer = peer.as_ref().map_err(Clone::clone)?;
                 let rt = self.rt();
                 rt.config

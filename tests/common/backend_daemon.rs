@@ -61,7 +61,7 @@ pub async fn unwrap(c: &mut Client, wrapped: &[u8]) -> Result<Vec<u8>, tonic::St
         context: ctx(),
     })
     .await
-    .map(|r| r.into_inner().plaintext)
+    .map(|r| std::mem::take(&mut r.into_inner().plaintext))
 }
 
 /// The failure's code and message, after checking the message shows none of `secrets`.
@@ -213,7 +213,7 @@ pub async fn store_key(c: &mut Client, create: bool) -> Result<Vec<u8>, tonic::S
         create,
     })
     .await
-    .map(|r| r.into_inner().active.expect("an active key").key)
+    .map(|r| std::mem::take(&mut r.into_inner().active.expect("an active key").key))
 }
 
 /// Where byte `i` of a version-1 envelope lies, for readable failures (`None` if the blob

@@ -68,7 +68,7 @@ async fn every_call_is_recorded_with_its_peer_and_code_and_never_key_bytes() {
         .await
         .unwrap()
         .into_inner();
-    let store_key = keys.active.unwrap().key;
+    let store_key = std::mem::take(&mut keys.active.unwrap().key);
     let e = c.get_store_key(store("other", false)).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     // Over mutual TLS GetStoreKey is refused, and the trail names the certificate.

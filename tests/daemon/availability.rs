@@ -39,7 +39,7 @@ async fn unwrap(c: &mut Client, blob: &[u8]) -> Result<Vec<u8>, tonic::Status> {
         context: HashMap::from([("t".into(), "1".into())]),
     })
     .await
-    .map(|r| r.into_inner().plaintext)
+    .map(|r| std::mem::take(&mut r.into_inner().plaintext))
 }
 
 async fn health(d: &Daemon, service: &str) -> i32 {

@@ -52,7 +52,7 @@ async fn unwrap(c: &mut Client, blob: &[u8]) -> Result<Vec<u8>, tonic::Status> {
         context: HashMap::from([("backup".into(), "b1".into())]),
     })
     .await
-    .map(|r| r.into_inner().plaintext)
+    .map(|r| std::mem::take(&mut r.into_inner().plaintext))
 }
 
 async fn state(c: &mut Client) -> KeyState {

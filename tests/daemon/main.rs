@@ -13,6 +13,7 @@ mod flood;
 mod grpcio;
 mod lifecycle;
 mod logs;
+mod memory;
 mod metrics;
 mod ops;
 mod regions;

@@ -19,7 +19,7 @@ async fn status_rotate_and_drop_key() {
     site.configure("a", &allow_me(EVERYTHING));
     let _daemon = site.start();
     let mut c = site.client().await;
-    let first = hex::encode(get(&mut c, true).await.unwrap().active.unwrap().key_id);
+    let first = hex::encode(&get(&mut c, true).await.unwrap().active.unwrap().key_id);
 
     let table = site.cli(&["status"]);
     assert_eq!(table.code, 0, "{table:?}");

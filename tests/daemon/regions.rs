@@ -35,7 +35,7 @@ async fn unwrap(c: &mut Client, blob: &[u8]) -> Result<Vec<u8>, tonic::Status> {
         context: HashMap::new(),
     })
     .await
-    .map(|r| r.into_inner().plaintext)
+    .map(|r| std::mem::take(&mut r.into_inner().plaintext))
 }
 
 async fn needs_rewrap(c: &mut Client) -> (bool, String) {

@@ -48,7 +48,7 @@ async fn unwrap(c: &mut Client, wrapped: &[u8]) -> Result<Vec<u8>, tonic::Status
         context: HashMap::new(),
     })
     .await
-    .map(|r| r.into_inner().plaintext)
+    .map(|r| std::mem::take(&mut r.into_inner().plaintext))
 }
 
 async fn state(c: &mut Client, key: &str) -> Result<(i32, String), tonic::Status> {

@@ -66,6 +66,18 @@ pub fn serve(
             }
         }
     };
+    // After the config (it says whether locked memory is required), before the daemon holds
+    // keys for callers.
+    if let Err(e) = kms_broker::hardening::check_key_memory() {
+        use kms_broker::hardening::MemoryLock;
+        if config.memory.lock == MemoryLock::Required && !allow_unhardened {
+            eprintln!(
+                "kms-broker: {e}; or set [memory] lock = \"best-effort\" to serve with key bytes that may be swapped"
+            );
+            return ExitCode::FAILURE;
+        }
+        tracing::warn!("key memory may not be locked, serving anyway: {e}");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

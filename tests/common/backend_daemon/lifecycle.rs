@@ -127,7 +127,7 @@ pub async fn all_store_keys(c: &mut Client) -> Result<Vec<(Vec<u8>, Vec<u8>)>, t
     Ok(r.active
         .into_iter()
         .chain(r.previous)
-        .map(|k| (k.key_id, k.key))
+        .map(|mut k| (std::mem::take(&mut k.key_id), std::mem::take(&mut k.key)))
         .collect())
 }
 
