@@ -341,6 +341,23 @@ impl Collector for StateCollector {
                 ([("key", key.to_owned()), ("uri", u.status().uri)], state)
             }),
         )?;
+        // Key memory: an operator sees swap exposure (`unlocked`) before a core dump would.
+        let mem = kms_broker_api::locked::stats();
+        gauge(
+            &mut enc,
+            "kms_broker_key_memory_bytes",
+            "Pages mapped for key bytes: locked in RAM, or unlocked (RLIMIT_MEMLOCK reached; still left out of dumps)",
+            [
+                ([("state", "locked")], mem.locked_bytes as i64),
+                ([("state", "unlocked")], mem.unlocked_bytes as i64),
+            ],
+        )?;
+        ConstCounter::new(mem.heap_fallbacks).encode(enc.encode_descriptor(
+            "kms_broker_key_memory_heap_fallbacks",
+            "Secrets put in ordinary (wiped) heap memory because no page could be mapped",
+            None,
+            MetricType::Counter,
+        )?)?;
         let lost = self.lost.as_ref().map_or(0, |l| l.total());
         let counter = ConstCounter::new(lost);
         counter.encode(enc.encode_descriptor(

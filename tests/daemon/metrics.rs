@@ -105,6 +105,18 @@ async fn counters_move_and_a_key_state_change_shows() {
         sample(&text, r#"kms_broker_store_key_held{store="s1"}"#),
         Some(1.0)
     );
+    // A held store key lives in the key-memory arena: some page of it is mapped (locked, or
+    // past this process's memlock limit, unlocked).
+    let mapped = ["locked", "unlocked"].map(|st| {
+        sample(
+            &text,
+            &format!(r#"kms_broker_key_memory_bytes{{state="{st}"}}"#),
+        )
+    });
+    assert!(
+        mapped.iter().map(|v| v.expect("exported")).sum::<f64>() >= 4096.0,
+        "{text}"
+    );
     let kms_ok = r#"kms_broker_kms_calls_total{key="k",uri="mock://metrics-state",backend="mock",outcome="ok"}"#;
     assert!(sample(&text, kms_ok).unwrap() >= 4.0, "{text}");
     // UnwrapKey's cache: one KMS call, then a hit for the same blob and context.
