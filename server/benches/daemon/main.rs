@@ -31,6 +31,7 @@ mod coalesce;
 mod echo;
 mod fleet;
 mod harness;
+mod memory;
 mod observability;
 mod prewarm;
 mod revoke;
@@ -197,6 +198,10 @@ async fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     kms_broker::certs::write_dev_certs(&dir.join("certs")).unwrap();
+    if std::env::var_os("BENCH_MEMORY_ONLY").is_some() {
+        memory::run();
+        return;
+    }
     // BENCH_FLEET_ONLY=1 runs only issue 8's table (BENCH_FLEET_ROWS=1,3 picks rows).
     if std::env::var_os("BENCH_FLEET_ONLY").is_some() {
         fleet::run(dir).await;
