@@ -320,3 +320,50 @@ async fn an_open_watch_follows_the_reloaded_policy() {
     assert_eq!(ev.keys[0].state, KeyState::Disabled as i32);
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_flight_during_reloads_all_succeed() {
+    mock("rl-busy-a");
+    mock("rl-busy-b");
+    let all = policy(&["WrapKey", "UnwrapKey", "RevokeStatus"]);
+    let one = body("rl-busy", &["a"], &all);
+    let two = body("rl-busy", &["a", "b"], &all);
+    let mut d = Daemon::start(&one).await;
+    let mut c = d.unix().await;
+    wait_for_state(&mut c, "a", KeyState::Active).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let (mut c, stop) = (c.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let w = wrap(&mut c, "a").await.expect("WrapKey during a reload");
+                    let back = unwrap(&mut c, &w.wrapped)
+                        .await
+                        .expect("UnwrapKey during a reload");
+                    assert_eq!(back, b"data key");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    // Twenty reloads while the callers run, alternating configs (key b comes and goes;
+    // key a, which they use, is kept each time).
+    for i in 0..20 {
+        d.reload(if i % 2 == 0 { &two } else { &one })
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for t in callers {
+        total += must_return("a caller ends", Duration::from_secs(30), t)
+            .await
+            .unwrap();
+    }
+    assert!(total >= 8, "every caller made calls: {total}");
+    d.stop().await;
+}
