@@ -19,6 +19,7 @@
 //! use anyway; dropping them keeps the rule simple).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -38,17 +39,36 @@ pub struct Runtime {
 
 /// A reader of the runtime in force.
 #[derive(Debug, Clone)]
-pub struct Live(watch::Receiver<Arc<Runtime>>);
+pub struct Live {
+    runtime: watch::Receiver<Arc<Runtime>>,
+    reloads: Arc<ReloadCounts>,
+}
+
+/// Reloads since start, for metrics: a refused one means the file on disk is not what the
+/// daemon runs, which an operator wants an alert for.
+#[derive(Debug, Default)]
+pub struct ReloadCounts {
+    pub applied: AtomicU64,
+    pub refused: AtomicU64,
+}
 
 impl Live {
     /// The runtime in force now. Take it once per call.
     pub fn current(&self) -> Arc<Runtime> {
-        self.0.borrow().clone()
+        self.runtime.borrow().clone()
     }
 
     /// Wakes on every reload that was applied.
     pub fn changes(&self) -> watch::Receiver<Arc<Runtime>> {
-        self.0.clone()
+        self.runtime.clone()
+    }
+
+    /// (applied, refused) reloads since start.
+    pub fn reloads(&self) -> (u64, u64) {
+        (
+            self.reloads.applied.load(Ordering::Relaxed),
+            self.reloads.refused.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -68,6 +88,7 @@ struct ReloaderInner {
     tls: Option<watch::Sender<Arc<rustls::ServerConfig>>>,
     /// A policy change is a security event: each reload, applied or refused, is recorded.
     audit: Option<Audit>,
+    reloads: Arc<ReloadCounts>,
     /// One reload at a time: two SIGHUPs in a row must not race to build two brokers.
     busy: tokio::sync::Mutex<()>,
 }
@@ -93,16 +114,22 @@ impl Reloader {
             }
             None => (None, None),
         };
+        let reloads = Arc::new(ReloadCounts::default());
         let reloader = Reloader {
             inner: Arc::new(ReloaderInner {
                 file,
                 runtime: runtime_tx,
                 tls: tls_tx,
                 audit,
+                reloads: reloads.clone(),
                 busy: tokio::sync::Mutex::new(()),
             }),
         };
-        (reloader, Live(runtime_rx), tls_rx)
+        let live = Live {
+            runtime: runtime_rx,
+            reloads,
+        };
+        (reloader, live, tls_rx)
     }
 
     /// Loads the config file again and, if it passes every check, puts it in force. Logs
@@ -116,6 +143,11 @@ impl Reloader {
             }
             Err(e) => tracing::error!(file = %self.inner.file.display(), "{e}"),
         }
+        let counter = match &result {
+            Ok(_) => &self.inner.reloads.applied,
+            Err(_) => &self.inner.reloads.refused,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         if let Some(audit) = &self.inner.audit {
             match &result {
                 Ok(summary) => audit.event("reload", summary.clone()),

@@ -341,6 +341,16 @@ impl Collector for StateCollector {
                 ([("key", key.to_owned()), ("uri", u.status().uri)], state)
             }),
         )?;
+        let (applied, refused) = self.live.reloads();
+        let mut family = enc.encode_descriptor(
+            "kms_broker_config_reloads",
+            "SIGHUP reloads by outcome; a refused one leaves the previous config in force",
+            None,
+            MetricType::Counter,
+        )?;
+        for (outcome, n) in [("applied", applied), ("refused", refused)] {
+            ConstCounter::new(n).encode(family.encode_family(&[("outcome", outcome)])?)?;
+        }
         // Key memory: an operator sees swap exposure (`unlocked`) before a core dump would.
         let mem = kms_broker_api::locked::stats();
         gauge(

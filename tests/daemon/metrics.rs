@@ -35,14 +35,14 @@ async fn get(addr: SocketAddr, path: &str) -> (String, String) {
     .await
 }
 
-async fn scrape(d: &Daemon) -> String {
+pub async fn scrape(d: &Daemon) -> String {
     let (status, body) = get(d.metrics.expect("[metrics] is configured"), "/metrics").await;
     assert!(status.contains("200"), "{status}");
     body
 }
 
 /// The value of the sample `series` (its name and labels exactly as exported), or None.
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .map(|v| v.trim().parse().unwrap())

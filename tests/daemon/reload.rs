@@ -253,7 +253,7 @@ async fn every_reload_applied_or_refused_is_in_the_audit_trail() {
     mock("rl-audit-b");
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir(tmp.path().join("audit")).unwrap();
-    let trail = "[audit]\npath = \"audit/trail.jsonl\"\n";
+    let trail = "[audit]\npath = \"audit/trail.jsonl\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
     let all = policy(&["WrapKey", "RevokeStatus"]);
     let first = body("rl-audit", &["a"], &format!("{trail}{all}"));
     let mut d = Daemon::start_in(tmp.path(), &first).await.unwrap();
@@ -261,6 +261,12 @@ async fn every_reload_applied_or_refused_is_in_the_audit_trail() {
     d.reload(&body("rl-audit", &["a", "b"], &format!("{trail}{all}")))
         .await
         .unwrap();
+    // The metrics count both, for an alert on a refused reload.
+    let text = crate::metrics::scrape(&d).await;
+    for (outcome, n) in [("applied", 1.0), ("refused", 1.0)] {
+        let series = format!(r#"kms_broker_config_reloads_total{{outcome="{outcome}"}}"#);
+        assert_eq!(crate::metrics::sample(&text, &series), Some(n), "{text}");
+    }
     d.stop().await;
 
     let path = tmp.path().join("audit/trail.jsonl");
