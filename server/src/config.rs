@@ -235,11 +235,15 @@ pub fn valid_name(s: &str) -> bool {
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        /// Far more than any real config (a thousand keys and policies fit in 200 KiB).
+        const MAX_CONFIG_BYTES: u64 = 1 << 20;
+        // The config holds the policy: a file others may write, or one of any size, is refused
+        // before a byte of it is parsed.
+        let text = crate::fs::read_trusted(path, MAX_CONFIG_BYTES).map_err(|e| ConfigError {
             file: path.to_owned(),
             field: "(file)".into(),
-            problem: format!("cannot read the config: {e}"),
-            fix: "pass --config with the path of a readable TOML file".into(),
+            problem: format!("cannot use the config: {e}"),
+            fix: "pass --config with the path of a TOML file only its owner (the daemon's user or root) may write".into(),
         })?;
         Self::parse(path, &text)
     }

@@ -39,6 +39,8 @@ pub enum PrivateFileError {
     NotRegular { path: PathBuf },
     /// Group or others have some access.
     Insecure { path: PathBuf, mode: u32 },
+    /// Group or others may write it (a file that decides who may do what, like the config).
+    Writable { path: PathBuf, mode: u32 },
     /// Owned by a user other than us or root: that user could swap the secret.
     WrongOwner { path: PathBuf, uid: u32 },
     /// Larger than any file of this kind can be.
@@ -70,6 +72,12 @@ impl fmt::Display for PrivateFileError {
                 path.display(),
                 path.display()
             ),
+            Self::Writable { path, mode } => write!(
+                f,
+                "{} has mode {mode:04o}: group or others may write it, and whoever edits it changes the policy; fix: chmod go-w {}",
+                path.display(),
+                path.display()
+            ),
             Self::WrongOwner { path, uid } => write!(
                 f,
                 "{} is owned by uid {uid}, not by this daemon's user or root; fix: chown it to the daemon's user",
@@ -92,6 +100,27 @@ impl std::error::Error for PrivateFileError {}
 /// us or root; all checked on the open handle. Symlinks are followed (Kubernetes mounts
 /// secrets through them); the checks apply to the target.
 pub fn read_private(path: &Path, max_len: u64) -> Result<Zeroizing<Vec<u8>>, PrivateFileError> {
+    read_checked(path, max_len, 0o077)
+}
+
+/// Reads a file that is not secret but decides what the daemon allows (the config, with its
+/// policy): at most `max_len` bytes of UTF-8. Refuses a file that is not regular, that group
+/// or others may WRITE, or that is owned by another user than us or root (either could
+/// grant themselves any key), checked on the open handle as [`read_private`] does.
+pub fn read_trusted(path: &Path, max_len: u64) -> Result<String, PrivateFileError> {
+    let bytes = read_checked(path, max_len, 0o022)?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| PrivateFileError::Io {
+        path: path.to_owned(),
+        error: io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"),
+    })
+}
+
+/// [`read_private`] and [`read_trusted`]: `forbidden` are the mode bits that refuse it.
+fn read_checked(
+    path: &Path,
+    max_len: u64,
+    forbidden: u32,
+) -> Result<Zeroizing<Vec<u8>>, PrivateFileError> {
     let p = || path.to_owned();
     let mut file = match File::open(path) {
         Ok(f) => f,
@@ -113,8 +142,12 @@ pub fn read_private(path: &Path, max_len: u64) -> Result<Zeroizing<Vec<u8>>, Pri
         return Err(PrivateFileError::NotRegular { path: p() });
     }
     let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(PrivateFileError::Insecure { path: p(), mode });
+    if mode & forbidden != 0 {
+        return Err(if forbidden & 0o044 != 0 {
+            PrivateFileError::Insecure { path: p(), mode }
+        } else {
+            PrivateFileError::Writable { path: p(), mode }
+        });
     }
     if mode & 0o400 == 0 {
         return Err(PrivateFileError::Denied {
@@ -237,6 +270,35 @@ mod tests {
         let msg = read_private(&path, 64).unwrap_err().to_string();
         assert!(msg.contains("chmod 600"), "{msg}");
         assert!(!msg.contains("0123456789"), "{msg}");
+    }
+
+    #[test]
+    fn read_trusted_refuses_what_others_may_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kms-broker.toml");
+        write_atomic(&path, b"[keys.k]\n").unwrap();
+        // Readable by all is fine (no secret needs to be in it); writable by others is not.
+        for (mode, ok) in [(0o644, true), (0o600, true), (0o664, false), (0o646, false)] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            match read_trusted(&path, 1024) {
+                Ok(text) => {
+                    assert!(ok, "{mode:o} accepted");
+                    assert_eq!(text, "[keys.k]\n");
+                }
+                Err(e) => {
+                    assert!(!ok, "{mode:o}: {e}");
+                    assert!(matches!(e, PrivateFileError::Writable { .. }), "{e}");
+                    assert!(e.to_string().contains("chmod go-w"), "{e}");
+                }
+            }
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        // No allocation sized by the file: a huge one is refused by its length.
+        let e = read_trusted(&path, 4).unwrap_err();
+        assert!(matches!(e, PrivateFileError::TooLarge { .. }), "{e}");
+        assert!(read_trusted(Path::new("/dev/zero"), 1024).is_err());
+        fs::write(&path, [0xff, 0xfe]).unwrap();
+        assert!(read_trusted(&path, 1024).is_err(), "not UTF-8");
     }
 
     #[test]

@@ -100,6 +100,37 @@ fn bad_configs_exit_64_naming_file_field_and_fix() {
     assert!(stderr.contains("tls.ca"), "{stderr}");
 }
 
+/// The config is the policy: one its group may write would let that group grant itself
+/// every key, so serve and check-config refuse it before parsing a byte.
+#[test]
+fn a_config_others_may_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let key = dir.join("k.bin");
+    kms_broker::backend::file::create_key_file(&key).unwrap();
+    let body = format!("[keys.k]\nuris = [\"file://{}\"]\n", key.display());
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, config_text(dir, &body)).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).unwrap();
+    for args in [&["serve", "--config"][..], &["check-config"][..]] {
+        let out = Command::new(BIN).args(args).arg(&path).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains("chmod go-w"), "{args:?}: {stderr}");
+        assert!(stderr.contains("bad.toml"), "{args:?}: {stderr}");
+    }
+    // The same file, no longer writable by the group: check-config goes past the file.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("chmod go-w"), "{stderr}");
+}
+
 /// The daemon never creates its state dir: an operator (or a unit's StateDirectory) does.
 fn make_state_dir(dir: &Path) {
     use std::os::unix::fs::DirBuilderExt;

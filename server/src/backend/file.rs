@@ -208,9 +208,10 @@ fn load_key(path: &Path) -> Result<SecretBytes, BackendError> {
             E::Missing { .. } => FailureClass::Destroyed,
             E::Denied { .. } => FailureClass::Revoked,
             E::TooLarge { len, .. } => return wrong_size(*len),
-            E::NotRegular { .. } | E::Insecure { .. } | E::WrongOwner { .. } => {
-                FailureClass::Disabled
-            }
+            E::NotRegular { .. }
+            | E::Insecure { .. }
+            | E::Writable { .. }
+            | E::WrongOwner { .. } => FailureClass::Disabled,
             E::Io { .. } => FailureClass::Unreachable,
         };
         BackendError::new(class, format!("key file {e}"))
