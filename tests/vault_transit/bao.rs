@@ -43,12 +43,24 @@ impl Bao {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("bao.log")).expect("log file");
+        // OpenBao enables audit devices only from its config (not through the API), so each
+        // server gets a file audit device: tests compare its request ids with ours.
+        let audit_config = dir.path().join("audit.hcl");
+        std::fs::write(
+            &audit_config,
+            format!(
+                "audit \"file\" \"file\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
+                dir.path().join("audit.log").display()
+            ),
+        )
+        .expect("audit config");
         let mut cmd = Command::new(&bin);
         cmd.args([
             "server",
             "-dev",
             &format!("-dev-listen-address=127.0.0.1:{port}"),
             &format!("-dev-root-token-id={ROOT}"),
+            &format!("-config={}", audit_config.display()),
         ]);
         if tls {
             cmd.arg("-dev-tls")
@@ -93,6 +105,11 @@ impl Bao {
     }
 
     /// The dev CA (with `start_with(true)`).
+    /// OpenBao's own audit log (one JSON object per line).
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.path().join("audit.log")
+    }
+
     pub fn ca_file(&self) -> PathBuf {
         self.dir.path().join("vault-ca.pem")
     }

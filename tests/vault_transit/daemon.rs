@@ -186,3 +186,51 @@ async fn daemon_every_edited_byte_is_refused_and_changes_nothing() {
     every_edited_byte_is_refused(&mut c, &[&token]).await;
     d.stop().await;
 }
+
+#[tokio::test]
+async fn the_audit_trail_names_the_request_ids_vaults_audit_device_logs() {
+    let Some(bao) = Bao::start() else { return };
+    let (uri, _) = bao.setup("k");
+    // OpenBao's own audit log: the ids in ours must be ids it logged.
+    let bao_log = bao.audit_log();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("audit")).unwrap();
+    let body = format!(
+        "{}\n[audit]\npath = \"audit/trail.jsonl\"\n",
+        crate::common::backend_daemon::body(&[&uri])
+    );
+    let d = crate::common::Daemon::start_in(tmp.path(), &body)
+        .await
+        .unwrap();
+    let mut c = d.unix().await;
+    wait_for_state(&mut c, "k", KeyState::Active).await;
+    let w = wrap(&mut c, &[5u8; 32]).await.expect("wrap");
+    unwrap(&mut c, &w.wrapped).await.expect("unwrap");
+    d.stop().await;
+
+    let ours: Vec<Vec<String>> = std::fs::read_to_string(tmp.path().join("audit/trail.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| matches!(r["op"].as_str(), Some("WrapKey" | "UnwrapKey")))
+        .map(|r| {
+            r["kms_requests"]
+                .as_array()
+                .map(|a| a.iter().map(|v| v.as_str().unwrap().to_owned()).collect())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(ours.len(), 2, "{ours:?}");
+    let theirs = std::fs::read_to_string(&bao_log).unwrap();
+    for (call, path) in ours.iter().zip(["transit/encrypt/k", "transit/decrypt/k"]) {
+        assert_eq!(call.len(), 1, "one Vault call each: {call:?}");
+        let logged = theirs
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .any(|e| {
+                e["request"]["id"].as_str() == Some(call[0].as_str())
+                    && e["request"]["path"].as_str() == Some(path)
+            });
+        assert!(logged, "{} on {path} is in OpenBao's audit log", call[0]);
+    }
+}

@@ -100,6 +100,7 @@ mod capabilities;
 mod ciphertext;
 mod classify;
 mod client;
+mod exec;
 mod token;
 mod uri;
 
@@ -239,17 +240,15 @@ impl KmsBackend for VaultBackend {
         self.read_key(&client).await?;
         let ad = B64.encode(aad.bytes());
         let pt = Zeroizing::new(B64.encode(plaintext.expose()));
-        let mut opts = EncryptDataRequest::builder();
-        opts.associated_data(ad.as_str()).context(ad.as_str());
-        let resp = match vaultrs::transit::data::encrypt(
-            &*client,
-            self.uri.mount(),
-            self.uri.key(),
-            &pt,
-            Some(&mut opts),
-        )
-        .await
-        {
+        let endpoint = EncryptDataRequest::builder()
+            .mount(self.uri.mount())
+            .name(self.uri.key())
+            .plaintext(pt.as_str())
+            .associated_data(ad.as_str())
+            .context(ad.as_str())
+            .build()
+            .map_err(|e| BackendError::unreachable(format!("Vault encrypt request: {e}")))?;
+        let resp = match exec::exec(&*client, endpoint).await {
             Ok(r) => r,
             Err(e) => {
                 return Err(match http_status(&e) {
@@ -281,16 +280,15 @@ impl KmsBackend for VaultBackend {
         let (ct, version) = ciphertext::parse(ciphertext, key_version)?;
         let client = self.client();
         let ad = B64.encode(aad.bytes());
-        let mut opts = DecryptDataRequest::builder();
-        opts.associated_data(ad.as_str()).context(ad.as_str());
-        let resp = vaultrs::transit::data::decrypt(
-            &*client,
-            self.uri.mount(),
-            self.uri.key(),
-            ct,
-            Some(&mut opts),
-        )
-        .await;
+        let endpoint = DecryptDataRequest::builder()
+            .mount(self.uri.mount())
+            .name(self.uri.key())
+            .ciphertext(ct)
+            .associated_data(ad.as_str())
+            .context(ad.as_str())
+            .build()
+            .map_err(|e| BackendError::unreachable(format!("Vault decrypt request: {e}")))?;
+        let resp = exec::exec(&*client, endpoint).await;
         let resp = match resp {
             Ok(r) => r,
             Err(e) => {
