@@ -13,8 +13,9 @@
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
+
+use tokio::task::futures::TaskLocalFuture;
 
 use tonic::server::NamedService;
 
@@ -53,18 +54,18 @@ impl<S: NamedService> NamedService for Scoped<S> {
 impl<S, R> tower::Service<R> for Scoped<S>
 where
     S: tower::Service<R>,
-    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    // The inner future itself, in the collector's scope: no allocation of its own per call.
+    type Future = TaskLocalFuture<RefCell<Vec<String>>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.0.poll_ready(cx)
     }
 
     fn call(&mut self, req: R) -> Self::Future {
-        Box::pin(IDS.scope(RefCell::new(Vec::new()), self.0.call(req)))
+        IDS.scope(RefCell::new(Vec::new()), self.0.call(req))
     }
 }
 

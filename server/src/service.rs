@@ -146,17 +146,20 @@ impl Service {
             kms_requests: crate::kms_request::take(),
         });
         let latency_ms = elapsed.as_secs_f64() * 1e3;
-        let peer = peer
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "unidentified".into());
-        let target = caller_text(target);
+        // The peer and target texts are made only for a line that is written: a success is
+        // logged at `debug`, off in production, and formatting them cost every call.
+        let peer = || {
+            peer.map(|p| p.to_string())
+                .unwrap_or_else(|| "unidentified".into())
+        };
         match result {
             Ok(v) => {
-                tracing::debug!(op = rpc, target, %peer, outcome = "OK", latency_ms, "key operation");
+                tracing::debug!(op = rpc, target = caller_text(target), peer = %peer(), outcome = "OK", latency_ms, "key operation");
                 Ok(Response::new(v))
             }
             Err(e) => {
                 let code = e.code();
+                let (target, peer) = (caller_text(target), peer());
                 if code == tonic::Code::Internal {
                     if let Some(suppressed) = FAILURES.admit() {
                         tracing::error!(op = rpc, target, %peer, outcome = ?code, latency_ms, error = %e, suppressed, "key operation failed");
