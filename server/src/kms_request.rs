@@ -8,8 +8,9 @@
 //! on failure, and the call's audit record takes them ([`take`]). A KMS call made for another caller's request (a coalesced unwrap) is noted by
 //! the call that made it; calls outside a scope (the poller) are not noted.
 //!
-//! Which SDKs expose one: AWS (`x-amzn-RequestId`, through `RequestId`) and the mock. The
-//! Google Cloud and Vault clients return the response body only (see the README).
+//! Who has one: AWS (`x-amzn-RequestId`, through `RequestId`), Vault and OpenBao (the
+//! response's `request_id`, read in `backend/vault/exec.rs`) and the mock. Google Cloud KMS's
+//! REST answers carry none (see the README).
 
 use std::cell::RefCell;
 use std::future::Future;
