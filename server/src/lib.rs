@@ -10,6 +10,7 @@
 //! - [`config`]: the TOML config, validated once into typed values.
 //! - [`server`]: `Server::bind` then `serve(shutdown)`: both listeners (Unix socket, mTLS
 //!   TCP), health, reflection, the poller, a bounded drain.
+//! - [`live`]: the config in force (policy, keys, stores, TLS), swapped whole on SIGHUP.
 //! - [`listener`] / [`limits`]: the accept loops (connection caps, TLS handshake timeout,
 //!   backoff when out of descriptors) and every resource bound of `[limits]`.
 //! - [`health`]: the health service, whose watchers end on shutdown.
@@ -35,6 +36,7 @@
 //! - [`fs`]: private files: checked reads, atomic writes, the state dir lock.
 //! - [`audit`] / [`metrics`] / [`observe`]: the hash-chained audit trail, Prometheus
 //!   metrics on `/metrics`, and the one hook every finished call passes through.
+//! - [`kms_request`]: the KMS's request ids of each call, for its audit record.
 //! - [`hardening`]: no core dumps, no same-user ptrace, the open-file limit raised, room to
 //!   lock key memory checked (done by `main` before serving).
 
