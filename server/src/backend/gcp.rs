@@ -23,7 +23,7 @@
 //! the call, as INVALID_ARGUMENT.
 //!
 //! The SDK is told to make exactly ONE attempt per call ([`NeverRetry`]): deadlines and
-//! retries belong to [`super::resilient`]. Errors are classified in [`errors`].
+//! retries belong to [`super::resilient`]. Errors are classified in [`classify`].
 
 use std::fmt;
 use std::time::Duration;
