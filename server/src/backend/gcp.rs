@@ -336,32 +336,16 @@ impl KmsBackend for GcpBackend {
         );
         // TestIamPermissions may "fail open" (see `proof`): a permission it does not list is
         // REVOKED, one it lists proves nothing. It lists nothing for a missing key.
-        let missing = |granted: &[String]| {
-            USE_PERMISSIONS
-                .iter()
-                .find(|p| !granted.iter().any(|g| g == *p))
-                .copied()
-        };
+        // Denied metadata: no `cloudkms.cryptoKeys.get` (least privilege), no grant at all, or
+        // no such key (Cloud KMS answers these alike to a caller without access to the ring).
         let key = match key {
-            Ok(key) => key,
+            Ok(key) => Some(key),
             Err(e) => {
                 let e = classify(Op::GetCryptoKey, &e);
                 if e.class != FailureClass::Revoked {
                     return Err(e);
                 }
-                // Denied: no `cloudkms.cryptoKeys.get` (least privilege), no grant at all,
-                // or no such key (Cloud KMS answers these alike to a caller without access
-                // to the key ring).
-                let granted = perms
-                    .map_err(|e| classify(Op::TestIamPermissions, &e))?
-                    .permissions;
-                if let Some(p) = missing(&granted) {
-                    return Err(BackendError::new(
-                        FailureClass::Revoked,
-                        format!("{p} is not granted on the key, or the key does not exist (Cloud KMS does not say which to a caller without access to the key ring)"),
-                    ));
-                }
-                return self.prove_by_encrypt().await;
+                None
             }
         };
         let granted = perms
@@ -369,12 +353,23 @@ impl KmsBackend for GcpBackend {
             .permissions;
         // Revocation usually removes the encrypter/decrypter binding and leaves the viewer
         // role, so GetCryptoKey alone would not notice it.
-        if let Some(p) = missing(&granted) {
+        if let Some(p) = USE_PERMISSIONS
+            .iter()
+            .find(|p| !granted.iter().any(|g| g == *p))
+        {
+            let unseen = if key.is_none() {
+                ", or the key does not exist (Cloud KMS does not say which to a caller without access to the key ring)"
+            } else {
+                ""
+            };
             return Err(BackendError::new(
                 FailureClass::Revoked,
-                format!("TestIamPermissions: {p} is not granted on the key"),
+                format!("TestIamPermissions: {p} is not granted on the key{unseen}"),
             ));
         }
+        let Some(key) = key else {
+            return self.prove_by_encrypt().await;
+        };
         if key.purpose != CryptoKeyPurpose::EncryptDecrypt {
             return Err(BackendError::new(
                 FailureClass::Disabled,
