@@ -6,8 +6,8 @@ use kms_broker_client::pb::{GetStoreKeyRequest, KeyState, UnwrapKeyRequest};
 use tonic::Code;
 
 use crate::common::backend_daemon::{
-    both_fail, code, every_edited_byte_is_refused, refused_while, start, status_text,
-    survives_the_loss_of_either, unwrap, wrap,
+    both_fail, code, every_edited_byte_is_refused, kms_request_ids, refused_while, start,
+    start_audited, status_text, survives_the_loss_of_either, unwrap, wrap,
 };
 use crate::common::wait_for_state;
 use crate::moto::{Moto, SECRET, TOKEN};
@@ -180,16 +180,7 @@ async fn the_audit_trail_names_aws_request_ids_of_answers_and_refusals() {
     let Some(moto) = Moto::start() else { return };
     let (id, _) = moto.create_key().await;
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::create_dir(tmp.path().join("audit")).unwrap();
-    let body = format!(
-        "{}\n[audit]\npath = \"audit/trail.jsonl\"\n",
-        crate::common::backend_daemon::body(&[&moto.uri(&id)])
-    );
-    let d = crate::common::Daemon::start_in(tmp.path(), &body)
-        .await
-        .unwrap();
-    let mut c = d.unix().await;
-    wait_for_state(&mut c, "k", KeyState::Active).await;
+    let (d, mut c) = start_audited(tmp.path(), &[&moto.uri(&id)]).await;
     let w = wrap(&mut c, &[7u8; 32]).await.expect("wrap");
     unwrap(&mut c, &w.wrapped).await.expect("unwrap");
     // Refused by AWS itself (the context does not match): that answer has an id too.
@@ -203,21 +194,10 @@ async fn the_audit_trail_names_aws_request_ids_of_answers_and_refusals() {
     );
     d.stop().await;
 
-    let text = std::fs::read_to_string(tmp.path().join("audit/trail.jsonl")).unwrap();
-    let ids: Vec<Vec<String>> = text
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|r| matches!(r["op"].as_str(), Some("WrapKey" | "UnwrapKey")))
-        .map(|r| {
-            r["kms_requests"]
-                .as_array()
-                .map(|a| a.iter().map(|v| v.as_str().unwrap().to_owned()).collect())
-                .unwrap_or_default()
-        })
-        .collect();
-    assert_eq!(ids.len(), 3, "{text}");
+    let ids = kms_request_ids(tmp.path());
+    assert_eq!(ids.len(), 3, "{ids:?}");
     for call in &ids {
-        assert!(!call.is_empty(), "every call reached AWS: {text}");
+        assert!(!call.is_empty(), "every call reached AWS: {ids:?}");
         assert!(call.iter().all(|id| id.len() >= 16), "{call:?}");
     }
     // Each answer has its own id.

@@ -41,6 +41,33 @@ pub async fn start(uris: &[&str]) -> (Daemon, Client) {
     (d, c)
 }
 
+/// [`start`] with an audit trail at `dir/audit/trail.jsonl` (read by [`kms_request_ids`]).
+pub async fn start_audited(dir: &std::path::Path, uris: &[&str]) -> (Daemon, Client) {
+    std::fs::create_dir(dir.join("audit")).expect("audit dir");
+    let body = format!("{}\n[audit]\npath = \"audit/trail.jsonl\"\n", body(uris));
+    let d = Daemon::start_in(dir, &body).await.expect("daemon starts");
+    let mut c = d.unix().await;
+    wait_for_state(&mut c, "k", KeyState::Active).await;
+    (d, c)
+}
+
+/// The `kms_requests` of each WrapKey and UnwrapKey record in [`start_audited`]'s trail, in
+/// order (empty for a record without any).
+pub fn kms_request_ids(dir: &std::path::Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(dir.join("audit/trail.jsonl"))
+        .expect("the trail")
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON record"))
+        .filter(|r| matches!(r["op"].as_str(), Some("WrapKey" | "UnwrapKey")))
+        .map(|r| {
+            r["kms_requests"]
+                .as_array()
+                .map(|a| a.iter().map(|v| v.as_str().unwrap().to_owned()).collect())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
 pub fn ctx() -> HashMap<String, String> {
     HashMap::from([("store".to_owned(), "s1".to_owned())])
 }

@@ -7,8 +7,9 @@ use tonic::Code;
 
 use crate::bao::Bao;
 use crate::common::backend_daemon::{
-    both_fail, code, every_edited_byte_is_refused, hold_store_key, refused_while, start,
-    status_text, store_key, survives_the_loss_of_either, unwrap, wrap, NO_SECRETS,
+    both_fail, code, every_edited_byte_is_refused, hold_store_key, kms_request_ids, refused_while,
+    start, start_audited, status_text, store_key, survives_the_loss_of_either, unwrap, wrap,
+    NO_SECRETS,
 };
 use crate::common::wait_for_state;
 
@@ -194,32 +195,12 @@ async fn the_audit_trail_names_the_request_ids_vaults_audit_device_logs() {
     // OpenBao's own audit log: the ids in ours must be ids it logged.
     let bao_log = bao.audit_log();
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::create_dir(tmp.path().join("audit")).unwrap();
-    let body = format!(
-        "{}\n[audit]\npath = \"audit/trail.jsonl\"\n",
-        crate::common::backend_daemon::body(&[&uri])
-    );
-    let d = crate::common::Daemon::start_in(tmp.path(), &body)
-        .await
-        .unwrap();
-    let mut c = d.unix().await;
-    wait_for_state(&mut c, "k", KeyState::Active).await;
+    let (d, mut c) = start_audited(tmp.path(), &[&uri]).await;
     let w = wrap(&mut c, &[5u8; 32]).await.expect("wrap");
     unwrap(&mut c, &w.wrapped).await.expect("unwrap");
     d.stop().await;
 
-    let ours: Vec<Vec<String>> = std::fs::read_to_string(tmp.path().join("audit/trail.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|r| matches!(r["op"].as_str(), Some("WrapKey" | "UnwrapKey")))
-        .map(|r| {
-            r["kms_requests"]
-                .as_array()
-                .map(|a| a.iter().map(|v| v.as_str().unwrap().to_owned()).collect())
-                .unwrap_or_default()
-        })
-        .collect();
+    let ours = kms_request_ids(tmp.path());
     assert_eq!(ours.len(), 2, "{ours:?}");
     let theirs = std::fs::read_to_string(&bao_log).unwrap();
     for (call, path) in ours.iter().zip(["transit/encrypt/k", "transit/decrypt/k"]) {
