@@ -13,7 +13,6 @@
 //! REST answers carry none (see the README).
 
 use std::cell::RefCell;
-use std::future::Future;
 use std::task::{Context, Poll};
 
 use tokio::task::futures::TaskLocalFuture;
@@ -27,16 +26,6 @@ const MAX_LEN: usize = 100;
 
 tokio::task_local! {
     static IDS: RefCell<Vec<String>>;
-}
-
-/// Runs `call`, returning its output and the KMS request ids noted while it ran.
-pub async fn scoped<F: Future>(call: F) -> (F::Output, Vec<String>) {
-    IDS.scope(RefCell::new(Vec::new()), async {
-        let out = call.await;
-        let ids = IDS.with(|ids| ids.take());
-        (out, ids)
-    })
-    .await
 }
 
 /// The ids noted so far in this call, taken (the call's end).
@@ -92,6 +81,13 @@ pub fn note(id: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `call` in its own collector, as [`Scoped`] runs a KeyBroker call; its output and the
+    /// ids [`take`] finds at its end, as `Service::finish` does.
+    async fn scoped<F: std::future::Future>(call: F) -> (F::Output, Vec<String>) {
+        IDS.scope(RefCell::new(Vec::new()), async { (call.await, take()) })
+            .await
+    }
 
     #[tokio::test]
     async fn ids_noted_in_a_call_are_its_own_bounded_and_clean() {
