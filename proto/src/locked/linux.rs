@@ -159,12 +159,11 @@ fn refill(a: &mut Arena, class: usize) -> Option<()> {
     Some(())
 }
 
-/// A fresh mapping of `size` bytes (a multiple of the page size), excluded from dumps and
-/// from forked children, and locked where `RLIMIT_MEMLOCK` allows; `(address, locked)`.
-fn map(size: usize) -> Option<(NonNull<u8>, bool)> {
+/// `size` bytes of new, zeroed, read-write pages that nothing else uses.
+fn fresh_mapping(size: usize) -> rustix::io::Result<*mut std::ffi::c_void> {
     // SAFETY: an anonymous private mapping at an address the kernel picks (null hint): it
     // overlaps nothing else in the process.
-    let ptr = unsafe {
+    unsafe {
         mmap_anonymous(
             null_mut(),
             size,
@@ -172,7 +171,12 @@ fn map(size: usize) -> Option<(NonNull<u8>, bool)> {
             MapFlags::PRIVATE,
         )
     }
-    .ok()?;
+}
+
+/// A fresh mapping of `size` bytes (a multiple of the page size), excluded from dumps and
+/// from forked children, and locked where `RLIMIT_MEMLOCK` allows; `(address, locked)`.
+fn map(size: usize) -> Option<(NonNull<u8>, bool)> {
+    let ptr = fresh_mapping(size).ok()?;
     // SAFETY (the three calls): `ptr..ptr+size` is the mapping just made, not yet handed to
     // anyone; mlock and madvise change how the kernel treats those pages (kept in RAM, left
     // out of core dumps, zero in a forked child), never their contents as seen here.
@@ -208,15 +212,7 @@ pub(super) fn probe(bytes: usize) -> std::io::Result<()> {
         .max(1)
         .checked_next_multiple_of(page_size())
         .ok_or(std::io::ErrorKind::InvalidInput)?;
-    // SAFETY: as in `map`: a fresh mapping that overlaps nothing.
-    let ptr = unsafe {
-        mmap_anonymous(
-            null_mut(),
-            size,
-            ProtFlags::READ | ProtFlags::WRITE,
-            MapFlags::PRIVATE,
-        )
-    }?;
+    let ptr = fresh_mapping(size)?;
     // SAFETY: the scratch mapping just made, used by nothing else; unmapping it also
     // unlocks it and touches no other mapping.
     let locked = unsafe { mlock(ptr, size) };
