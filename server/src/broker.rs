@@ -52,9 +52,6 @@ pub struct Broker {
     grace: Duration,
     hedge_after: Duration,
     cache: UnwrapCache,
-    /// What the URIs' backends were built with: a reload that changes them rebuilds all.
-    kms: crate::backend::resilient::RetryPolicy,
-    max_in_flight: usize,
 }
 
 impl Broker {
@@ -64,13 +61,14 @@ impl Broker {
         Self::build(config, Arc::new(Clock::default()), |_| None).await
     }
 
-    /// The broker a reloaded `config` describes. A URI whose text (secrets included) and
+    /// The broker a reloaded `config` describes (`was`: the config this broker was built
+    /// from). A URI whose text (secrets included) and
     /// KMS settings are unchanged keeps its backend AND its state, so a reload never
     /// forgets a revocation nor makes a healthy key wait for its next check. New URIs start
     /// unchecked, as at start-up. The clock is shared: watchers of the old broker's epoch
     /// see the new one's changes.
-    pub async fn reload(&self, config: &Config) -> Result<Self, ConfigError> {
-        let same_settings = self.kms == config.kms && self.max_in_flight == config.max_in_flight;
+    pub async fn reload(&self, was: &Config, config: &Config) -> Result<Self, ConfigError> {
+        let same_settings = was.kms == config.kms && was.max_in_flight == config.max_in_flight;
         Self::build(config, self.clock.clone(), |uri| {
             if !same_settings {
                 return None;
@@ -124,8 +122,6 @@ impl Broker {
             grace: config.revocation.grace_period,
             hedge_after: config.hedge_after,
             cache: UnwrapCache::new(config.cache.max_age, config.cache.max_entries),
-            kms: config.kms,
-            max_in_flight: config.max_in_flight,
         })
     }
 

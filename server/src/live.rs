@@ -170,7 +170,7 @@ impl Reloader {
         };
         let broker = Arc::new(
             old.broker
-                .reload(&config)
+                .reload(&old.config, &config)
                 .await
                 .map_err(|e| Refused(e.to_string()))?,
         );

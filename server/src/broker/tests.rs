@@ -84,8 +84,9 @@ async fn a_reload_keeps_unchanged_uris_and_rebuilds_the_rest() {
             dir.path().join("k2.bin").display()
         )
     };
-    let config = Config::parse(&dir.path().join("c.toml"), &text("")).unwrap();
-    let new = old.reload(&config).await.unwrap();
+    // The same [kms] settings as `old`'s config (the defaults).
+    let same = Config::parse(&dir.path().join("c.toml"), &text("")).unwrap();
+    let new = old.reload(&same, &same).await.unwrap();
     let first = |b: &Broker, n: &KeyName| b.key(n).unwrap().uris[0].clone();
     assert!(Arc::ptr_eq(&first(&old, &name), &first(&new, &name)));
     let k2 = KeyName::parse("k2").unwrap();
@@ -99,6 +100,6 @@ async fn a_reload_keeps_unchanged_uris_and_rebuilds_the_rest() {
         &text("[kms]\nmax_attempts = 2\n"),
     )
     .unwrap();
-    let rebuilt = new.reload(&config).await.unwrap();
+    let rebuilt = new.reload(&same, &config).await.unwrap();
     assert!(!Arc::ptr_eq(&first(&new, &name), &first(&rebuilt, &name)));
 }
