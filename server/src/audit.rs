@@ -237,15 +237,19 @@ mod tests {
     #[test]
     fn records_chain_across_restarts_and_rotations() {
         let dir = tempfile::tempdir().unwrap();
-        let c = config(dir.path(), 4096);
-        let a = Audit::open(c.clone(), Path::new("t.toml")).unwrap();
+        // A record's size depends on the test binary's path (`exe`), so the first run has
+        // room enough never to rotate, wherever the checkout lives.
+        let roomy = config(dir.path(), 1 << 20);
+        let a = Audit::open(roomy.clone(), Path::new("t.toml")).unwrap();
         call(&a, 10);
         a.close();
-        let first = verify(&c.path).unwrap();
+        let first = verify(&roomy.path).unwrap();
         assert_eq!(first.records, 11, "a start record and ten calls");
         assert_eq!(first.first_prev.as_deref(), Some(GENESIS));
+        assert!(!writer_rotated(&roomy.path, 1).exists());
 
         // A restart continues the chain; enough records to rotate more than `keep` times.
+        let c = config(dir.path(), 4096);
         let a = Audit::open(c.clone(), Path::new("t.toml")).unwrap();
         call(&a, 200);
         a.close();
