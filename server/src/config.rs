@@ -13,11 +13,18 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::backend::resilient::RetryPolicy;
-use crate::envelope::{MAX_ENTRIES, MAX_URI_ID};
 use crate::key_name::KeyName;
-use crate::key_uri::KeyUri;
 use crate::policy::{Policy, PolicyRule};
-use crate::store_key::{Algorithm, StoreId};
+use crate::store_key::StoreId;
+
+mod keys;
+mod kms;
+mod revocation;
+mod stores;
+
+pub use keys::{KeyConfig, WrapMode};
+pub use revocation::RevocationConfig;
+pub use stores::StoreConfig;
 
 /// A bad config: which file, which field, what is wrong and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +49,22 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    pub fn new(
+        file: &Path,
+        field: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            file: file.to_owned(),
+            field: field.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+}
 
 /// The validated config the daemon runs with.
 #[derive(Debug, Clone)]
@@ -83,44 +106,6 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone)]
-pub struct KeyConfig {
-    pub uris: Vec<KeyUri>,
-    pub wrap_mode: WrapMode,
-}
-
-/// What WrapKey and store-key creation do while one of a key's URIs is down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WrapMode {
-    /// Fail: every URI must wrap (a restore must survive the loss of any region).
-    #[default]
-    Strict,
-    /// Wrap under the URIs that answer; the gap shows in StoreStatus, and a store's missing
-    /// wraps are added once the URI is back.
-    Available,
-}
-
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    pub key: KeyName,
-    pub algorithm: Algorithm,
-    /// Rotate the store key when the active one is this old; `None`: only on request.
-    pub rotation_period: Option<Duration>,
-    /// How many previous keys the operator means to keep. Never enforced by dropping:
-    /// StoreStatus flags a store over it, and DropPreviousStoreKey is the explicit act.
-    pub max_previous: Option<usize>,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct RevocationConfig {
-    /// The interval while every URI is ACTIVE.
-    pub poll_interval: Duration,
-    /// The interval while any URI is not: a key coming back (or going) is seen sooner.
-    pub degraded_poll_interval: Duration,
-    /// Zero turns the grace off.
-    pub grace_period: Duration,
-}
-
 // ---- the TOML shape -------------------------------------------------------------------
 
 #[derive(Deserialize)]
@@ -129,13 +114,13 @@ struct RawConfig {
     server: RawServer,
     tls: Option<RawTls>,
     #[serde(default)]
-    keys: BTreeMap<String, RawKey>,
+    keys: BTreeMap<String, keys::RawKey>,
     #[serde(default)]
-    stores: BTreeMap<String, RawStore>,
+    stores: BTreeMap<String, stores::RawStore>,
     #[serde(default)]
-    revocation: RawRevocation,
+    revocation: revocation::RawRevocation,
     #[serde(default)]
-    kms: RawKms,
+    kms: kms::RawKms,
     #[serde(default)]
     policy: Vec<RawPolicy>,
     #[serde(default)]
@@ -164,54 +149,6 @@ struct RawTls {
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawKey {
-    uris: Vec<String>,
-    wrap_mode: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStore {
-    key: String,
-    algorithm: Option<String>,
-    #[serde(default, with = "humantime_serde")]
-    rotation_period: Option<Duration>,
-    max_previous: Option<usize>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawRevocation {
-    #[serde(default, with = "humantime_serde")]
-    poll_interval: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    grace_period: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    degraded_poll_interval: Option<Duration>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawKms {
-    #[serde(default, with = "humantime_serde")]
-    attempt_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    deadline: Option<Duration>,
-    max_attempts: Option<u32>,
-    #[serde(default, with = "humantime_serde")]
-    hedge_after: Option<Duration>,
-    max_in_flight: Option<usize>,
-    // Protecting the KMS: see backend::protect.
-    rate_per_second: Option<f64>,
-    burst: Option<u32>,
-    retry_budget: Option<f64>,
-    breaker_failures: Option<u32>,
-    #[serde(default, with = "humantime_serde")]
-    breaker_cooldown: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -250,12 +187,8 @@ impl Config {
 
     /// Validates config text; `path` names it in errors and anchors relative paths.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let err = |field: &str, problem: String, fix: &str| ConfigError {
-            file: path.to_owned(),
-            field: field.to_owned(),
-            problem,
-            fix: fix.to_owned(),
-        };
+        let err =
+            |field: &str, problem: String, fix: &str| ConfigError::new(path, field, problem, fix);
         let line_of = |e: &toml::de::Error| {
             e.span()
                 .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
@@ -316,172 +249,10 @@ impl Config {
             key: rel(t.key),
         });
 
-        let mut keys = BTreeMap::new();
-        for (name, k) in raw.keys {
-            let field = format!("keys.{name}");
-            let name = KeyName::parse(&name)
-                .map_err(|problem| err(&field, problem.into(), "rename the key"))?;
-            if k.uris.is_empty() {
-                return Err(err(
-                    &format!("{field}.uris"),
-                    "no URIs".into(),
-                    "list at least one KMS key URI",
-                ));
-            }
-            // A wrapped envelope holds one entry per URI, at most MAX_ENTRIES.
-            if k.uris.len() > MAX_ENTRIES {
-                return Err(err(
-                    &format!("{field}.uris"),
-                    format!("{} URIs; a key has at most {MAX_ENTRIES}", k.uris.len()),
-                    "split the URIs across keys",
-                ));
-            }
-            let mut uris = Vec::with_capacity(k.uris.len());
-            for (i, u) in k.uris.iter().enumerate() {
-                let mut parsed = KeyUri::parse(u).map_err(|problem| {
-                    err(
-                        &format!("{field}.uris[{i}]"),
-                        problem,
-                        "see the README's key URI forms",
-                    )
-                })?;
-                parsed.resolve_relative(&base);
-                if parsed.id().len() > MAX_URI_ID {
-                    return Err(err(
-                        &format!("{field}.uris[{i}]"),
-                        format!("the key's identity is over {MAX_URI_ID} bytes"),
-                        "use a shorter path or key name",
-                    ));
-                }
-                if uris.iter().any(|p: &KeyUri| p.id() == parsed.id()) {
-                    return Err(err(
-                        &format!("{field}.uris[{i}]"),
-                        "the same KMS key is listed twice".into(),
-                        "remove the duplicate",
-                    ));
-                }
-                uris.push(parsed);
-            }
-            let wrap_mode = match k.wrap_mode.as_deref() {
-                None | Some("strict") => WrapMode::Strict,
-                Some("available") => WrapMode::Available,
-                Some(other) => {
-                    return Err(err(
-                        &format!("{field}.wrap_mode"),
-                        format!("{other:?} is not a wrap mode"),
-                        "use \"strict\" (the default) or \"available\"",
-                    ))
-                }
-            };
-            keys.insert(name, KeyConfig { uris, wrap_mode });
-        }
-
-        let mut stores = BTreeMap::new();
-        for (id, s) in raw.stores {
-            let field = format!("stores.{id}");
-            let store_id =
-                StoreId::parse(&id).map_err(|problem| err(&field, problem, "rename the store"))?;
-            let key = match KeyName::parse(&s.key) {
-                Ok(k) if keys.contains_key(&k) => k,
-                _ => {
-                    return Err(err(
-                        &format!("{field}.key"),
-                        format!("no key named {:?} under [keys]", s.key),
-                        "name a key defined under [keys.NAME]",
-                    ))
-                }
-            };
-            let algorithm = match s.algorithm.as_deref() {
-                None => Algorithm::Aes256,
-                Some(a) => Algorithm::parse(a).ok_or_else(|| {
-                    err(
-                        &format!("{field}.algorithm"),
-                        format!("{a:?} is not an algorithm"),
-                        "use \"AES-128\", \"AES-192\" or \"AES-256\"",
-                    )
-                })?,
-            };
-            if s.rotation_period
-                .is_some_and(|p| p < Duration::from_secs(60))
-            {
-                return Err(err(
-                    &format!("{field}.rotation_period"),
-                    "shorter than a minute".into(),
-                    "use e.g. \"90d\", or leave it out to rotate only on request",
-                ));
-            }
-            let config = StoreConfig {
-                key,
-                algorithm,
-                rotation_period: s.rotation_period,
-                max_previous: s.max_previous,
-            };
-            stores.insert(store_id, config);
-        }
-
-        let revocation = RevocationConfig {
-            poll_interval: raw
-                .revocation
-                .poll_interval
-                .unwrap_or(Duration::from_secs(30)),
-            grace_period: raw
-                .revocation
-                .grace_period
-                .unwrap_or(Duration::from_secs(15 * 60)),
-            degraded_poll_interval: Duration::ZERO,
-        };
-        // Default: a sixth of the healthy interval (5 s at the default 30 s), never longer.
-        let degraded = raw
-            .revocation
-            .degraded_poll_interval
-            .unwrap_or((revocation.poll_interval / 6).max(Duration::from_millis(100)));
-        if degraded < Duration::from_millis(100) || degraded > revocation.poll_interval {
-            return Err(err(
-                "revocation.degraded_poll_interval",
-                "must be between 100ms and poll_interval".into(),
-                "use e.g. \"5s\" with poll_interval = \"30s\"",
-            ));
-        }
-        let revocation = RevocationConfig {
-            degraded_poll_interval: degraded,
-            ..revocation
-        };
-        if revocation.poll_interval < Duration::from_millis(100) {
-            return Err(err(
-                "revocation.poll_interval",
-                "shorter than 100ms".into(),
-                "use e.g. \"30s\"",
-            ));
-        }
-
-        let defaults = RetryPolicy::default();
-        let kms = RetryPolicy {
-            attempt_timeout: raw.kms.attempt_timeout.unwrap_or(defaults.attempt_timeout),
-            deadline: raw.kms.deadline.unwrap_or(defaults.deadline),
-            max_attempts: raw.kms.max_attempts.unwrap_or(defaults.max_attempts),
-            protection: crate::backend::protect::Protection::from_raw(
-                raw.kms.rate_per_second,
-                raw.kms.burst,
-                raw.kms.retry_budget,
-                raw.kms.breaker_failures,
-                raw.kms.breaker_cooldown,
-            )
-            .map_err(|(f, problem)| {
-                err(
-                    &format!("kms.{f}"),
-                    problem,
-                    "see the README's \"Protecting the KMS\"",
-                )
-            })?,
-            ..defaults
-        };
-        if kms.max_attempts == 0 || kms.attempt_timeout.is_zero() || kms.deadline.is_zero() {
-            return Err(err(
-                "kms",
-                "timeouts and max_attempts must be above zero".into(),
-                "e.g. attempt_timeout = \"5s\", deadline = \"15s\", max_attempts = 4",
-            ));
-        }
+        let keys = keys::parse(path, &base, raw.keys)?;
+        let stores = stores::parse(path, raw.stores, &keys)?;
+        let revocation = RevocationConfig::from_raw(raw.revocation, path)?;
+        let kms = kms::Kms::from_raw(raw.kms, path)?;
 
         let mut rules = Vec::with_capacity(raw.policy.len());
         for (i, p) in raw.policy.into_iter().enumerate() {
@@ -510,7 +281,8 @@ impl Config {
         }
 
         let uris_per_key = keys.values().map(|k| k.uris.len());
-        let limits = crate::limits::Limits::from_raw(raw.limits, kms.deadline, uris_per_key, path)?;
+        let limits =
+            crate::limits::Limits::from_raw(raw.limits, kms.retry.deadline, uris_per_key, path)?;
         Ok(Config {
             limits,
             cache: raw.cache,
@@ -529,9 +301,9 @@ impl Config {
             keys,
             stores,
             revocation,
-            kms,
-            hedge_after: raw.kms.hedge_after.unwrap_or(Duration::from_millis(250)),
-            max_in_flight: raw.kms.max_in_flight.unwrap_or(256).max(1),
+            kms: kms.retry,
+            hedge_after: kms.hedge_after,
+            max_in_flight: kms.max_in_flight,
             policy: Policy::new(rules),
         })
     }

@@ -75,11 +75,8 @@ impl Limits {
         uris_per_key: impl IntoIterator<Item = usize>,
         file: &Path,
     ) -> Result<Limits, ConfigError> {
-        let err = |field: &str, problem: String, fix: &str| ConfigError {
-            file: file.to_owned(),
-            field: format!("limits.{field}"),
-            problem,
-            fix: fix.to_owned(),
+        let err = |field: &str, problem: String, fix: &str| {
+            ConfigError::new(file, format!("limits.{field}"), problem, fix)
         };
         let most_uris = uris_per_key.into_iter().max().unwrap_or(1).max(1);
         let derived_timeout = kms_deadline

@@ -22,13 +22,12 @@ const MAX_PEM: u64 = 1024 * 1024;
 const ALPN_H2: &[u8] = b"h2";
 
 fn problem(config: &Path, field: &str, problem: String) -> ConfigError {
-    ConfigError {
-        file: config.to_owned(),
-        field: format!("tls.{field}"),
+    ConfigError::new(
+        config,
+        format!("tls.{field}"),
         problem,
-        fix: "point it at a PEM file of the right kind (kms-broker dev-certs --out DIR makes a dev set)"
-            .into(),
-    }
+        "point it at a PEM file of the right kind (kms-broker dev-certs --out DIR makes a dev set)",
+    )
 }
 
 fn read_public(file: &Path, field: &str, config: &Path) -> Result<Vec<u8>, ConfigError> {

@@ -36,11 +36,8 @@ pub struct RawAudit {
 impl AuditConfig {
     /// Validates `raw`; a relative `path` is relative to the config file's folder (`base`).
     pub fn from_raw(raw: RawAudit, base: &Path, file: &Path) -> Result<AuditConfig, ConfigError> {
-        let err = |field: &str, problem: String, fix: &str| ConfigError {
-            file: file.to_owned(),
-            field: format!("audit.{field}"),
-            problem,
-            fix: fix.to_owned(),
+        let err = |field: &str, problem: String, fix: &str| {
+            ConfigError::new(file, format!("audit.{field}"), problem, fix)
         };
         if raw.path.as_os_str().is_empty() || raw.path.file_name().is_none() {
             return Err(err(

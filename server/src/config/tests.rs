@@ -1,4 +1,5 @@
 use super::*;
+use crate::envelope::MAX_ENTRIES;
 
 const GOOD: &str = r#"
 [server]
@@ -88,4 +89,26 @@ fn tcp_needs_tls() {
     let e = parse(&GOOD.replace("state_dir", "tcp_listen = \"127.0.0.1:7443\"\nstate_dir"))
         .unwrap_err();
     assert_eq!(e.field, "tls");
+}
+
+#[test]
+fn kms_and_revocation_values_that_cannot_work_are_named() {
+    let cases = [
+        ("[kms]\nmax_in_flight = 0", "kms.max_in_flight"),
+        ("[kms]\nmax_attempts = 0", "kms"),
+        ("[kms]\nrate_per_second = -1.0", "kms.rate_per_second"),
+        ("[revocation]\npoll_interval = \"10ms\"", "revocation.poll_interval"),
+        (
+            "[revocation]\npoll_interval = \"10s\"\ndegraded_poll_interval = \"20s\"",
+            "revocation.degraded_poll_interval",
+        ),
+    ];
+    for (section, field) in cases {
+        let e = parse(&format!("{GOOD}\n{section}\n")).unwrap_err();
+        assert_eq!(e.field, field, "{section}: {e}");
+    }
+    let c = parse(&format!("{GOOD}\n[revocation]\npoll_interval = \"60s\"\n")).unwrap();
+    assert_eq!(c.revocation.degraded_poll_interval, Duration::from_secs(10));
+    assert_eq!(c.max_in_flight, 256);
+    assert_eq!(c.hedge_after, Duration::from_millis(250));
 }
