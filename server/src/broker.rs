@@ -8,7 +8,7 @@
 //! gate is checked AGAIN, so a call admitted just before a revocation does not hand out
 //! what it got.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,9 +45,16 @@ pub struct Unwrapped {
 }
 
 /// Configured keys, each with its URIs' backends and states.
+///
+/// A KMS URI listed by several keys (the same text, credentials included) is ONE
+/// [`KmsUri`], shared: one backend, one breaker, one state. A denial seen through any key
+/// applies to every key that lists it at once (fail closed), and each poll asks the KMS once.
 #[derive(Debug)]
 pub struct Broker {
     keys: BTreeMap<KeyName, Key>,
+    /// Every distinct URI once, with the first key (by name) that lists it: what a poll
+    /// checks and what per-URI counters are exported for.
+    uris: Vec<(KeyName, Arc<KmsUri>)>,
     clock: Arc<Clock>,
     grace: Duration,
     hedge_after: Duration,
@@ -58,7 +65,7 @@ impl Broker {
     /// Builds a backend per URI. Contacts no KMS. A backend that cannot even be built (a
     /// token file that is missing, a CA file that does not parse) is a config error.
     pub async fn new(config: &Config) -> Result<Self, ConfigError> {
-        Self::build(config, Arc::new(Clock::default()), |_| None).await
+        Self::build(config, Arc::new(Clock::default()), UriIndex::default()).await
     }
 
     /// The broker a reloaded `config` describes (`was`: the config this broker was built
@@ -69,29 +76,34 @@ impl Broker {
     /// see the new one's changes.
     pub async fn reload(&self, was: &Config, config: &Config) -> Result<Self, ConfigError> {
         let same_settings = was.kms == config.kms && was.max_in_flight == config.max_in_flight;
-        Self::build(config, self.clock.clone(), |uri| {
-            if !same_settings {
-                return None;
+        let mut kept = UriIndex::default();
+        if same_settings {
+            for (_, u) in &self.uris {
+                kept.insert(u.clone());
             }
-            self.keys
-                .values()
-                .flat_map(|k| &k.uris)
-                .find(|u| u.uri == *uri)
-                .cloned()
-        })
-        .await
+        }
+        Self::build(config, self.clock.clone(), kept).await
     }
 
+    /// `kept`: URIs of a previous broker that may be reused as they are.
     async fn build(
         config: &Config,
         clock: Arc<Clock>,
-        reuse: impl Fn(&crate::key_uri::KeyUri) -> Option<Arc<KmsUri>>,
+        kept: UriIndex,
     ) -> Result<Self, ConfigError> {
         let mut keys = BTreeMap::new();
+        let mut built = UriIndex::default();
+        let mut distinct = Vec::new();
         for (name, k) in &config.keys {
             let mut uris = Vec::with_capacity(k.uris.len());
             for (i, uri) in k.uris.iter().enumerate() {
-                if let Some(kept) = reuse(uri) {
+                if let Some(shared) = built.find(uri) {
+                    uris.push(shared);
+                    continue;
+                }
+                if let Some(kept) = kept.find(uri) {
+                    built.insert(kept.clone());
+                    distinct.push((name.clone(), kept.clone()));
                     uris.push(kept);
                     continue;
                 }
@@ -102,11 +114,14 @@ impl Broker {
                         problem: format!("{}: {problem}", uri.redacted()),
                         fix: "correct the URI or the files and variables it names".into(),
                     })?;
-                uris.push(Arc::new(KmsUri::new(
+                let fresh = Arc::new(KmsUri::new(
                     uri.clone(),
                     Resilient::new(inner, config.kms),
                     config.max_in_flight,
-                )));
+                ));
+                built.insert(fresh.clone());
+                distinct.push((name.clone(), fresh.clone()));
+                uris.push(fresh);
             }
             let name = name.clone();
             let key = Key {
@@ -118,6 +133,7 @@ impl Broker {
         }
         Ok(Self {
             keys,
+            uris: distinct,
             clock,
             grace: config.revocation.grace_period,
             hedge_after: config.hedge_after,
@@ -289,27 +305,48 @@ impl Broker {
         })
     }
 
-    /// Checks every URI of every key once, concurrently, and records the answers.
+    /// Every distinct URI once, with the first key (by name) that lists it.
+    pub fn uris(&self) -> impl Iterator<Item = (&KeyName, &Arc<KmsUri>)> {
+        self.uris.iter().map(|(k, u)| (k, u))
+    }
+
+    /// Checks every distinct URI once, concurrently, and records the answers.
     pub async fn poll_once(&self) {
-        let checks = self.keys.values().flat_map(|k| {
-            k.uris.iter().map(move |u| {
-                let ticket = self.clock.ticket(Source::Check);
-                async move {
-                    let r = u.backend.check().await;
-                    let r = match &r {
-                        Ok(h) => {
-                            if let Some(v) = &h.version {
-                                u.note_version(v);
-                            }
-                            Ok(Some(h.detail.as_str()))
+        let checks = self.uris.iter().map(|(key, u)| {
+            let ticket = self.clock.ticket(Source::Check);
+            async move {
+                let r = u.backend.check().await;
+                let r = match &r {
+                    Ok(h) => {
+                        if let Some(v) = &h.version {
+                            u.note_version(v);
                         }
-                        Err(e) => Err(e),
-                    };
-                    u.record(&self.clock, &k.name, ticket, r);
-                }
-            })
+                        Ok(Some(h.detail.as_str()))
+                    }
+                    Err(e) => Err(e),
+                };
+                u.record(&self.clock, key, ticket, r);
+            }
         });
         join_all(checks).await;
+    }
+}
+
+/// URIs by their identity, to find one with the same full text (credentials included).
+#[derive(Default)]
+struct UriIndex(HashMap<String, Vec<Arc<KmsUri>>>);
+
+impl UriIndex {
+    fn insert(&mut self, u: Arc<KmsUri>) {
+        self.0.entry(u.id.clone()).or_default().push(u);
+    }
+
+    fn find(&self, uri: &crate::key_uri::KeyUri) -> Option<Arc<KmsUri>> {
+        self.0
+            .get(&uri.id())?
+            .iter()
+            .find(|u| u.uri == *uri)
+            .cloned()
     }
 }
 

@@ -227,15 +227,19 @@ impl Collector for StateCollector {
                     .map(|((key, state), v)| ([("key", key), ("state", state.to_owned())], v))
             }),
         )?;
-        let uris = || {
+        // The state is shown under every key that lists a URI; counters and the breaker are
+        // shown once per distinct URI (under the first key that lists it), so that a sum
+        // counts each KMS call once.
+        let listed = || {
             keys.iter()
                 .flat_map(|k| k.uris.iter().map(move |u| (k.name.as_str(), u)))
         };
+        let uris = || broker.uris().map(|(k, u)| (k.as_str(), u));
         gauge(
             &mut enc,
             "kms_broker_uri_state",
             "1 for each KMS URI's current state (URI shown redacted), 0 for the others",
-            uris().flat_map(|(key, u)| {
+            listed().flat_map(|(key, u)| {
                 let status = u.status();
                 STATES.iter().map(move |st| {
                     let labels = [

@@ -227,3 +227,59 @@ async fn revoke_status_for_unknown_and_all_keys() {
     assert_eq!(all.keys.len(), 1);
     d.stop().await;
 }
+
+/// Two keys over one KMS key: a revocation that a call through one of them sees refuses
+/// the other at once, without waiting for a poll. Before, each key kept its own state for
+/// the same KMS key, so the store's held key was handed out until the next poll (here an
+/// hour away) although the KMS had already refused the backup key's unwrap.
+#[tokio::test]
+async fn a_revocation_seen_through_one_key_refuses_every_key_over_that_kms_key() {
+    let m = mock("rv-shared");
+    let d = Daemon::start(&format!(
+        "[keys.backup]\nuris = [\"mock://rv-shared\"]\n[keys.store]\nuris = [\"mock://rv-shared\"]\n\
+         [stores.s1]\nkey = \"store\"\n[revocation]\npoll_interval = \"1h\"\ngrace_period = \"15m\"\n{}",
+        allow_me_everything()
+    ))
+    .await;
+    let mut c = d.unix().await;
+    wait_for_state(&mut c, "backup", KeyState::Active).await;
+    wait_for_state(&mut c, "store", KeyState::Active).await;
+    assert_eq!(
+        m.calls().check,
+        1,
+        "one KMS key, one status check per poll, however many keys list it"
+    );
+    c.get_store_key(store(true))
+        .await
+        .expect("store key created");
+    let w = c
+        .wrap_key(WrapKeyRequest {
+            key: "backup".into(),
+            plaintext: b"backup data key".to_vec(),
+            context: HashMap::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    m.revoke();
+    let e = c
+        .unwrap_key(UnwrapKeyRequest {
+            wrapped: w.wrapped,
+            context: HashMap::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let e = c.get_store_key(store(false)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("REVOKED"), "{}", e.message());
+    let st = c
+        .revoke_status(RevokeStatusRequest {
+            key: "store".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(st.keys[0].state, KeyState::Revoked as i32, "{st:?}");
+}

@@ -29,7 +29,6 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use google_cloud_auth::credentials::{anonymous, service_account, Credentials};
 use google_cloud_gax::retry_policy::NeverRetry;
 use google_cloud_kms_v1::client::KeyManagementService;
 use google_cloud_kms_v1::model::crypto_key::CryptoKeyPurpose;
@@ -52,10 +51,6 @@ pub use uri::{GcpAuth, GcpUri};
 /// ([`super::resilient::RetryPolicy`], 5 s by default) cuts calls first; this only stops a
 /// request from hanging forever if the backend is ever used without it.
 const SDK_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The universe (the `googleapis.com` of Google Cloud). Pinned so that building the client
-/// never asks the metadata server which universe it is in: `new` must not touch the network.
-const DEFAULT_UNIVERSE: &str = "googleapis.com";
 
 /// What the daemon needs on the key: exactly `roles/cloudkms.cryptoKeyEncrypterDecrypter`.
 const USE_PERMISSIONS: [&str; 2] = [
@@ -83,11 +78,7 @@ impl GcpBackend {
     /// Builds the client. Reads credentials (the ADC file, or the key from the URI) but
     /// contacts neither Cloud KMS nor a token or metadata server.
     pub async fn new(uri: GcpUri) -> Result<Self, String> {
-        let mut credentials = credentials(&uri).await?;
-        if let Some(to) = uri.impersonate() {
-            credentials = creds::impersonate(credentials, to)
-                .map_err(|why| format!("{}: {why}", uri.redacted()))?;
-        }
+        let credentials = creds::for_uri(&uri).await?;
         let mut builder = KeyManagementService::builder()
             .with_credentials(credentials)
             .with_retry_policy(NeverRetry)
@@ -112,46 +103,6 @@ impl GcpBackend {
             level: limits::Level::default(),
             proof: proof::Proof::default(),
         })
-    }
-}
-
-async fn credentials(uri: &GcpUri) -> Result<Credentials, String> {
-    match uri.auth() {
-        GcpAuth::None => Ok(anonymous::Builder::new().build()),
-        GcpAuth::Bearer(token) => {
-            creds::bearer(token).map_err(|why| format!("{}: {why}", uri.redacted()))
-        }
-        GcpAuth::Implicit => {
-            let universe = std::env::var("GOOGLE_CLOUD_UNIVERSE_DOMAIN")
-                .unwrap_or_else(|_| DEFAULT_UNIVERSE.to_owned());
-            google_cloud_auth::credentials::Builder::default()
-                .with_universe_domain(universe)
-                .build()
-                .map_err(|_| {
-                    format!(
-                        "{}: cannot load Application Default Credentials; check GOOGLE_APPLICATION_CREDENTIALS or run gcloud auth application-default login",
-                        uri.redacted()
-                    )
-                })
-        }
-        GcpAuth::Specified(json) => {
-            let bad = || {
-                format!(
-                    "{}: CREDENTIALS is not a usable service-account key (its private_key must be the PEM from the JSON key file)",
-                    uri.redacted()
-                )
-            };
-            // google-cloud-auth takes a serde_json::Value; that copy is outside our zeroizing.
-            let value: serde_json::Value =
-                serde_json::from_slice(json.expose()).map_err(|_| bad())?;
-            let creds = service_account::Builder::new(value)
-                .build()
-                .map_err(|_| bad())?;
-            // Service-account tokens are self-signed JWTs, made locally: signing one now
-            // catches a broken private key at config load instead of at the first wrap.
-            creds.headers(Default::default()).await.map_err(|_| bad())?;
-            Ok(creds)
-        }
     }
 }
 

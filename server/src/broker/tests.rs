@@ -91,6 +91,7 @@ async fn a_reload_keeps_unchanged_uris_and_rebuilds_the_rest() {
     assert!(Arc::ptr_eq(&first(&old, &name), &first(&new, &name)));
     let k2 = KeyName::parse("k2").unwrap();
     assert_eq!(first(&new, &k2).status().detail, "not checked yet");
+    assert_eq!(new.uris().count(), 2);
     // One clock: a change on either broker wakes the other's watchers.
     assert!(std::ptr::eq(old.clock(), new.clock()));
 
@@ -102,4 +103,44 @@ async fn a_reload_keeps_unchanged_uris_and_rebuilds_the_rest() {
     .unwrap();
     let rebuilt = new.reload(&same, &config).await.unwrap();
     assert!(!Arc::ptr_eq(&first(&new, &name), &first(&rebuilt, &name)));
+}
+
+#[tokio::test]
+async fn keys_listing_one_kms_key_share_its_backend_and_state_across_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.bin"), dir.path().join("b.bin"));
+    for f in [&a, &b] {
+        crate::backend::file::create_key_file(f).unwrap();
+    }
+    let text = format!(
+        "[server]\nunix_socket = \"s.sock\"\nstate_dir = \"state\"\n\
+         [keys.k1]\nuris = [\"file://{a}\", \"file://{b}\"]\n[keys.k2]\nuris = [\"file://{b}\"]\n",
+        a = a.display(),
+        b = b.display()
+    );
+    let config = Config::parse(&dir.path().join("c.toml"), &text).unwrap();
+    let broker = Broker::new(&config).await.unwrap();
+    let uri = |br: &Broker, key: &str, i: usize| {
+        br.key(&KeyName::parse(key).unwrap()).unwrap().uris[i].clone()
+    };
+    assert!(Arc::ptr_eq(&uri(&broker, "k1", 1), &uri(&broker, "k2", 0)));
+    let listed: Vec<_> = broker.uris().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        listed,
+        ["k1", "k1"],
+        "each distinct URI once, under the first key"
+    );
+
+    broker.poll_once().await;
+    assert_eq!(uri(&broker, "k2", 0).state(), KeyState::Active);
+    let reloaded = broker.reload(&config, &config).await.unwrap();
+    assert!(Arc::ptr_eq(
+        &uri(&broker, "k2", 0),
+        &uri(&reloaded, "k1", 1)
+    ));
+    assert!(Arc::ptr_eq(
+        &uri(&reloaded, "k1", 1),
+        &uri(&reloaded, "k2", 0)
+    ));
+    assert_eq!(reloaded.uris().count(), 2);
 }

@@ -97,7 +97,10 @@ fn kms_and_revocation_values_that_cannot_work_are_named() {
         ("[kms]\nmax_in_flight = 0", "kms.max_in_flight"),
         ("[kms]\nmax_attempts = 0", "kms"),
         ("[kms]\nrate_per_second = -1.0", "kms.rate_per_second"),
-        ("[revocation]\npoll_interval = \"10ms\"", "revocation.poll_interval"),
+        (
+            "[revocation]\npoll_interval = \"10ms\"",
+            "revocation.poll_interval",
+        ),
         (
             "[revocation]\npoll_interval = \"10s\"\ndegraded_poll_interval = \"20s\"",
             "revocation.degraded_poll_interval",

@@ -1,21 +1,75 @@
-//! The two credentials CockroachDB's `gcp-kms` URIs name beyond a service-account key:
+//! The credentials a `gs`/`gcp-kms` URI names ([`for_uri`]): none (a local fake), the
+//! Application Default Credentials, a service-account key, or the two CockroachDB adds,
 //! `BEARER_TOKEN` (a ready OAuth2 access token) and `ASSUME_ROLE` (service-account
-//! impersonation through a delegation chain), built on google-cloud-auth.
+//! impersonation through a delegation chain), all built on google-cloud-auth.
 
 use std::fmt;
 use std::sync::Arc;
 
 use google_cloud_auth::credentials::{
-    impersonated, CacheableResource, Credentials, CredentialsProvider, EntityTag,
+    anonymous, impersonated, service_account, CacheableResource, Credentials, CredentialsProvider,
+    EntityTag,
 };
 use google_cloud_auth::errors::CredentialsError;
 use tonic::codegen::http::{header::AUTHORIZATION, Extensions, HeaderMap, HeaderValue};
 
-use super::uri::Impersonate;
+use super::uri::{GcpAuth, GcpUri, Impersonate};
 use crate::secret::SecretBytes;
 
 /// The scope CockroachDB asks for (`kms.DefaultAuthScopes()`), for impersonated tokens.
 const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+
+/// The universe (the `googleapis.com` of Google Cloud). Pinned so that building the client
+/// never asks the metadata server which universe it is in: `new` must not touch the network.
+const DEFAULT_UNIVERSE: &str = "googleapis.com";
+
+/// The credentials `uri` names, impersonating its `ASSUME_ROLE` chain if it has one. Reads
+/// files and signs a JWT locally; contacts no token or metadata server.
+pub(super) async fn for_uri(uri: &GcpUri) -> Result<Credentials, String> {
+    let base = base(uri).await?;
+    match uri.impersonate() {
+        Some(to) => impersonate(base, to).map_err(|why| format!("{}: {why}", uri.redacted())),
+        None => Ok(base),
+    }
+}
+
+async fn base(uri: &GcpUri) -> Result<Credentials, String> {
+    match uri.auth() {
+        GcpAuth::None => Ok(anonymous::Builder::new().build()),
+        GcpAuth::Bearer(token) => bearer(token).map_err(|why| format!("{}: {why}", uri.redacted())),
+        GcpAuth::Implicit => {
+            let universe = std::env::var("GOOGLE_CLOUD_UNIVERSE_DOMAIN")
+                .unwrap_or_else(|_| DEFAULT_UNIVERSE.to_owned());
+            google_cloud_auth::credentials::Builder::default()
+                .with_universe_domain(universe)
+                .build()
+                .map_err(|_| {
+                    format!(
+                        "{}: cannot load Application Default Credentials; check GOOGLE_APPLICATION_CREDENTIALS or run gcloud auth application-default login",
+                        uri.redacted()
+                    )
+                })
+        }
+        GcpAuth::Specified(json) => {
+            let bad = || {
+                format!(
+                    "{}: CREDENTIALS is not a usable service-account key (its private_key must be the PEM from the JSON key file)",
+                    uri.redacted()
+                )
+            };
+            // google-cloud-auth takes a serde_json::Value; that copy is outside our zeroizing.
+            let value: serde_json::Value =
+                serde_json::from_slice(json.expose()).map_err(|_| bad())?;
+            let creds = service_account::Builder::new(value)
+                .build()
+                .map_err(|_| bad())?;
+            // Service-account tokens are self-signed JWTs, made locally: signing one now
+            // catches a broken private key at config load instead of at the first wrap.
+            creds.headers(Default::default()).await.map_err(|_| bad())?;
+            Ok(creds)
+        }
+    }
+}
 
 /// `BEARER_TOKEN`: sent as `Authorization: Bearer …` on every call, as CockroachDB's
 /// static token source does. It is never refreshed: when it expires, calls fail with 401
@@ -42,7 +96,7 @@ impl CredentialsProvider for Bearer {
     }
 
     async fn universe_domain(&self) -> Option<String> {
-        Some(super::DEFAULT_UNIVERSE.to_owned())
+        Some(DEFAULT_UNIVERSE.to_owned())
     }
 }
 
