@@ -5,12 +5,14 @@
 //! - [`secret::SecretBytes`]: the one type for key bytes, on both sides of the socket, in
 //!   locked memory left out of core dumps ([`locked`], the workspace's one `unsafe` module);
 //! - [`codec`]: the gRPC codec that wipes key bytes from messages once they are encoded;
+//! - [`redact`]: `Debug` for those messages, showing key bytes as their length only;
 //! - [`Algorithm`]: a store key's cipher and length.
 
 pub mod algorithm;
 pub mod codec;
 #[allow(unsafe_code)]
 pub mod locked;
+pub mod redact;
 pub mod secret;
 
 pub use algorithm::{Algorithm, KEY_ID_LEN};
