@@ -174,7 +174,7 @@ pub async fn wait_for_key_uri(c: &mut Client, key: &str, prefix: &str, want: Key
             return;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(10),
+            start.elapsed() < Duration::from_secs(20),
             "{key}'s {prefix} never became {want:?}: {s:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
