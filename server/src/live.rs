@@ -8,7 +8,7 @@
 //! way: handshakes after the reload use the new files, established sessions go on.
 //!
 //! A reload is all or nothing. The file is loaded and checked exactly as `check-config`
-//! does (TLS files parsed, every new backend built, the state dir examined); any problem,
+//! does ([`check`]: TLS files parsed, every new backend built, the state dir examined); any problem,
 //! or a change to a setting only a restart can apply (listeners, state dir, limits, audit,
 //! metrics), refuses the whole reload with one log line and leaves the old config in force.
 //!
@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 use crate::audit::Audit;
 use crate::broker::Broker;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::stores::Stores;
 
 /// What calls read from the config, swapped whole on reload.
@@ -161,19 +161,12 @@ impl Reloader {
         let old = self.inner.runtime.borrow().clone();
         let config = Config::load(&self.inner.file).map_err(|e| Refused(e.to_string()))?;
         restart_only_changes(&old.config, &config)?;
-        let tls = match (&config.tls, &self.inner.tls) {
-            (Some(files), Some(_)) => Some(Arc::new(
-                crate::tls::server_config(files, &config.file)
-                    .map_err(|e| Refused(e.to_string()))?,
-            )),
-            _ => None,
-        };
-        let broker = Arc::new(
-            old.broker
-                .reload(&old.config, &config)
-                .await
-                .map_err(|e| Refused(e.to_string()))?,
-        );
+        let Checked { tls, broker } = check(&config, Some(&old))
+            .await
+            .map_err(|e| Refused(e.to_string()))?;
+        // `[tls]` can neither come nor go without a restart (refused above).
+        let tls = tls.filter(|_| self.inner.tls.is_some()).map(Arc::new);
+        let broker = Arc::new(broker);
         let stores = old
             .stores
             .reload(&config, broker.clone())
@@ -191,6 +184,40 @@ impl Reloader {
         }));
         Ok(summary)
     }
+}
+
+/// What a config that passed [`check`] is served with.
+#[derive(Debug)]
+pub struct Checked {
+    /// The TCP listener's TLS config, when the config has `[tls]`.
+    pub tls: Option<rustls::ServerConfig>,
+    pub broker: Broker,
+}
+
+/// Everything a loaded config must pass before it is served, short of binding and locking:
+/// the TLS files are read and parsed (key matched to certificate), every KMS backend is
+/// built (tokens and CA files read; no KMS is contacted), and the state dir is examined
+/// (exists, a folder, owner, mode, writable) without writing in it. `check-config` runs
+/// exactly this, and so does a reload, which passes the runtime it replaces so that
+/// unchanged URIs keep their backends and states.
+pub async fn check(config: &Config, previous: Option<&Runtime>) -> Result<Checked, ConfigError> {
+    let tls = match &config.tls {
+        Some(files) => Some(crate::tls::server_config(files, &config.file)?),
+        None => None,
+    };
+    let broker = match previous {
+        Some(old) => old.broker.reload(&old.config, config).await?,
+        None => Broker::new(config).await?,
+    };
+    crate::store_key::ensure_state_dir(&config.server.state_dir).map_err(|e| {
+        ConfigError::new(
+            &config.file,
+            "server.state_dir",
+            e.to_string(),
+            "create it, owned by the daemon's user and private to it (chmod 700)",
+        )
+    })?;
+    Ok(Checked { tls, broker })
 }
 
 /// Refuses changes that only a restart can apply: the listeners and state dir are bound and
