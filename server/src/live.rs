@@ -8,9 +8,10 @@
 //! way: handshakes after the reload use the new files, established sessions go on.
 //!
 //! A reload is all or nothing. The file is loaded and checked exactly as `check-config`
-//! does ([`check`]: TLS files parsed, every new backend built, the state dir examined); any problem,
-//! or a change to a setting only a restart can apply (listeners, state dir, limits, audit,
-//! metrics), refuses the whole reload with one log line and leaves the old config in force.
+//! does ([`check`]: TLS files parsed, every new backend built, the state dir examined); any
+//! problem, or a change to a setting only a restart can apply (listeners, state dir,
+//! limits, audit, metrics), refuses the whole reload with one log line and leaves the old
+//! config in force.
 //!
 //! What a reload keeps: a URI whose text and KMS settings are unchanged keeps its backend
 //! and its state (a revocation is never forgotten, a healthy key never waits for its next
@@ -214,7 +215,8 @@ pub async fn check(config: &Config, previous: Option<&Runtime>) -> Result<Checke
             &config.file,
             "server.state_dir",
             e.to_string(),
-            "create it, owned by the daemon's user and private to it (chmod 700)",
+            "as the problem says; ownership is compared with the user running the check, so \
+             check as the daemon's user",
         )
     })?;
     Ok(Checked { tls, broker })
