@@ -81,6 +81,28 @@ pub struct Stores {
     slots: BTreeMap<StoreId, Slot>,
 }
 
+/// Whether the keys `slot` holds (now or once a call in flight finishes) may stay held
+/// across a reload from `old` to `new` (`config`: the store's new config): only if the
+/// store keeps its key and that key (and the one held keys were unwrapped under) still lists
+/// exactly the same KMS URIs. Held keys are gated by their key's URIs; were those swapped (a
+/// CMEK migration, or a typo), a revocation of the CMEK that really protects the store file
+/// would go unseen, as it is no longer polled. Dropped, the next GetStoreKey reads the file
+/// and asks the KMS: fresh evidence, at the cost of one call per store.
+fn still_protected_alike(slot: &Slot, config: &StoreConfig, old: &Broker, new: &Broker) -> bool {
+    let same_uris = |name: &KeyName| {
+        let uris = |b: &Broker| {
+            b.key(name)
+                .ok()
+                .map(|k| k.uris.iter().map(|u| u.uri.clone()).collect::<Vec<_>>())
+        };
+        matches!((uris(old), uris(new)), (Some(was), Some(now)) if was == now)
+    };
+    let held = slot.held().clone();
+    slot.config.key == config.key
+        && same_uris(&config.key)
+        && held.is_none_or(|h| same_uris(&h.key_name))
+}
+
 impl Stores {
     /// Checks the state dir (never creates it: a lost mount must fail here, not become a
     /// fresh empty folder), names the stores that have no key yet, and starts the purger.
@@ -110,22 +132,28 @@ impl Stores {
                 tracing::info!(store = %id, "store has no key file yet: a node's first GetStoreKey with create=true makes it");
             }
         }
+        let slots = config
+            .stores
+            .iter()
+            .map(|(id, c)| {
+                let kept = previous.and_then(|p| p.slots.get(id).map(|slot| (p, slot)));
+                let slot = Slot {
+                    config: c.clone(),
+                    work: kept.map_or_else(Default::default, |(_, k)| k.work.clone()),
+                    held: match kept {
+                        Some((p, k)) if still_protected_alike(k, c, &p.broker, &broker) => {
+                            k.held.clone()
+                        }
+                        _ => Default::default(),
+                    },
+                };
+                (id.clone(), slot)
+            })
+            .collect();
         let stores = Arc::new(Self {
             broker,
             state_dir: dir.clone(),
-            slots: config
-                .stores
-                .iter()
-                .map(|(id, c)| {
-                    let kept = previous.and_then(|p| p.slots.get(id));
-                    let slot = Slot {
-                        config: c.clone(),
-                        work: kept.map_or_else(Default::default, |k| k.work.clone()),
-                        held: kept.map_or_else(Default::default, |k| k.held.clone()),
-                    };
-                    (id.clone(), slot)
-                })
-                .collect(),
+            slots,
         });
         // Subscribed before the tasks start, so no change between now and then is missed.
         let epochs = stores.broker.clock().subscribe();
@@ -295,6 +323,21 @@ impl Stores {
             .map_err(|_| self.corrupt(id, "envelope does not parse"))?;
         if env.key_name != *key_name {
             return Err(self.corrupt(id, "envelope names another key"));
+        }
+        // Not corrupt: the key's URIs were swapped (a CMEK migration done out of order).
+        let k = self.broker.key(key_name)?;
+        if !env
+            .entries
+            .iter()
+            .any(|e| k.uris.iter().any(|u| u.id == e.uri_id))
+        {
+            let wrapped_under: Vec<&str> = env.entries.iter().map(|e| e.uri_id.as_str()).collect();
+            tracing::error!(store = %id, key = %key_name, ?wrapped_under, "the store's key file is wrapped only under KMS keys that its key no longer lists");
+            return Err(Error::internal(format!(
+                "store {:?} is wrapped only under KMS keys that key {:?} no longer lists (the daemon log names them); list one again, and to migrate, list both until Rewrap has run",
+                id.as_str(),
+                key_name.as_str()
+            )));
         }
         let out = self
             .broker

@@ -8,7 +8,8 @@ use std::time::Duration;
 use kms_broker::backend::mock::mock;
 use kms_broker::certs::{self, Pem};
 use kms_broker_client::pb::{
-    KeyState, RevokeStatusRequest, UnwrapKeyRequest, WrapKeyRequest, WrapKeyResponse,
+    GetStoreKeyRequest, KeyState, RevokeStatusRequest, UnwrapKeyRequest, WrapKeyRequest,
+    WrapKeyResponse,
 };
 use tonic::Code;
 
@@ -171,6 +172,53 @@ async fn a_kept_uri_keeps_its_revocation_through_a_reload() {
         Code::FailedPrecondition
     );
     a.set_latency(Duration::ZERO);
+    d.stop().await;
+}
+
+/// A store's held key is gated by the URIs of the key it was unwrapped under. A reload
+/// that keeps those URIs keeps it held (no KMS call); one that swaps them drops it, so the
+/// CMEK that really protects the store file is asked again. Before, the held key was still
+/// handed out after that CMEK was revoked, as the daemon no longer polled it.
+#[tokio::test]
+async fn a_reload_that_swaps_a_stores_kms_key_drops_what_it_held() {
+    let a = mock("rl-swap-a");
+    mock("rl-swap-b");
+    let all = policy(&["GetStoreKey", "RevokeStatus"]);
+    let store = |uri: &str, extra: &str| {
+        format!(
+            "[keys.k]\nuris = [\"mock://{uri}\"]\n{extra}[stores.s1]\nkey = \"k\"\n\
+             [revocation]\npoll_interval = \"1h\"\n{all}"
+        )
+    };
+    let get = |create: bool| GetStoreKeyRequest {
+        store_id: "s1".into(),
+        create,
+    };
+    let mut d = Daemon::start(&store("rl-swap-a", "")).await;
+    let mut c = d.unix().await;
+    wait_for_state(&mut c, "k", KeyState::Active).await;
+    let created = c.get_store_key(get(true)).await.unwrap().into_inner();
+    let key_id = created.active.as_ref().unwrap().key_id.clone();
+
+    // The same URIs (another key added): still held, no KMS call to hand it out.
+    let other = "[keys.other]\nuris = [\"mock://rl-swap-b\"]\n";
+    d.reload(&store("rl-swap-a", other)).await.unwrap();
+    let decrypts = a.calls().decrypt;
+    let held = c.get_store_key(get(false)).await.unwrap().into_inner();
+    assert_eq!(held.active.as_ref().unwrap().key_id, key_id);
+    assert_eq!(a.calls().decrypt, decrypts, "handed out from memory");
+
+    // Swapped: the store file is still wrapped under rl-swap-a, which the customer revokes.
+    d.reload(&store("rl-swap-b", "")).await.unwrap();
+    a.revoke();
+    let e = c.get_store_key(get(false)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Internal, "{e:?}");
+    assert!(e.message().contains("no longer lists"), "{}", e.message());
+    assert_eq!(
+        a.calls().decrypt,
+        decrypts,
+        "rl-swap-a is no longer the daemon's to ask"
+    );
     d.stop().await;
 }
 
