@@ -5,13 +5,13 @@
 //! caller's executable read from `/proc/PID/exe` where it can be; or `cert`, the
 //! certificate identity), `code` (the gRPC code name), `latency_us`, `kms_requests` (the
 //! KMS's own request ids, where its SDK exposes them: [`crate::kms_request`]), `prev` and `hash`
-//! ([`chain`] says how they chain). Never key bytes, plaintext, wrapped blobs, context
+//! (`chain.rs` says how they chain). Never key bytes, plaintext, wrapped blobs, context
 //! values or KMS URIs. Besides call records, the trail holds `event` records: `start` (the
 //! daemon opened the file), `lost` (how many records could not be written), and `reload`
 //! / `reload_refused` (SIGHUP; `detail` says what changed or why it was refused).
 //!
 //! Cost and durability: a call only queues its record ([`Audit::record`], a non-blocking
-//! send on a bounded channel); a dedicated thread ([`writer`]) writes each record with one
+//! send on a bounded channel); a dedicated thread (`writer.rs`) writes each record with one
 //! write(2) (so a daemon crash loses nothing already queued out to the kernel), fsyncs at
 //! most every `sync_interval` (default 1s), on rotation and at shutdown (so a machine crash
 //! loses at most that interval).

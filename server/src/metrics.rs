@@ -3,7 +3,7 @@
 //! Built on `prometheus-client`, the official Prometheus Rust client. Two kinds of series:
 //! - counted as calls finish ([`Metrics::call`]): `kms_broker_calls_total{op,code}` and
 //!   the `kms_broker_call_duration_seconds{op}` histogram;
-//! - read from the daemon's own state at scrape time ([`StateCollector`]), so no hot path
+//! - read from the daemon's own state at scrape time (`StateCollector`), so no hot path
 //!   pays for them: each key's and URI's state, the seconds since each key's last good KMS
 //!   answer, KMS calls by backend and outcome (counted where every KMS answer is recorded,
 //!   [`crate::revocation::KmsUri::record`]), store keys held, and audit records lost.

@@ -23,7 +23,7 @@
 //! the call, as INVALID_ARGUMENT.
 //!
 //! The SDK is told to make exactly ONE attempt per call ([`NeverRetry`]): deadlines and
-//! retries belong to [`super::resilient`]. Errors are classified in [`classify`].
+//! retries belong to [`super::resilient`]. Errors are classified in `classify.rs`.
 
 use std::fmt;
 use std::time::Duration;

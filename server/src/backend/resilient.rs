@@ -7,7 +7,7 @@
 //!    else fails UNREACHABLE "throttled locally" without calling the KMS; status checks
 //!    skip it too (one per URI per poll: the revocation poller must always get through);
 //! 3. the attempt, cut by the per-attempt timeout and the call's deadline;
-//! 4. on [`FailureClass::Unreachable`] (unless the backend marked the answer
+//! 4. on [`super::FailureClass::Unreachable`] (unless the backend marked the answer
 //!    [`BackendError::not_retryable`]), a retry if attempts, the deadline and the retry
 //!    budget ([`super::budget`]) allow. The sleep is capped full jitter (uniform in
 //!    `[0, min(cap, base * 2^attempt))`) so a fleet that lost its KMS at once does not come
