@@ -16,7 +16,6 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpSocket, UnixListener};
 use tokio::sync::watch;
 use tonic::transport::Server as TonicServer;
-use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use crate::broker::Broker;
@@ -26,8 +25,11 @@ use crate::limits::{Limits, MAX_KEY_BROKER_REQUEST, MAX_KEY_BROKER_RESPONSE, MAX
 use crate::live::{Live, LiveTls, Reloader, Runtime};
 use crate::pb::key_broker_server::KeyBrokerServer;
 use crate::service::Service;
-use crate::state::KeyState;
 use crate::stores::Stores;
+
+mod poll;
+
+use poll::{poll_loop, report_health};
 
 /// Why the daemon could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
@@ -345,77 +347,5 @@ impl Server {
         // Only now may another daemon take the state dir.
         drop(state_lock);
         result
-    }
-}
-
-/// Checks every key at once (so a fresh start learns states quickly), then every
-/// `poll_interval` while all URIs are ACTIVE and every `degraded_poll_interval` while one is
-/// not. After each round: drops held material that may no longer be handed out, and sets
-/// the KeyBroker health. After the first round, and after the first round following a
-/// reload, pre-warms the stores' keys (in the background: listeners are already up).
-/// Between rounds, a key-state change seen by a real call updates the health at once, and
-/// a reload starts a round at once (its new keys are unchecked until then).
-async fn poll_loop(live: Live, health: HealthReporter, mut stop: watch::Receiver<bool>) {
-    let mut reloads = live.changes();
-    let mut rt = live.current();
-    // The clock is shared across reloads: one subscription follows every broker.
-    let mut epochs = rt.broker.clock().subscribe();
-    let mut prewarm = true;
-    loop {
-        rt.broker.poll_once().await;
-        rt.stores.purge();
-        report_health(&health, &rt.stores).await;
-        if std::mem::take(&mut prewarm) {
-            tokio::spawn(rt.stores.clone().prewarm());
-        }
-        let revocation = rt.config.revocation;
-        let degraded = |rt: &Runtime| {
-            rt.broker
-                .keys()
-                .any(|k| k.uris.iter().any(|u| u.state() != KeyState::Active))
-        };
-        let wait = if degraded(&rt) {
-            revocation.degraded_poll_interval
-        } else {
-            revocation.poll_interval
-        };
-        let next = tokio::time::sleep(wait);
-        tokio::pin!(next);
-        loop {
-            tokio::select! {
-                _ = &mut next => break,
-                changed = reloads.changed() => {
-                    if changed.is_ok() {
-                        prewarm = true;
-                        break;
-                    }
-                }
-                changed = epochs.changed() => {
-                    if changed.is_ok() {
-                        report_health(&health, &rt.stores).await;
-                        // A real call found a key degraded: look again soon, not at the
-                        // healthy interval.
-                        let soon = tokio::time::Instant::now() + revocation.degraded_poll_interval;
-                        if degraded(&rt) && next.deadline() > soon {
-                            next.as_mut().reset(soon);
-                        }
-                    }
-                }
-                _ = async { let _ = stop.wait_for(|s| *s).await.map(|_| ()); } => return,
-            }
-        }
-        rt = live.current();
-    }
-}
-
-/// KeyBroker's health: SERVING while every configured store with a key file can be handed
-/// its key (CONTRACT "Additions"). Costs no KMS call.
-async fn report_health(health: &HealthReporter, stores: &Stores) {
-    match stores.servable() {
-        Ok(()) => health.set_serving::<KeyBrokerServer<Service>>().await,
-        Err(why) => {
-            tracing::debug!(%why, "KeyBroker NOT_SERVING");
-            health.set_not_serving::<KeyBrokerServer<Service>>().await
-        }
     }
 }
