@@ -30,11 +30,7 @@ pub(super) async fn poll_loop(live: Live, health: HealthReporter, mut stop: watc
             tokio::spawn(rt.stores.clone().prewarm());
         }
         let revocation = rt.config.revocation;
-        let degraded = |rt: &Runtime| {
-            rt.broker
-                .keys()
-                .any(|k| k.uris.iter().any(|u| u.state() != KeyState::Active))
-        };
+        let degraded = |rt: &Runtime| rt.broker.uris().any(|(_, u)| u.state() != KeyState::Active);
         let wait = if degraded(&rt) {
             revocation.degraded_poll_interval
         } else {
