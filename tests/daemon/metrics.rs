@@ -180,6 +180,54 @@ async fn counters_move_and_a_key_state_change_shows() {
 }
 
 /// Every `kms_broker_*` name in a string.
+/// Two keys over one KMS key: its state shows under both, its KMS calls once, so a sum of
+/// `kms_broker_kms_calls_total` counts each call once.
+#[tokio::test]
+async fn a_uri_two_keys_list_is_counted_once() {
+    let m = mock("metrics-shared");
+    let d = Daemon::start(&format!(
+        "[keys.a]\nuris = [\"mock://metrics-shared\"]\n[keys.b]\nuris = [\"mock://metrics-shared\"]\n\
+         [revocation]\npoll_interval = \"1h\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n{}",
+        allow_me_everything()
+    ))
+    .await;
+    let mut c = d.unix().await;
+    wait_for_state(&mut c, "b", KeyState::Active).await;
+    for key in ["a", "b", "b"] {
+        let mut req = wrap();
+        req.key = key.into();
+        c.wrap_key(req).await.unwrap();
+    }
+    let text = scrape(&d).await;
+    for key in ["a", "b"] {
+        let state = format!(
+            r#"kms_broker_uri_state{{key="{key}",uri="mock://metrics-shared",state="ACTIVE"}}"#
+        );
+        assert_eq!(sample(&text, &state), Some(1.0), "{text}");
+    }
+    let calls: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("kms_broker_kms_calls_total{") && l.contains("mock://metrics-shared")
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    let seen = m.calls();
+    assert_eq!(
+        calls,
+        (seen.encrypt + seen.check) as f64,
+        "each KMS answer counted once: {text}"
+    );
+    let breakers = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("kms_broker_breaker_state{") && l.contains("mock://metrics-shared")
+        })
+        .count();
+    assert_eq!(breakers, 1, "{text}");
+    d.stop().await;
+}
+
 fn metric_names(expr: &str, out: &mut BTreeSet<String>) {
     let mut rest = expr;
     while let Some(at) = rest.find("kms_broker_") {
