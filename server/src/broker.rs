@@ -62,18 +62,17 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Builds a backend per URI. Contacts no KMS. A backend that cannot even be built (a
-    /// token file that is missing, a CA file that does not parse) is a config error.
+    /// Builds a backend per distinct URI. Contacts no KMS. A backend that cannot even be
+    /// built (a token file that is missing, a CA file that does not parse) is a config error.
     pub async fn new(config: &Config) -> Result<Self, ConfigError> {
         Self::build(config, Arc::new(Clock::default()), UriIndex::default()).await
     }
 
     /// The broker a reloaded `config` describes (`was`: the config this broker was built
-    /// from). A URI whose text (secrets included) and
-    /// KMS settings are unchanged keeps its backend AND its state, so a reload never
-    /// forgets a revocation nor makes a healthy key wait for its next check. New URIs start
-    /// unchecked, as at start-up. The clock is shared: watchers of the old broker's epoch
-    /// see the new one's changes.
+    /// from). A URI whose text (secrets included) and KMS settings are unchanged keeps its
+    /// backend AND its state, so a reload never forgets a revocation nor makes a healthy key
+    /// wait for its next check. New URIs start unchecked, as at start-up. The clock is
+    /// shared: watchers of the old broker's epoch see the new one's changes.
     pub async fn reload(&self, was: &Config, config: &Config) -> Result<Self, ConfigError> {
         let same_settings = was.kms == config.kms && was.max_in_flight == config.max_in_flight;
         let mut kept = UriIndex::default();
@@ -108,11 +107,13 @@ impl Broker {
                     continue;
                 }
                 let inner: Arc<dyn KmsBackend> =
-                    backend::connect(uri).await.map_err(|problem| ConfigError {
-                        file: config.file.clone(),
-                        field: format!("keys.{name}.uris[{i}]"),
-                        problem: format!("{}: {problem}", uri.redacted()),
-                        fix: "correct the URI or the files and variables it names".into(),
+                    backend::connect(uri).await.map_err(|problem| {
+                        ConfigError::new(
+                            &config.file,
+                            format!("keys.{name}.uris[{i}]"),
+                            format!("{}: {problem}", uri.redacted()),
+                            "correct the URI or the files and variables it names",
+                        )
                     })?;
                 let fresh = Arc::new(KmsUri::new(
                     uri.clone(),
