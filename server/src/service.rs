@@ -23,7 +23,6 @@ use crate::pb;
 use crate::peer::Peer;
 use crate::policy::Operation;
 use crate::secret::SecretBytes;
-use crate::store_key::StoreId;
 
 mod call;
 mod convert;
@@ -32,7 +31,7 @@ mod parse;
 mod watch;
 
 use convert::{pb_key_status, pb_store_key};
-use parse::{parse_context, parse_key_name};
+use parse::{parse_context, parse_key_name, parse_optional, parse_store_id};
 
 pub use parse::MAX_PLAINTEXT;
 
@@ -74,10 +73,14 @@ impl Service {
     }
 
     /// The keys `peer` may see in RevokeStatus: one named, or every one it may see.
-    fn visible_keys(&self, rt: &Runtime, peer: &Peer, key: &str) -> Result<Vec<KeyName>, Error> {
+    fn visible_keys(
+        &self,
+        rt: &Runtime,
+        peer: &Peer,
+        key: Option<KeyName>,
+    ) -> Result<Vec<KeyName>, Error> {
         let policy = &rt.config.policy;
-        if !key.is_empty() {
-            let name = parse_key_name(key)?;
+        if let Some(name) = key {
             policy.authorize(peer, Operation::RevokeStatus, Some(&name), None)?;
             rt.broker.key(&name)?;
             return Ok(vec![name]);
@@ -179,7 +182,7 @@ impl pb::key_broker_server::KeyBroker for Service {
             req,
             async |body, peer, target| {
                 target.clone_from(&body.store_id);
-                let id = StoreId::parse(&body.store_id).map_err(Error::InvalidArgument)?;
+                let id = parse_store_id(&body.store_id)?;
                 let peer = peer.as_ref().map_err(Clone::clone)?;
                 let rt = self.rt();
                 rt.config
@@ -206,13 +209,11 @@ impl pb::key_broker_server::KeyBroker for Service {
             req,
             async |body, peer, target| {
                 target.clone_from(&body.key);
-                if !body.key.is_empty() {
-                    parse_key_name(&body.key)?;
-                }
+                let name = parse_optional(&body.key, parse_key_name)?;
                 let peer = peer.as_ref().map_err(Clone::clone)?;
                 let rt = self.rt();
                 let keys: Vec<_> = self
-                    .visible_keys(&rt, peer, &body.key)?
+                    .visible_keys(&rt, peer, name)?
                     .iter()
                     .filter_map(|k| rt.broker.status(k))
                     .collect();
@@ -234,9 +235,9 @@ impl pb::key_broker_server::KeyBroker for Service {
             req,
             async |body, peer, target| {
                 target.clone_from(&body.store_id);
-                StoreId::parse(&body.store_id).map_err(Error::InvalidArgument)?;
+                let id = parse_store_id(&body.store_id)?;
                 let peer = peer.as_ref().map_err(Clone::clone)?;
-                self.rotate(peer, &body.store_id).await
+                self.rotate(peer, &id).await
             },
         )
         .await
@@ -252,11 +253,9 @@ impl pb::key_broker_server::KeyBroker for Service {
             req,
             async |body, peer, target| {
                 target.clone_from(&body.store_id);
-                if !body.store_id.is_empty() {
-                    StoreId::parse(&body.store_id).map_err(Error::InvalidArgument)?;
-                }
+                let id = parse_optional(&body.store_id, parse_store_id)?;
                 let peer = peer.as_ref().map_err(Clone::clone)?;
-                self.store_status(peer, &body.store_id)
+                self.store_status(peer, id.as_ref())
             },
         )
         .await
@@ -272,11 +271,9 @@ impl pb::key_broker_server::KeyBroker for Service {
             req,
             async |body, peer, target| {
                 target.clone_from(&body.store_id);
-                if !body.store_id.is_empty() {
-                    StoreId::parse(&body.store_id).map_err(Error::InvalidArgument)?;
-                }
+                let id = parse_optional(&body.store_id, parse_store_id)?;
                 let peer = peer.as_ref().map_err(Clone::clone)?;
-                self.rewrap(peer, body).await
+                self.rewrap(peer, id.as_ref(), body.dry_run).await
             },
         )
         .await
@@ -320,12 +317,10 @@ impl pb::key_broker_server::KeyBroker for Service {
             req,
             async |body, peer, target| {
                 target.clone_from(&body.key);
-                if !body.key.is_empty() {
-                    parse_key_name(&body.key)?;
-                }
+                let name = parse_optional(&body.key, parse_key_name)?;
                 let peer = peer.as_ref().map_err(Clone::clone)?;
                 let rt = self.rt();
-                let keys = self.visible_keys(&rt, peer, &body.key)?;
+                let keys = self.visible_keys(&rt, peer, name)?;
                 Ok(watch::stream(
                     self.inner.live.clone(),
                     peer.clone(),
@@ -363,7 +358,7 @@ impl pb::key_broker_server::KeyBroker for Service {
             req,
             async |body, peer, target| {
                 target.clone_from(&body.store_id);
-                let id = StoreId::parse(&body.store_id).map_err(Error::InvalidArgument)?;
+                let id = parse_store_id(&body.store_id)?;
                 if body.key_id.len() != crate::store_key::KEY_ID_LEN {
                     return Err(Error::invalid("key_id is 32 bytes"));
                 }

@@ -36,22 +36,13 @@ pub(super) fn pb_store_status(s: StoreInfo) -> pb::StoreStatus {
     }
 }
 
-fn parse_store(raw: &str) -> Result<StoreId, Error> {
-    StoreId::parse(raw).map_err(Error::InvalidArgument)
-}
-
 impl Service {
-    pub(super) async fn rotate(
-        &self,
-        peer: &Peer,
-        store_id: &str,
-    ) -> Result<pb::StoreStatus, Error> {
-        let id = parse_store(store_id)?;
+    pub(super) async fn rotate(&self, peer: &Peer, id: &StoreId) -> Result<pb::StoreStatus, Error> {
         let rt = self.rt();
         rt.config
             .policy
-            .authorize(peer, Operation::RotateStoreKey, None, Some(&id))?;
-        Ok(pb_store_status(rt.stores.rotate(&id).await?))
+            .authorize(peer, Operation::RotateStoreKey, None, Some(id))?;
+        Ok(pb_store_status(rt.stores.rotate(id).await?))
     }
 
     /// The stores `peer` may call `op` on: one named, or every one it may see.
@@ -59,13 +50,12 @@ impl Service {
         rt: &Runtime,
         peer: &Peer,
         op: Operation,
-        store_id: &str,
+        store: Option<&StoreId>,
     ) -> Result<Vec<StoreId>, Error> {
         let policy = &rt.config.policy;
-        if !store_id.is_empty() {
-            let id = parse_store(store_id)?;
-            policy.authorize(peer, op, None, Some(&id))?;
-            return Ok(vec![id]);
+        if let Some(id) = store {
+            policy.authorize(peer, op, None, Some(id))?;
+            return Ok(vec![id.clone()]);
         }
         let ids: Vec<StoreId> = rt
             .stores
@@ -83,10 +73,10 @@ impl Service {
     pub(super) fn store_status(
         &self,
         peer: &Peer,
-        store_id: &str,
+        store: Option<&StoreId>,
     ) -> Result<pb::StoreStatusResponse, Error> {
         let rt = self.rt();
-        let ids = Self::stores_for(&rt, peer, Operation::StoreStatus, store_id)?;
+        let ids = Self::stores_for(&rt, peer, Operation::StoreStatus, store)?;
         let stores = ids
             .iter()
             .map(|id| rt.stores.status(id).map(pb_store_status))
@@ -97,14 +87,15 @@ impl Service {
     pub(super) async fn rewrap(
         &self,
         peer: &Peer,
-        req: pb::RewrapRequest,
+        store: Option<&StoreId>,
+        dry_run: bool,
     ) -> Result<pb::RewrapResponse, Error> {
         let rt = self.rt();
-        let ids = Self::stores_for(&rt, peer, Operation::Rewrap, &req.store_id)?;
+        let ids = Self::stores_for(&rt, peer, Operation::Rewrap, store)?;
         let mut stores = Vec::with_capacity(ids.len());
         let mut rewrapped = 0;
         for id in &ids {
-            let (mut infos, n) = rt.stores.rewrap(Some(id), req.dry_run).await?;
+            let (mut infos, n) = rt.stores.rewrap(Some(id), dry_run).await?;
             rewrapped += n;
             stores.extend(infos.drain(..).map(pb_store_status));
         }

@@ -1,11 +1,12 @@
 //! Parsing a request's caller-supplied parts, before anything else (CONTRACT's first check):
-//! the context map and key names.
+//! the context map, key names and store ids, each parsed once.
 
 use std::collections::{BTreeMap, HashMap};
 
 use crate::backend::RESERVED_CONTEXT_PREFIX;
 use crate::error::Error;
 use crate::key_name::KeyName;
+use crate::store_key::StoreId;
 
 /// The cloud KMS limit on a single Encrypt.
 pub const MAX_PLAINTEXT: usize = 4096;
@@ -43,4 +44,20 @@ pub(super) fn parse_key_name(key: &str) -> Result<KeyName, Error> {
     KeyName::parse(key).map_err(|_| {
         Error::invalid("key must be a configured key's name ([A-Za-z0-9._-], 1 to 128)")
     })
+}
+
+pub(super) fn parse_store_id(raw: &str) -> Result<StoreId, Error> {
+    StoreId::parse(raw).map_err(Error::InvalidArgument)
+}
+
+/// A name the caller may leave empty, meaning "every one I may see".
+pub(super) fn parse_optional<T>(
+    raw: &str,
+    parse: impl FnOnce(&str) -> Result<T, Error>,
+) -> Result<Option<T>, Error> {
+    if raw.is_empty() {
+        Ok(None)
+    } else {
+        parse(raw).map(Some)
+    }
 }
