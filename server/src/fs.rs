@@ -23,6 +23,8 @@ use zeroize::Zeroizing;
 mod atomic;
 mod failpoint;
 
+#[cfg(test)]
+pub(crate) use atomic::tests::files_in;
 pub use atomic::{remove_stale_temps, write_atomic, write_new_atomic};
 pub use failpoint::failpoint;
 

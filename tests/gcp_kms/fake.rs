@@ -135,23 +135,8 @@ impl Fake {
     /// A new ENCRYPT_DECRYPT key in `ring` (a resource name), with the same grants as
     /// [`Fake::create_key_with`]; returns its resource name.
     pub async fn create_key_in(&self, ring: &str, id: &str) -> String {
-        let key: CryptoKey =
-            serde_json::from_value(json!({ "purpose": "ENCRYPT_DECRYPT" })).expect("CryptoKey");
-        let made = self
-            .admin
-            .create_crypto_key()
-            .set_parent(ring)
-            .set_crypto_key_id(id)
-            .set_crypto_key(key)
-            .send()
+        self.create_key_at(ring, id, json!({ "purpose": "ENCRYPT_DECRYPT" }), false)
             .await
-            .expect("CreateCryptoKey");
-        self.set_bindings(
-            &made.name,
-            &[(ENCRYPTER, &["allUsers"]), (VIEWER, &["allUsers"])],
-        )
-        .await;
-        made.name
     }
 
     /// Least privilege: the key grants `allUsers` (the caller of [`Fake::uri`]) the
@@ -176,11 +161,21 @@ impl Fake {
         body: serde_json::Value,
         skip_version: bool,
     ) -> String {
+        self.create_key_at(RING, id, body, skip_version).await
+    }
+
+    async fn create_key_at(
+        &self,
+        ring: &str,
+        id: &str,
+        body: serde_json::Value,
+        skip_version: bool,
+    ) -> String {
         let key: CryptoKey = serde_json::from_value(body).expect("CryptoKey JSON");
         let made = self
             .admin
             .create_crypto_key()
-            .set_parent(RING)
+            .set_parent(ring)
             .set_crypto_key_id(id)
             .set_crypto_key(key)
             .set_skip_initial_version_creation(skip_version)

@@ -147,12 +147,13 @@ fn create_temp(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
 
-    fn files_in(dir: &Path) -> Vec<String> {
+    /// The names in `dir`, sorted: what a test expects to find after a write.
+    pub(crate) fn files_in(dir: &Path) -> Vec<String> {
         let mut v: Vec<_> = fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

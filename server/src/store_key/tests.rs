@@ -1,6 +1,7 @@
 use std::os::unix::fs::DirBuilderExt;
 
 use super::*;
+use crate::fs::files_in;
 
 fn record(byte: u8) -> WrappedStoreKey {
     WrappedStoreKey::new(&StoreKey::generate(Algorithm::Aes256), vec![byte; 40])
@@ -11,15 +12,6 @@ fn sample() -> StoreKeyFile {
     f.rotate(record(2));
     f.rotate(record(3));
     f
-}
-
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<_> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]
