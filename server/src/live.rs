@@ -19,6 +19,7 @@
 //! stores, and the UnwrapKey cache (entries are re-gated by the new policy on their next
 //! use anyway; dropping them keeps the rule simple).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -93,6 +94,9 @@ struct ReloaderInner {
     /// One reload at a time: two SIGHUPs in a row must not race to build two brokers.
     busy: tokio::sync::Mutex<()>,
 }
+
+/// How many names of each list a reload's summary shows.
+const SHOWN_NAMES: usize = 10;
 
 /// Why a reload was refused: the whole message is the one log line.
 #[derive(Debug, thiserror::Error)]
@@ -262,36 +266,39 @@ fn restart_only_changes(old: &Config, new: &Config) -> Result<(), Refused> {
     }
 }
 
-/// What changed, for the log line: names only, never URIs.
+/// What changed, for the log line and the audit record: names only, never URIs, and at
+/// most [`SHOWN_NAMES`] of each list (a config may hold thousands of keys).
 fn summary(old: &Config, new: &Config) -> String {
-    let diff = |old: Vec<String>, new: Vec<String>| {
-        let added: Vec<_> = new.iter().filter(|n| !old.contains(n)).cloned().collect();
-        let removed: Vec<_> = old.iter().filter(|n| !new.contains(n)).cloned().collect();
-        (added, removed)
-    };
-    let (keys_added, keys_removed) = diff(
-        old.keys.keys().map(|k| k.to_string()).collect(),
-        new.keys.keys().map(|k| k.to_string()).collect(),
-    );
-    let (stores_added, stores_removed) = diff(
-        old.stores.keys().map(|s| s.to_string()).collect(),
-        new.stores.keys().map(|s| s.to_string()).collect(),
-    );
-    let list = |v: &[String]| {
-        if v.is_empty() {
-            "none".to_owned()
-        } else {
-            v.join(",")
+    fn changes<K: Ord + std::fmt::Display, V>(
+        old: &BTreeMap<K, V>,
+        new: &BTreeMap<K, V>,
+    ) -> (String, String) {
+        let only =
+            |a: &BTreeMap<K, V>, b: &BTreeMap<K, V>| list(a.keys().filter(|k| !b.contains_key(*k)));
+        (only(new, old), only(old, new))
+    }
+    fn list(names: impl Iterator<Item = impl std::fmt::Display>) -> String {
+        let mut shown = Vec::new();
+        let mut more = 0;
+        for n in names {
+            if shown.len() < SHOWN_NAMES {
+                shown.push(n.to_string());
+            } else {
+                more += 1;
+            }
         }
-    };
+        match (shown.is_empty(), more) {
+            (true, _) => "none".to_owned(),
+            (false, 0) => shown.join(","),
+            (false, n) => format!("{} and {n} more", shown.join(",")),
+        }
+    }
+    let (keys_added, keys_removed) = changes(&old.keys, &new.keys);
+    let (stores_added, stores_removed) = changes(&old.stores, &new.stores);
     format!(
-        "{} keys (added {}, removed {}), {} stores (added {}, removed {}), {} policy rules{}",
+        "{} keys (added {keys_added}, removed {keys_removed}), {} stores (added {stores_added}, removed {stores_removed}), {} policy rules{}",
         new.keys.len(),
-        list(&keys_added),
-        list(&keys_removed),
         new.stores.len(),
-        list(&stores_added),
-        list(&stores_removed),
         new.policy.len(),
         if new.tls.is_some() {
             ", TLS files re-read"
@@ -299,4 +306,32 @@ fn summary(old: &Config, new: &Config) -> String {
             ""
         }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(keys: impl Iterator<Item = String>) -> Config {
+        let mut text = "[server]\nunix_socket = \"s.sock\"\nstate_dir = \"state\"\n".to_owned();
+        for k in keys {
+            text += &format!("[keys.{k}]\nuris = [\"file:///k/{k}\"]\n");
+        }
+        Config::parse(std::path::Path::new("/etc/kms-broker/c.toml"), &text).unwrap()
+    }
+
+    #[test]
+    fn the_summary_names_what_changed_and_stays_short() {
+        let old = config(["a", "b"].into_iter().map(String::from));
+        let new = config(["b", "c"].into_iter().map(String::from));
+        assert_eq!(
+            summary(&old, &new),
+            "2 keys (added c, removed a), 0 stores (added none, removed none), 0 policy rules"
+        );
+        let many = config((0..5000).map(|i| format!("k{i:04}")));
+        let s = summary(&old, &many);
+        assert!(s.starts_with("5000 keys (added k0000,k0001,k0002,"), "{s}");
+        assert!(s.contains("k0009 and 4990 more, removed a,b)"), "{s}");
+        assert!(s.len() < 300, "{} bytes", s.len());
+    }
 }
