@@ -18,6 +18,7 @@
 //! transport buffers) are listed in the README's "Key memory". Run the daemon on nodes
 //! without swap, or with encrypted swap, for those.
 
+use rustix::process::Resource;
 use serde::Deserialize;
 
 /// `[memory]`: what happens when key memory cannot be locked.
@@ -48,7 +49,7 @@ pub const KEY_MEMORY_RESERVATION: usize = 256 * 1024;
 /// Applies every measure. An error names the one that failed; `main` refuses to serve
 /// then, unless the operator passed `--allow-unhardened`.
 pub fn apply() -> Result<(), String> {
-    use rustix::process::{setrlimit, Resource, Rlimit};
+    use rustix::process::{setrlimit, Rlimit};
     setrlimit(
         Resource::Core,
         Rlimit {
@@ -63,7 +64,7 @@ pub fn apply() -> Result<(), String> {
     raise_open_files()?;
     // Before any key byte is in memory, so the first locked pages already count against
     // the raised limit.
-    raise_soft_limit(Resource::Memlock, "RLIMIT_MEMLOCK")?;
+    raise_soft_limit(Resource::Memlock, "RLIMIT_MEMLOCK", |max| max)?;
     Ok(())
 }
 
@@ -74,7 +75,7 @@ pub fn check_key_memory() -> Result<(), String> {
     let Err(e) = kms_broker_api::locked::probe(KEY_MEMORY_RESERVATION) else {
         return Ok(());
     };
-    let limit = rustix::process::getrlimit(rustix::process::Resource::Memlock).current;
+    let limit = rustix::process::getrlimit(Resource::Memlock).current;
     let limit = limit.map_or("unlimited".to_owned(), |b| format!("{} KiB", b / 1024));
     let held = match kms_broker_api::locked::stats().locked_bytes / 1024 {
         0 => String::new(),
@@ -88,61 +89,46 @@ pub fn check_key_memory() -> Result<(), String> {
     ))
 }
 
-/// Raises a soft limit to its hard limit; nothing to do when it is already there. The
-/// locked-memory limit is often raised for a service (`LimitMEMLOCK=`, `ulimit -Hl`) with
-/// the soft limit left low.
-fn raise_soft_limit(resource: rustix::process::Resource, name: &str) -> Result<(), String> {
+/// Raises a soft limit to `target(hard limit)`; nothing to do when it is already at the
+/// hard limit. Returns the soft limit now (`None`: unlimited). The locked-memory and
+/// open-file limits are often raised for a service (`LimitMEMLOCK=`, `ulimit -H`) with the
+/// soft limit left low.
+fn raise_soft_limit(
+    resource: Resource,
+    name: &str,
+    target: impl FnOnce(Option<u64>) -> Option<u64>,
+) -> Result<Option<u64>, String> {
     use rustix::process::{getrlimit, setrlimit, Rlimit};
     let now = getrlimit(resource);
     if now.current == now.maximum {
-        return Ok(());
+        return Ok(now.current);
     }
+    let soft = target(now.maximum);
     setrlimit(
         resource,
         Rlimit {
-            current: now.maximum,
+            current: soft,
             maximum: now.maximum,
         },
     )
-    .map_err(|e| {
-        format!(
-            "setrlimit({name}) from {:?} to {:?}: {e}",
-            now.current, now.maximum
-        )
-    })
+    .map_err(|e| format!("setrlimit({name}) from {:?} to {soft:?}: {e}", now.current))?;
+    Ok(soft)
 }
 
 /// Raises the soft open-file limit to the hard limit; returns the new soft limit. Nothing
 /// to do (and no error) when it is already there.
 pub fn raise_open_files() -> Result<u64, String> {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let now = getrlimit(Resource::Nofile);
-    if now.current == now.maximum {
-        return Ok(now.current.unwrap_or(u64::MAX));
-    }
     // An unlimited hard limit cannot be the soft one: the kernel caps descriptors at
     // fs.nr_open, so ask for that.
-    let target = match now.maximum {
-        Some(max) => max,
-        None => std::fs::read_to_string("/proc/sys/fs/nr_open")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(1 << 20),
-    };
-    setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: Some(target),
-            maximum: now.maximum,
-        },
-    )
-    .map_err(|e| {
-        format!(
-            "setrlimit(RLIMIT_NOFILE) from {:?} to {target}: {e}",
-            now.current
-        )
+    let soft = raise_soft_limit(Resource::Nofile, "RLIMIT_NOFILE", |max| {
+        max.or_else(|| {
+            std::fs::read_to_string("/proc/sys/fs/nr_open")
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .or(Some(1 << 20))
+        })
     })?;
-    Ok(target)
+    Ok(soft.unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
