@@ -172,10 +172,7 @@ impl Reloader {
         // `[tls]` can neither come nor go without a restart (refused above).
         let tls = tls.filter(|_| self.inner.tls.is_some()).map(Arc::new);
         let broker = Arc::new(broker);
-        let stores = old
-            .stores
-            .reload(&config, broker.clone())
-            .map_err(Refused)?;
+        let stores = old.stores.reload(&config, broker.clone());
         let summary = summary(&old.config, &config);
         // TLS first: were the runtime swapped first, a client could be refused by the old
         // CA for a key the new policy grants it, and nothing would tell it to retry.

@@ -108,24 +108,22 @@ impl Stores {
     /// fresh empty folder), names the stores that have no key yet, and starts the purger.
     /// Needs a Tokio runtime.
     pub fn new(config: &Config, broker: Arc<Broker>) -> Result<Arc<Self>, String> {
-        Self::build(config, broker, None)
+        let dir = &config.server.state_dir;
+        store_key::ensure_state_dir(dir)
+            .map_err(|e| format!("state_dir {}: {e}", dir.display()))?;
+        Ok(Self::build(config, broker, None))
     }
 
     /// The stores a reloaded `config` describes, served by `broker`. A store kept by the
     /// reload keeps its lock and the keys held for it (still gated by `broker` on every
-    /// hand-out); a removed store's keys go with the old value.
-    pub fn reload(&self, config: &Config, broker: Arc<Broker>) -> Result<Arc<Self>, String> {
+    /// hand-out); a removed store's keys go with the old value. The state dir cannot change
+    /// on reload, and [`crate::live::check`] has just examined it.
+    pub fn reload(&self, config: &Config, broker: Arc<Broker>) -> Arc<Self> {
         Self::build(config, broker, Some(self))
     }
 
-    fn build(
-        config: &Config,
-        broker: Arc<Broker>,
-        previous: Option<&Stores>,
-    ) -> Result<Arc<Self>, String> {
+    fn build(config: &Config, broker: Arc<Broker>, previous: Option<&Stores>) -> Arc<Self> {
         let dir = &config.server.state_dir;
-        store_key::ensure_state_dir(dir)
-            .map_err(|e| format!("state_dir {}: {e}", dir.display()))?;
         for id in config.stores.keys() {
             let known = previous.is_some_and(|p| p.slots.contains_key(id));
             if !known && !store_key::path_for(dir, id).exists() {
@@ -166,7 +164,7 @@ impl Stores {
         {
             tokio::spawn(retention::rotation_schedule(Arc::downgrade(&stores)));
         }
-        Ok(stores)
+        stores
     }
 
     fn slot(&self, id: &StoreId) -> Result<&Slot, Error> {
