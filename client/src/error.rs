@@ -3,6 +3,7 @@
 use std::error::Error as _;
 use std::time::Duration;
 
+use kms_broker_api::refusal::{Refusal, Scope};
 use tonic::Code;
 
 use crate::KeyState;
@@ -160,19 +161,20 @@ impl ClientError {
             };
         }
         let message = status.message().to_owned();
-        if code == Code::FailedPrecondition {
-            if let Some((key, state)) = key_state_of(&message) {
-                return ClientError::KeyNotUsable {
-                    key,
-                    state,
-                    message,
-                };
-            }
-            if let Some((key, state)) = version_state_of(&message) {
-                return ClientError::VersionNotUsable {
-                    key,
-                    state,
-                    message,
+        if let Some(r) = Refusal::read(&status) {
+            if let Some(state) = KeyState::from_name(&r.state) {
+                let key = r.key;
+                return match r.scope {
+                    Scope::Key => ClientError::KeyNotUsable {
+                        key,
+                        state,
+                        message,
+                    },
+                    Scope::Version => ClientError::VersionNotUsable {
+                        key,
+                        state,
+                        message,
+                    },
                 };
             }
         }
@@ -194,24 +196,6 @@ impl ClientError {
     pub fn never_sent(&self) -> bool {
         matches!(self, ClientError::Connect { .. })
     }
-}
-
-/// Reads the daemon's FAILED_PRECONDITION message, `key "NAME" is STATE` optionally
-/// followed by `: DETAIL` (the contract: "the state named in the message"). Key names
-/// never contain quotes or backslashes (the daemon refuses them in its config).
-fn key_state_of(message: &str) -> Option<(String, KeyState)> {
-    let rest = message.strip_prefix("key \"")?;
-    let (key, rest) = rest.split_once("\" is ")?;
-    let state = rest.split(':').next().unwrap_or_default().trim();
-    Some((key.to_owned(), KeyState::from_name(state)?))
-}
-
-/// Reads `key "NAME": the version that wrapped this is STATE[: DETAIL]`.
-fn version_state_of(message: &str) -> Option<(String, KeyState)> {
-    let rest = message.strip_prefix("key \"")?;
-    let (key, rest) = rest.split_once("\": the version that wrapped this is ")?;
-    let state = rest.split(':').next().unwrap_or_default().trim();
-    Some((key.to_owned(), KeyState::from_name(state)?))
 }
 
 /// Codes that mean "not now" rather than "no": only `Unavailable`. (Transport failures
@@ -301,6 +285,18 @@ mod tests {
         assert!(err.is_retryable());
     }
 
+    /// A FAILED_PRECONDITION as the daemon sends it: the message and the refusal's metadata.
+    fn refused(key: &str, state: &str, scope: Scope, msg: &str) -> tonic::Status {
+        let mut s = tonic::Status::new(Code::FailedPrecondition, msg);
+        Refusal {
+            key: key.into(),
+            state: state.into(),
+            scope,
+        }
+        .attach(&mut s);
+        s
+    }
+
     #[test]
     fn key_states_are_typed() {
         for (state, want) in [
@@ -309,7 +305,7 @@ mod tests {
             ("DESTROYED", KeyState::Destroyed),
         ] {
             let msg = format!("key \"primary\" is {state}: KMS says so");
-            let s = tonic::Status::new(Code::FailedPrecondition, msg.clone());
+            let s = refused("primary", state, Scope::Key, &msg);
             let err = ClientError::from_status(s, "unix:///x", T);
             match &err {
                 ClientError::KeyNotUsable {
@@ -326,14 +322,13 @@ mod tests {
             assert_eq!(err.key_state(), Some(want));
             assert!(!err.is_retryable());
         }
-        // Without a detail, too.
-        let s = tonic::Status::new(Code::FailedPrecondition, "key \"k-1\" is REVOKED");
-        let err = ClientError::from_status(s, "unix:///x", T);
-        assert_eq!(err.key_state(), Some(KeyState::Revoked));
         // A version, not the key: its own variant, so a caller knows to re-wrap.
-        let msg =
-            "key \"primary\": the version that wrapped this is DISABLED: version 3 is DISABLED";
-        let s = tonic::Status::new(Code::FailedPrecondition, msg);
+        let s = refused(
+            "primary",
+            "DISABLED",
+            Scope::Version,
+            "version 3 is DISABLED",
+        );
         let err = ClientError::from_status(s, "unix:///x", T);
         match &err {
             ClientError::VersionNotUsable { key, state, .. } => {
@@ -343,14 +338,12 @@ mod tests {
         }
         assert!(!err.is_retryable());
         assert_eq!(err.code(), Code::FailedPrecondition);
-        // A message in another shape stays a plain status, code intact.
-        for msg in [
-            "store s1 is busy",
-            "key \"k\" is SLEEPY",
-            "key k is DISABLED",
-            "key \"k\": the version that wrapped this is SLEEPY",
+        // Without the metadata, or with a state the client does not know, a plain status
+        // with its code: the message alone is never parsed.
+        for s in [
+            tonic::Status::new(Code::FailedPrecondition, "key \"k\" is DISABLED"),
+            refused("k", "SLEEPY", Scope::Key, "key \"k\" is SLEEPY"),
         ] {
-            let s = tonic::Status::new(Code::FailedPrecondition, msg);
             let err = ClientError::from_status(s, "unix:///x", T);
             assert!(matches!(err, ClientError::Status { .. }), "{err:?}");
             assert_eq!(err.code(), Code::FailedPrecondition);

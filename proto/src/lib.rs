@@ -6,6 +6,8 @@
 //!   locked memory left out of core dumps ([`locked`], the workspace's one `unsafe` module);
 //! - [`codec`]: the gRPC codec that wipes key bytes from messages once they are encoded;
 //! - [`redact`]: `Debug` for those messages, showing key bytes as their length only;
+//! - [`refusal`]: the metadata that says which key (or key version) a FAILED_PRECONDITION
+//!   refuses and in what state, set by the daemon and read by the client;
 //! - [`Algorithm`]: a store key's cipher and length.
 
 pub mod algorithm;
@@ -13,6 +15,7 @@ pub mod codec;
 #[allow(unsafe_code)]
 pub mod locked;
 pub mod redact;
+pub mod refusal;
 pub mod secret;
 
 pub use algorithm::{Algorithm, KEY_ID_LEN};

@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+use kms_broker_api::refusal::{Refusal, Scope};
 use tonic::{Code, Status};
 
 use crate::state::KeyState;
@@ -85,7 +86,21 @@ impl Error {
 
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
-        Status::new(e.code(), e.to_string())
+        let refusal = match &e {
+            Error::KeyNotUsable { key, state, .. } => Some((key, state, Scope::Key)),
+            Error::VersionNotUsable { key, state, .. } => Some((key, state, Scope::Version)),
+            _ => None,
+        };
+        let mut status = Status::new(e.code(), e.to_string());
+        if let Some((key, state, scope)) = refusal {
+            Refusal {
+                key: key.clone(),
+                state: state.as_str().to_owned(),
+                scope,
+            }
+            .attach(&mut status);
+        }
+        status
     }
 }
 
@@ -103,5 +118,23 @@ mod tests {
         .into();
         assert_eq!(s.code(), Code::FailedPrecondition);
         assert!(s.message().contains("DISABLED"), "{}", s.message());
+        let r = Refusal::read(&s).expect("the refusal's metadata");
+        assert_eq!(
+            (r.key.as_str(), r.state.as_str(), r.scope),
+            ("primary", "DISABLED", Scope::Key)
+        );
+        let s: Status = Error::VersionNotUsable {
+            key: "primary".into(),
+            state: KeyState::Destroyed,
+            detail: "version 3".into(),
+        }
+        .into();
+        let r = Refusal::read(&s).expect("the refusal's metadata");
+        assert_eq!(
+            (r.key.as_str(), r.state.as_str(), r.scope),
+            ("primary", "DESTROYED", Scope::Version)
+        );
+        let s: Status = Error::Unavailable("the KMS did not answer".into()).into();
+        assert_eq!(Refusal::read(&s), None);
     }
 }
