@@ -4,8 +4,8 @@
 //! the caller asked for, through [`caller_text`]), `peer` (`uid`/`gid`/`pid` and `exe`, the
 //! caller's executable read from `/proc/PID/exe` where it can be; or `cert`, the
 //! certificate identity), `code` (the gRPC code name), `latency_us`, `kms_requests` (the
-//! KMS's own request ids, where its SDK exposes them: [`crate::kms_request`]), `prev` and `hash`
-//! (`chain.rs` says how they chain). Never key bytes, plaintext, wrapped blobs, context
+//! KMS's own request ids, where its SDK exposes them: [`crate::kms_request`]), `prev` and
+//! `hash` (`chain.rs` says how they chain). Never key bytes, plaintext, wrapped blobs, context
 //! values or KMS URIs. Besides call records, the trail holds `event` records: `start` (the
 //! daemon opened the file), `lost` (how many records could not be written), and `reload`
 //! / `reload_refused` (SIGHUP; `detail` says what changed or why it was refused).

@@ -5,8 +5,9 @@
 //! K" to the KMS's "role R decrypted with key K". The ids travel in a task-local collector
 //! rather than through every return type: [`Scoped`] opens one around each KeyBroker call,
 //! a backend that has an id notes it ([`note`]) wherever its SDK exposes it, on success and
-//! on failure, and the call's audit record takes them ([`take`]). A KMS call made for another caller's request (a coalesced unwrap) is noted by
-//! the call that made it; calls outside a scope (the poller) are not noted.
+//! on failure, and the call's audit record takes them ([`take`]). A KMS call made for
+//! another caller's request (a coalesced unwrap) is noted by the call that made it; calls
+//! outside a scope (the poller) are not noted.
 //!
 //! Who has one: AWS (`x-amzn-RequestId`, through `RequestId`), Vault and OpenBao (the
 //! response's `request_id`, read in `backend/vault/exec.rs`) and the mock. Google Cloud KMS's
