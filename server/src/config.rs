@@ -162,6 +162,31 @@ struct RawPolicy {
 
 // ---- loading --------------------------------------------------------------------------
 
+/// `msg` with every double-quoted string in it (serde quotes a value that way, escapes
+/// included) shown as `"…"`: a config value may be a URI with credentials.
+fn without_values(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut chars = msg.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c != '"' {
+            continue;
+        }
+        out.push_str("…\"");
+        // Skip to the closing quote; a backslash escapes the character after it.
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => {
+                    chars.next();
+                }
+                '"' => break,
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
 /// Key names follow the store id alphabet, so they are safe in logs and file names.
 pub fn valid_name(s: &str) -> bool {
     (1..=128).contains(&s.len())
@@ -197,18 +222,19 @@ impl Config {
         let de = toml::Deserializer::parse(text).map_err(|e| {
             err(
                 &format!("line {}", line_of(&e)),
-                e.message().trim().to_owned(),
+                without_values(e.message().trim()),
                 "fix the TOML syntax",
             )
         })?;
-        // serde_path_to_error names the field (`revocation.poll_interval`) without echoing
-        // its value, which could be a secret URI.
+        // serde_path_to_error names the field (`revocation.poll_interval`); serde's own
+        // message may quote the value (`invalid type: string "…"`), which could be a secret
+        // URI, so quoted values are cut from it.
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
             err(
                 &format!("{path} (line {})", line_of(&inner)),
-                inner.message().trim().to_owned(),
+                without_values(inner.message().trim()),
                 "correct the field name or value (unknown fields are errors); see the README's config reference",
             )
         })?;

@@ -115,3 +115,38 @@ fn kms_and_revocation_values_that_cannot_work_are_named() {
     assert_eq!(c.max_in_flight, 256);
     assert_eq!(c.hedge_after, Duration::from_millis(250));
 }
+
+/// serde's own message quotes a value of the wrong type, and a URI value carries secrets:
+/// the error (exit-64 line, reload log line, audit record) names the field, never the value.
+#[test]
+fn a_value_of_the_wrong_type_is_never_echoed() {
+    for (from, to) in [
+        (
+            "uris = [\"file:///etc/kms/key.bin\"]",
+            "uris = \"aws:///k?REGION=x&AWS_SECRET_ACCESS_KEY=s3cr3tVALUE\"",
+        ),
+        (
+            "uris = [\"file:///etc/kms/key.bin\"]",
+            "uris = [\"file:///k\"]\nwrap_mode = { s = \"s3cr3tVALUE\" }",
+        ),
+        (
+            "uris = [\"file:///etc/kms/key.bin\"]",
+            "uris = \"s3cr3t\\\"VALUE\\\\\"",
+        ),
+    ] {
+        let e = parse(&GOOD.replace(from, to)).unwrap_err();
+        let shown = e.to_string();
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(!shown.contains("VALUE"), "{shown}");
+        assert!(shown.contains("invalid type"), "{shown}");
+    }
+    let e = parse(&GOOD.replace(
+        "uris = [\"file:///etc/kms/key.bin\"]",
+        "uris = \"s3cr3t\\\"VALUE\"",
+    ))
+    .unwrap_err();
+    assert_eq!(
+        e.problem, "invalid type: string \"…\", expected a sequence",
+        "the kind of value and what was expected are kept"
+    );
+}
